@@ -1,0 +1,5 @@
+import sys
+
+from medreason.cli import main
+
+sys.exit(main())

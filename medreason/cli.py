@@ -1,0 +1,151 @@
+"""The `medreason` command: thin subcommands over the functions the book calls.
+
+    medreason doctor                                   # versions, hardware, where the model comes from
+    medreason data stats                               # the corpus: splits, token lengths, specialties
+    medreason data validate my.jsonl                   # check a file; exit 2 on a bad row
+    medreason train --config configs/smollm2-135m-cpu.yaml [--key value ...]
+    medreason chat --adapter lora_adapter/SmolLM2-135M-Instruct --compare --prompt "..."
+    medreason eval --adapter lora_adapter/SmolLM2-135M-Instruct
+    medreason export --adapter lora_adapter/SmolLM2-135M-Instruct --out merged/
+
+Heavy libraries (torch, transformers) are imported inside the commands so that `--help` stays fast.
+Bad input exits 2 with one line; a failure of the program exits 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from medreason.errors import UserError
+
+log = logging.getLogger("medreason")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug:
+        argv.remove("--debug")
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "accepts_rest", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    setup_logging(debug)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
+        return int(result or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"medreason: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("medreason: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a failure of the program, not of the input
+        if debug:
+            raise
+        print(f"medreason: failed: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medreason",
+        description="Fine-tune small language models for medical reasoning with TRL and LoRA "
+        "(for teaching; not for clinical use).",
+        epilog="Add --debug to any command to see a traceback on errors.",
+    )
+    sub = p.add_subparsers(title="commands", metavar="COMMAND")
+
+    doctor = sub.add_parser("doctor", help="versions, hardware, and where the default model loads from")
+    doctor.add_argument("--model", default=None, help="model id or folder to resolve (default SmolLM2-135M-Instruct)")
+    doctor.set_defaults(func=_cmd("medreason.doctor", "run"))
+
+    data = sub.add_parser("data", help="inspect and validate medical reasoning data")
+    dsub = data.add_subparsers(title="data commands", metavar="ACTION")
+    stats = dsub.add_parser("stats", help="splits, token-length percentiles, truncation, specialties, duplicates")
+    stats.add_argument("--dataset", default="bundled", help="'bundled', a Hub id, or a local file")
+    stats.add_argument("--dataset-config", default="en")
+    stats.add_argument("--model", default=None, help="tokenizer to measure lengths with")
+    stats.add_argument("--max-length", type=int, default=1024, help="report how many examples this truncates")
+    stats.add_argument("--template", default="think", help="completion template: think or huatuo")
+    stats.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of failing")
+    stats.add_argument("--json", action="store_true", help="print the figures as JSON")
+    stats.set_defaults(func=_cmd("medreason.data", "cli_stats"))
+    validate = dsub.add_parser("validate", help="check a JSON/JSONL/CSV/Parquet file; exit 2 on errors")
+    validate.add_argument("file")
+    validate.add_argument("--skip-invalid", action="store_true", help="report bad rows but exit 0 if any row is good")
+    validate.set_defaults(func=_cmd("medreason.data", "cli_validate"))
+
+    train = sub.add_parser(
+        "train",
+        help="LoRA/QLoRA SFT with TRL, tracked in MLflow",
+        description="Train a LoRA adapter. Any key of the recipe (medreason, SFTConfig or ModelConfig "
+        "fields) can be overridden as --key value.",
+        add_help=False,
+    )
+    train.add_argument("-h", "--help", action="store_true", help="list every key a recipe accepts")
+    train.set_defaults(func=_cmd("medreason.train", "cli"), accepts_rest=True)
+
+    chat = sub.add_parser("chat", help="chat with the base model or an adapter; --compare shows both")
+    chat.add_argument("--model", default=None, help="base model (default: the adapter's base, or SmolLM2)")
+    chat.add_argument("--adapter", default=None, help="a LoRA adapter folder")
+    chat.add_argument("--prompt", default=None, help="answer one question and exit")
+    chat.add_argument("--questions", default=None, help="a text or JSONL file of questions; answers go to --out")
+    chat.add_argument("--out", default=None, help="where --questions writes its JSONL (default results/chat.jsonl)")
+    chat.add_argument("--compare", action="store_true", help="base and adapter side by side, one copy of the weights")
+    chat.add_argument("--max-new-tokens", type=int, default=256)
+    chat.add_argument("--temperature", type=float, default=0.7)
+    chat.add_argument("--top-p", type=float, default=0.9)
+    chat.add_argument("--repetition-penalty", type=float, default=1.1)
+    chat.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
+    chat.add_argument("--seed", type=int, default=0)
+    chat.set_defaults(func=_cmd("medreason.generate", "cli"))
+
+    ev = sub.add_parser("eval", help="held-out loss/perplexity and MCQ accuracy, base vs adapter")
+    ev.add_argument("--adapter", default=None, help="a LoRA adapter folder (omit to evaluate the base only)")
+    ev.add_argument("--model", default=None)
+    ev.add_argument("--mcq", default=None, help="an MCQ JSONL file (default: the bundled benchmark)")
+    ev.add_argument("--tasks", default="medreason_mcq", help="comma-separated lm-eval tasks (Hub tasks need network)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many questions/examples")
+    ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
+    ev.add_argument("--batch-size", type=int, default=8)
+    ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
+
+    export = sub.add_parser("export", help="merge an adapter into the full-precision base and save it")
+    export.add_argument("--adapter", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--model", default=None)
+    export.set_defaults(func=_cmd("medreason.export", "cli"))
+    return p
+
+
+def _cmd(module: str, name: str):
+    """Import the command's module only when it runs."""
+
+    def run(*a):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*a)
+
+    return run
+
+
+def setup_logging(debug: bool = False):
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="medreason: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "matplotlib", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Recipes: one YAML per recipe in configs/, parsed by TRL's own parser into three dataclasses.
+
+    from medreason.config import parse_config
+    args, sft, model = parse_config(["--config", "configs/smollm2-135m-cpu.yaml", "--max_steps", "5"])
+
+`args` holds medreason's own fields (`MedreasonArgs`, below), `sft` is TRL's `SFTConfig` (the trainer's
+fields) and `model` is TRL's `ModelConfig` (model id, LoRA and quantization fields). Any field of the
+three can be set in the YAML or overridden as `--key value`; an unknown key is an error naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medreason.errors import UserError
+
+# LoRA target presets: the original notebook adapted the attention projections only.
+LORA_PRESETS = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "all-linear": "all-linear",  # PEFT's own shorthand: every linear layer but the output head
+}
+TEMPLATES = {
+    "think": "<think>\n{Complex_CoT}\n</think>\n\n{Response}",
+    "huatuo": "## Thinking\n\n{Complex_CoT}\n\n## Final Response\n\n{Response}",
+}
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a medical reasoning assistant for education. Think through the question step by step, "
+    "then give a concise final answer. Your answers are for teaching, not clinical advice."
+)
+
+
+@dataclass
+class MedreasonArgs:
+    """medreason's own fields; everything about the trainer and LoRA lives in TRL's classes."""
+
+    dataset: str = field(
+        default="bundled",
+        metadata={"help": "'bundled' (the corpus shipped with medreason), a Hub dataset id, or a local "
+                  "JSON/JSONL/CSV/Parquet file with Question, Complex_CoT and Response columns."},
+    )
+    dataset_config: str = field(default="en", metadata={"help": "Hub dataset configuration name."})
+    max_examples: int | None = field(
+        default=None, metadata={"help": "Use at most this many rows (after validation), for quick runs."}
+    )
+    skip_invalid: bool = field(default=False, metadata={"help": "Drop invalid rows instead of failing."})
+    template: str = field(
+        default="think",
+        metadata={"help": "How the reasoning and the answer are laid out in the completion: 'think' "
+                  "(<think>...</think> then the answer) or 'huatuo' (## Thinking / ## Final Response)."},
+    )
+    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message of every prompt."})
+    lora_preset: str | None = field(
+        default=None,
+        metadata={"help": "Shorthand for lora_target_modules: 'attention' (q/k/v/o projections, as the "
+                  "original notebook) or 'all-linear'. Overrides lora_target_modules when set."},
+    )
+    adapter_root: str = field(
+        default="lora_adapter", metadata={"help": "The final adapter goes to <adapter_root>/<model name>/."}
+    )
+    resume: bool = field(default=False, metadata={"help": "Continue from the last checkpoint in output_dir."})
+    num_threads: int | None = field(
+        default=None, metadata={"help": "torch intra-op threads (default: one per physical core)."}
+    )
+    precision: str = field(
+        default="auto",
+        metadata={"help": "'auto' (bf16 on GPUs and on CPUs with native bf16 matmul, else fp16 on GPUs and "
+                  "fp32 on CPUs), 'bf16', 'fp16' or 'fp32'. Sets SFTConfig's bf16/fp16."},
+    )
+    mlflow_experiment: str = field(default="medreason", metadata={"help": "MLflow experiment name."})
+    evaluate_test: bool = field(default=True, metadata={"help": "Report final metrics on the test split."})
+
+    def __post_init__(self):
+        if self.template not in TEMPLATES:
+            raise UserError(f"template '{self.template}' is unknown: choose one of {', '.join(TEMPLATES)}")
+        if self.lora_preset is not None and self.lora_preset not in LORA_PRESETS:
+            raise UserError(f"lora_preset '{self.lora_preset}' is unknown: choose one of {', '.join(LORA_PRESETS)}")
+        if self.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise UserError(f"precision '{self.precision}' is unknown: choose auto, bf16, fp16 or fp32")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise UserError(f"max_examples must be at least 1, got {self.max_examples}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise UserError(f"num_threads must be at least 1, got {self.num_threads}")
+
+
+def parser():
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    p = TrlParser((MedreasonArgs, SFTConfig, ModelConfig))
+    # SFTConfig defaults to bf16=True, which TrainingArguments refuses on a CPU without bf16 support.
+    # medreason decides from `precision` (auto by default) once the hardware is known, in train.py.
+    p.set_defaults(bf16=False)
+    return p
+
+
+def parse_config(argv: list[str]):
+    """(MedreasonArgs, SFTConfig, ModelConfig) from `--config FILE` plus `--key value` overrides."""
+    argv = list(argv)
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            raise UserError("--config needs a file: --config configs/<recipe>.yaml")
+        path = Path(argv[i + 1])
+        if not path.is_file():
+            raise UserError(f"config file {path} does not exist (recipes live in configs/)")
+        _check_yaml(path)
+    try:
+        args, sft, model = parser().parse_args_and_config(argv)
+    except ValueError as e:  # TRL and HfArgumentParser report unknown keys as ValueError
+        raise UserError(_unknown_key_message(str(e), argv)) from e
+    if args.lora_preset is not None:
+        model.lora_target_modules = LORA_PRESETS[args.lora_preset]
+    elif model.lora_target_modules == ["all-linear"]:
+        model.lora_target_modules = "all-linear"
+    return args, sft, model
+
+
+def config_dict(*dataclass_objs) -> dict:
+    """The resolved configuration as one flat dict of plain values (saved with every run)."""
+    out = {}
+    for obj in dataclass_objs:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, (str, int, float, bool, type(None))):
+                out[f.name] = value
+            elif isinstance(value, (list, tuple)):
+                out[f.name] = [v if isinstance(v, (str, int, float, bool)) else str(v) for v in value]
+            elif isinstance(value, dict):
+                out[f.name] = {str(k): str(v) for k, v in value.items()}
+            else:
+                out[f.name] = str(value)
+    return out
+
+
+def _check_yaml(path: Path):
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
+    known = {f.name for cls in _classes() for f in dataclasses.fields(cls)} | {"env"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        hint = _closest(unknown[0], known)
+        raise UserError(f"{path}: unknown config key '{unknown[0]}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+
+
+def _classes():
+    from trl import ModelConfig, SFTConfig
+
+    return (MedreasonArgs, SFTConfig, ModelConfig)
+
+
+def _unknown_key_message(message: str, argv: list[str]) -> str:
+    keys = re.findall(r"'--?([\w.-]+)'", message)
+    if keys:
+        return f"unknown option '--{keys[0]}' (see `medreason train --help` for the keys a recipe accepts)"
+    return message.splitlines()[0]
+
+
+def _closest(key: str, known: set[str]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return match[0] if match else None

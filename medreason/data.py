@@ -1,0 +1,464 @@
+"""Medical reasoning data: load, validate, de-duplicate, split, and format for TRL.
+
+    from medreason.data import load_splits
+    splits = load_splits("bundled")            # DatasetDict train/validation/test in TRL's prompt-completion form
+    medreason data stats                       # the same, as figures
+    medreason data validate my.jsonl           # one line per bad row; exit 2 on errors
+
+Rows follow the schema of FreedomIntelligence/medical-o1-reasoning-SFT: `Question`, `Complex_CoT`,
+`Response` (plus an optional `specialty`). Sources: 'bundled' (the corpus shipped in
+medreason/resources, original teaching material), a Hub dataset id (when the Hub is reachable), or a
+local JSON/JSONL/CSV/Parquet file.
+
+The split ranks rows by a hash of the normalised question, so it does not depend on row order. Exact and near duplicates (MinHash over word 3-grams) are
+removed before splitting, and every split is checked against the MCQ benchmark for contamination.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from medreason.config import DEFAULT_SYSTEM_PROMPT, TEMPLATES
+from medreason.errors import UserError
+
+log = logging.getLogger(__name__)
+
+HUB_DATASET = "FreedomIntelligence/medical-o1-reasoning-SFT"
+FIELDS = ("Question", "Complex_CoT", "Response")
+# Limits in characters: far beyond any real exam item, short enough to catch a file read wrongly
+# (a whole CSV in one cell) or a placeholder.
+MIN_CHARS = {"Question": 10, "Complex_CoT": 20, "Response": 2}
+MAX_CHARS = {"Question": 8_000, "Complex_CoT": 40_000, "Response": 12_000}
+SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
+NEAR_DUP_THRESHOLD = 0.8  # Jaccard similarity of word 3-grams
+MCQ_LETTERS = ("A", "B", "C", "D")
+
+
+@dataclass
+class RowError:
+    origin: str
+    row: int  # 1-based, as a person counts lines or rows
+    field: str | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"{self.origin} row {self.row}"
+        return f"{where}: field \"{self.field}\" {self.problem}" if self.field else f"{where}: {self.problem}"
+
+
+@dataclass
+class Report:
+    """What validation and de-duplication did, for `data stats` and the book."""
+
+    origin: str
+    rows_read: int = 0
+    invalid: list[RowError] = field(default_factory=list)
+    exact_duplicates: int = 0
+    near_duplicates: int = 0
+    contamination: list[tuple[str, str]] = field(default_factory=list)  # (split question, MCQ id)
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def load_splits(dataset: str = "bundled", *, dataset_config: str = "en", template: str = "think",
+                system_prompt: str = DEFAULT_SYSTEM_PROMPT, skip_invalid: bool = False,
+                max_examples: int | None = None, with_report: bool = False):
+    """Load, validate, de-duplicate and split; return a DatasetDict in TRL's prompt-completion form."""
+    from datasets import Dataset, DatasetDict
+
+    rows, report = load_clean_rows(dataset, dataset_config=dataset_config, skip_invalid=skip_invalid)
+    if max_examples is not None:
+        rows = sorted(rows, key=lambda r: question_hash(r["Question"]))[:max_examples]
+    parts = split_rows(rows)
+    report.contamination = contamination(parts, load_mcq())
+    out = DatasetDict({
+        name: Dataset.from_list([format_example(r, template, system_prompt) for r in part])
+        if part else Dataset.from_dict({"prompt": [], "completion": [], "specialty": []})
+        for name, part in parts.items()
+    })
+    return (out, report) if with_report else out
+
+
+def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", skip_invalid: bool = False):
+    """Rows that passed validation, with exact and near duplicates removed, and a Report."""
+    rows, origin = read_rows(dataset, dataset_config)
+    report = Report(origin=origin, rows_read=len(rows))
+    good, errors = validate_rows(rows, origin)
+    report.invalid = errors
+    if errors and not skip_invalid:
+        more = f" (and {len(errors) - 1} more; --skip-invalid drops bad rows)" if len(errors) > 1 else ""
+        raise UserError(f"{errors[0]}{more}")
+    if errors:
+        reasons = Counter(e.problem if e.field is None else f'field "{e.field}" {e.problem}' for e in errors)
+        log.warning("skipped %d invalid rows of %d: %s", len(errors), len(rows),
+                    "; ".join(f"{n} x {why}" for why, n in reasons.most_common()))
+    if not good:
+        raise UserError(f"{origin}: no valid rows")
+    good, report.exact_duplicates, report.near_duplicates = deduplicate(good)
+    return good, report
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_rows(dataset: str, dataset_config: str = "en") -> tuple[list, str]:
+    """(raw rows, origin) from 'bundled', a local file, or a Hub dataset id."""
+    if dataset == "bundled":
+        return read_file(bundled_path("corpus.jsonl")), "bundled corpus"
+    path = Path(dataset).expanduser()
+    if path.suffix.lower() in READERS or path.exists():
+        return read_file(path), str(path)
+    from medreason.models import hub_reachable
+
+    if not hub_reachable():
+        log.warning("the Hub is unreachable, so %s cannot be loaded: using the bundled corpus instead", dataset)
+        return read_file(bundled_path("corpus.jsonl")), "bundled corpus"
+    from datasets import load_dataset
+
+    ds = load_dataset(dataset, dataset_config, split="train")
+    return ds.to_list(), f"{dataset} ({dataset_config})"
+
+
+def read_file(path: Path) -> list:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: file not found")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .csv or .parquet)")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty")
+    return reader(path)
+
+
+def _read_jsonl(path: Path) -> list:
+    rows = []
+    for n, line in enumerate(_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            # keep the row's position: validation reports it with the others
+            rows.append(_Unparseable(n, f"not valid JSON ({e.msg})"))
+    return rows
+
+
+def _read_json(path: Path) -> list:
+    try:
+        data = json.loads(_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); for one object per line use .jsonl") from e
+    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}, as some exports write
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise UserError(f"{path}: expected a JSON list of rows")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON list of rows")
+    return data
+
+
+def _read_csv(path: Path) -> list:
+    text = _text(path)
+    reader = csv.DictReader(io.StringIO(text))
+    if not reader.fieldnames or not set(FIELDS) & set(reader.fieldnames):
+        raise UserError(f"{path}: not a CSV with a header row naming {', '.join(FIELDS)}")
+    rows = []
+    for row in reader:
+        if None in row:  # more cells than header columns
+            rows.append(_Unparseable(reader.line_num - 1, "has more cells than the header"))
+        else:
+            rows.append(row)
+    return rows
+
+
+def _read_parquet(path: Path) -> list:
+    with open(path, "rb") as f:
+        if f.read(4) != b"PAR1":
+            raise UserError(f"{path}: not a Parquet file (its first bytes are not the Parquet magic)")
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's own errors for a truncated or corrupt file
+        raise UserError(f"{path}: unreadable Parquet file ({str(e).splitlines()[0]})") from e
+
+
+def _text(path: Path) -> str:
+    data = path.read_bytes()
+    if data[:4] == b"PAR1" or b"\x00" in data[:1024]:
+        raise UserError(f"{path}: binary content, not text as its extension '{path.suffix}' says")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from e
+
+
+READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+@dataclass
+class _Unparseable:
+    line: int
+    problem: str
+
+
+def bundled_path(name: str) -> Path:
+    return Path(str(resources.files("medreason") / "resources" / name))
+
+
+# --------------------------------------------------------------------------------------------- validation
+
+
+def validate_rows(rows: list, origin: str) -> tuple[list[dict], list[RowError]]:
+    """Split rows into valid ones (stripped strings) and one RowError per invalid row."""
+    good, errors = [], []
+    for n, row in enumerate(rows, 1):
+        error = validate_row(row, n, origin)
+        if error:
+            errors.append(error)
+        else:
+            clean = {k: row[k].strip() for k in FIELDS}
+            clean["specialty"] = str(row.get("specialty") or "unspecified").strip()
+            good.append(clean)
+    return good, errors
+
+
+def validate_row(row, n: int, origin: str) -> RowError | None:
+    if isinstance(row, _Unparseable):
+        return RowError(origin, row.line, None, row.problem)
+    if not isinstance(row, dict):
+        return RowError(origin, n, None, f"is a {type(row).__name__}, not an object with {', '.join(FIELDS)}")
+    for name in FIELDS:
+        if name not in row:
+            return RowError(origin, n, name, "is missing")
+        value = row[name]
+        if value is None:
+            return RowError(origin, n, name, "is null")
+        if not isinstance(value, str):
+            return RowError(origin, n, name, f"is a {type(value).__name__}, not text")
+        text = value.strip()
+        if not text:
+            return RowError(origin, n, name, "is empty")
+        if len(text) < MIN_CHARS[name]:
+            return RowError(origin, n, name, f"is too short ({len(text)} characters, at least {MIN_CHARS[name]})")
+        if len(text) > MAX_CHARS[name]:
+            return RowError(origin, n, name, f"is too long ({len(text)} characters, at most {MAX_CHARS[name]})")
+    return None
+
+
+# --------------------------------------------------------------------------------------------- formatting
+
+
+def format_example(row: dict, template: str = "think", system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict:
+    """One row in TRL's conversational prompt-completion form: the loss covers only the completion."""
+    completion = TEMPLATES[template].format(Complex_CoT=row["Complex_CoT"], Response=row["Response"])
+    return {
+        "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": row["Question"]}],
+        "completion": [{"role": "assistant", "content": completion}],
+        "specialty": row.get("specialty", "unspecified"),
+    }
+
+
+# --------------------------------------------------------------------------------------------- split, duplicates
+
+
+def normalize(text: str) -> str:
+    text = unicodedata.normalize("NFKC", text).lower()
+    return " ".join(re.findall(r"[a-z0-9]+", text))
+
+
+def question_hash(question: str) -> int:
+    return int.from_bytes(hashlib.sha256(normalize(question).encode()).digest()[:8], "big")
+
+
+def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
+    """80/10/10 train/validation/test by rank of a hash of the normalised question: the same rows give
+    the same split in any order, and the shares are exact to one row."""
+    ordered = sorted(rows, key=lambda r: question_hash(r["Question"]))
+    parts, start = {}, 0
+    for i, (name, share) in enumerate(SPLITS.items()):
+        end = len(ordered) if i == len(SPLITS) - 1 else start + round(share * len(ordered))
+        parts[name] = ordered[start:end]
+        start = end
+    return parts
+
+
+def _shingles(text: str, n: int = 3) -> set[str]:
+    words = normalize(text).split()
+    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+
+
+def _minhash(text: str):
+    from datasketch import MinHash
+
+    m = MinHash(num_perm=128, seed=1)
+    for s in _shingles(text):
+        m.update(s.encode())
+    return m
+
+
+def deduplicate(rows: list[dict]) -> tuple[list[dict], int, int]:
+    """Drop exact duplicates (same normalised question and answer) and near-duplicate questions
+    (Jaccard of word 3-grams at least NEAR_DUP_THRESHOLD). Keeps the first of each group."""
+    from datasketch import MinHashLSH
+
+    seen, unique = set(), []
+    for row in rows:
+        key = (normalize(row["Question"]), normalize(row["Response"]))
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    exact = len(rows) - len(unique)
+    lsh = MinHashLSH(threshold=NEAR_DUP_THRESHOLD, num_perm=128)
+    kept = []
+    for i, row in enumerate(unique):
+        m = _minhash(row["Question"])
+        candidates = lsh.query(m)
+        if any(_jaccard(row["Question"], unique[j]["Question"]) >= NEAR_DUP_THRESHOLD for j in candidates):
+            continue
+        lsh.insert(i, m)
+        kept.append(row)
+    return kept, exact, len(unique) - len(kept)
+
+
+def _jaccard(a: str, b: str) -> float:
+    sa, sb = _shingles(a), _shingles(b)
+    return len(sa & sb) / max(1, len(sa | sb))
+
+
+def contamination(parts: dict[str, list[dict]], mcq: list[dict], threshold: float = 0.5) -> list[tuple[str, str]]:
+    """(split, MCQ id) for every SFT question that shares at least `threshold` of its word 3-grams
+    (Jaccard) with a benchmark question, or equals one after normalisation."""
+    from datasketch import MinHashLSH
+
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    for item in mcq:
+        lsh.insert(item["id"], _minhash(item["question"]))
+    by_id = {item["id"]: item for item in mcq}
+    hits = []
+    for name, rows in parts.items():
+        for row in rows:
+            for mid in lsh.query(_minhash(row["Question"])):
+                if _jaccard(row["Question"], by_id[mid]["question"]) >= threshold:
+                    hits.append((name, mid))
+    return hits
+
+
+# --------------------------------------------------------------------------------------------- MCQ benchmark
+
+
+def load_mcq(path: str | Path | None = None) -> list[dict]:
+    """The four-option benchmark (bundled by default); a bad row is a UserError naming it."""
+    path = Path(path) if path else bundled_path("mcq.jsonl")
+    items = []
+    for n, row in enumerate(read_file(path), 1):
+        problem = _mcq_problem(row)
+        if problem:
+            raise UserError(f"{path} row {getattr(row, 'line', n)}: {problem}")
+        items.append({**row, "id": str(row.get("id") or f"row-{n}")})
+    return items
+
+
+def _mcq_problem(row) -> str | None:
+    if isinstance(row, _Unparseable):
+        return row.problem
+    if not isinstance(row, dict):
+        return "not an object"
+    for key in ("question", "options", "answer"):
+        if key not in row:
+            return f'field "{key}" is missing'
+    if not isinstance(row["question"], str) or not row["question"].strip():
+        return 'field "question" is empty'
+    options = row["options"]
+    if not isinstance(options, dict) or sorted(options) != list(MCQ_LETTERS):
+        return 'field "options" must map exactly A, B, C and D to text'
+    if any(not isinstance(v, str) or not v.strip() for v in options.values()):
+        return 'field "options" has an empty option'
+    if row["answer"] not in MCQ_LETTERS:
+        return f'field "answer" is {row["answer"]!r}, not one of A, B, C, D'
+    return None
+
+
+# --------------------------------------------------------------------------------------------- stats
+
+
+def stats(dataset: str = "bundled", *, dataset_config: str = "en", model: str | None = None,
+          max_length: int = 1024, template: str = "think", skip_invalid: bool = False) -> dict:
+    """Counts per split, token-length percentiles, truncation at max_length, specialties, duplicates."""
+    import numpy as np
+
+    from medreason.models import DEFAULT_MODEL, load_tokenizer
+
+    splits, report = load_splits(dataset, dataset_config=dataset_config, template=template,
+                                 skip_invalid=skip_invalid, with_report=True)
+    tokenizer = load_tokenizer(model or DEFAULT_MODEL)
+    lengths = {name: token_lengths(ds, tokenizer) for name, ds in splits.items()}
+    every = np.concatenate([np.asarray(v) for v in lengths.values() if len(v)])
+    total = sum(len(ds) for ds in splits.values())
+    return {
+        "source": report.origin,
+        "rows_read": report.rows_read,
+        "invalid_rows": len(report.invalid),
+        "exact_duplicates_removed": report.exact_duplicates,
+        "near_duplicates_removed": report.near_duplicates,
+        "splits": {name: len(ds) for name, ds in splits.items()},
+        "split_share": {name: round(len(ds) / total, 3) for name, ds in splits.items()},
+        "tokens": {f"p{q}": int(np.percentile(every, q)) for q in (5, 25, 50, 75, 95, 100)},
+        "max_length": max_length,
+        "truncated_at_max_length": int((every > max_length).sum()),
+        "specialties": dict(Counter(s for ds in splits.values() for s in ds["specialty"]).most_common()),
+        "mcq_contamination": len(report.contamination),
+    }
+
+
+def token_lengths(ds, tokenizer) -> list[int]:
+    """Tokens per example as the trainer sees it: the chat template over prompt + completion."""
+    return [len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"])
+            for ex in ds]
+
+
+# --------------------------------------------------------------------------------------------- CLI
+
+
+def cli_stats(args) -> int:
+    s = stats(args.dataset, dataset_config=args.dataset_config, model=args.model, max_length=args.max_length,
+              template=args.template, skip_invalid=args.skip_invalid)
+    if args.json:
+        print(json.dumps(s, indent=2))
+        return 0
+    print(f"source: {s['source']}  ({s['rows_read']} rows read, {s['invalid_rows']} invalid, "
+          f"{s['exact_duplicates_removed']} exact and {s['near_duplicates_removed']} near duplicates removed)")
+    print("split        rows   share")
+    for name, n in s["splits"].items():
+        print(f"{name:<12}{n:>5}   {s['split_share'][name]:.1%}")
+    print("tokens per example: " + "  ".join(f"{k}={v}" for k, v in s["tokens"].items()))
+    print(f"truncated at max_length={s['max_length']}: {s['truncated_at_max_length']}")
+    print("specialties: " + ", ".join(f"{k} {v}" for k, v in s["specialties"].items()))
+    print(f"contamination with the MCQ benchmark: {s['mcq_contamination']} questions")
+    return 0
+
+
+def cli_validate(args) -> int:
+    path = Path(args.file)
+    rows = read_file(path)
+    good, errors = validate_rows(rows, str(path))
+    for e in errors:
+        print(e)
+    if errors and (not args.skip_invalid or not good):
+        print(f"{path}: {len(errors)} invalid rows of {len(rows)}")
+        return 2
+    print(f"{path}: {len(good)} valid rows" + (f", {len(errors)} skipped" if errors else ""))
+    return 0

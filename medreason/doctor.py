@@ -1,0 +1,65 @@
+"""`medreason doctor`: what this machine has, and where the default model would load from.
+
+    medreason doctor
+    HF_HUB_OFFLINE=1 medreason doctor
+
+Nothing is downloaded or converted: the model source is resolved, not loaded.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import os
+import platform
+
+PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "mlflow", "bitsandbytes", "lm_eval", "gguf"]
+
+
+def report(model: str | None = None) -> dict:
+    import torch
+
+    from medreason.errors import UserError
+    from medreason.models import DEFAULT_MODEL, cache_root, resolve_model
+
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = md.version(name.replace("_", "-"))
+        except md.PackageNotFoundError:
+            versions[name] = "not installed"
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    model = model or DEFAULT_MODEL
+    try:
+        source = resolve_model(model).describe()
+    except UserError as e:
+        source = f"unavailable: {e}"
+    return {
+        "versions": versions,
+        "hardware": {
+            "cpu_threads": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "bf16_cpu": cpu_supports_bf16(),
+            "cuda_devices": cuda or "none",
+        },
+        "model": {"id": model, "source": source, "cache": str(cache_root())},
+    }
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 training pays off."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def run(args) -> int:
+    r = report(args.model)
+    width = max(len(k) for section in r.values() for k in section) + 2
+    for title, section in r.items():
+        print(f"[{title}]")
+        for key, value in section.items():
+            print(f"  {key:<{width}}{value}")
+    return 0

