@@ -143,7 +143,7 @@ def setup_logging(debug: bool = False):
         format="medreason: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "urllib3", "filelock", "alembic", "matplotlib", "fsspec"):
+    for noisy in ("httpx", "urllib3", "filelock", "alembic", "matplotlib", "fsspec", "lm_eval", "lm-eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

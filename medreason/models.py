@@ -97,6 +97,10 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, dtype=None, **mo
     local_only = source.kind != "hub"
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", local_files_only=local_only, **model_kwargs)
+    if source.kind in ("cache", "gguf"):
+        # record the Hub id, not the cache folder: PEFT writes it into adapter_config.json
+        model.config._name_or_path = name_or_path
+        model.name_or_path = name_or_path
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

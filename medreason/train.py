@@ -109,6 +109,18 @@ def train(argv: list[str]) -> TrainResult:
                        mlflow_run_id=run.info.run_id if run else None, global_step=trainer.state.global_step)
 
 
+def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: list[str] = ()) -> Path:
+    """The adapter a recipe produces: reuse it when lora_adapter/<model>/ already holds one trained by
+    medreason, else train it now. Book chapters call this so that they run in any order."""
+    args, _, model_args = parse_config(["--config", config, *overrides])
+    path = Path(args.adapter_root) / model_args.model_name_or_path.rstrip("/").split("/")[-1]
+    if (path / "adapter_model.safetensors").is_file() and (path / ADAPTER_META).is_file():
+        log.info("using the adapter in %s (delete it to train again)", path)
+        return path
+    log.info("no adapter in %s yet: training one with %s", path, config)
+    return train(["--config", config, *overrides]).adapter_dir
+
+
 def cli(args, rest: list[str]) -> int:
     if args.help:
         parser_help()
