@@ -144,14 +144,14 @@ def read_file(path: Path) -> list:
 
 def _read_jsonl(path: Path) -> list:
     rows = []
-    for n, line in enumerate(_text(path).splitlines(), 1):
+    for line in _text(path).splitlines():
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             # keep the row's position: validation reports it with the others
-            rows.append(_Unparseable(n, f"not valid JSON ({e.msg})"))
+            rows.append(_Unparseable(len(rows) + 1, f"not valid JSON ({e.msg})"))
     return rows
 
 
@@ -178,7 +178,7 @@ def _read_csv(path: Path) -> list:
     rows = []
     for row in reader:
         if None in row:  # more cells than header columns
-            rows.append(_Unparseable(reader.line_num - 1, "has more cells than the header"))
+            rows.append(_Unparseable(len(rows) + 1, "has more cells than the header"))
         else:
             rows.append(row)
     return rows
@@ -322,7 +322,9 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], int, int]:
             seen.add(key)
             unique.append(row)
     exact = len(rows) - len(unique)
-    lsh = MinHashLSH(threshold=NEAR_DUP_THRESHOLD, num_perm=128)
+    # LSH only proposes candidates; at the threshold itself it misses about half of the true pairs, so
+    # it runs at half the threshold and the exact Jaccard below decides.
+    lsh = MinHashLSH(threshold=NEAR_DUP_THRESHOLD / 2, num_perm=128)
     kept = []
     for i, row in enumerate(unique):
         m = _minhash(row["Question"])
@@ -344,7 +346,7 @@ def contamination(parts: dict[str, list[dict]], mcq: list[dict], threshold: floa
     (Jaccard) with a benchmark question, or equals one after normalisation."""
     from datasketch import MinHashLSH
 
-    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    lsh = MinHashLSH(threshold=threshold / 2, num_perm=128)  # candidates only, as in deduplicate()
     for item in mcq:
         lsh.insert(item["id"], _minhash(item["question"]))
     by_id = {item["id"]: item for item in mcq}

@@ -188,8 +188,6 @@ def test_skip_invalid_with_no_good_row_is_an_error(tmp_path):
         data.load_clean_rows(str(path), skip_invalid=True)
 
 
-@pytest.mark.xfail(strict=True, reason="data.py _read_jsonl skips blank lines but numbers unparseable lines by "
-                   "physical line and other rows by position, so the two disagree after a blank line")
 def test_jsonl_row_numbers_agree_after_a_blank_line(tmp_path):
     path = tmp_path / "gaps.jsonl"
     path.write_text(json.dumps(good(0)) + "\n\n" + json.dumps(good(2, Response="")) + "\n{broken\n")
@@ -199,8 +197,6 @@ def test_jsonl_row_numbers_agree_after_a_blank_line(tmp_path):
     assert rows in ([3, 4], [2, 3]), [str(e) for e in errors]
 
 
-@pytest.mark.xfail(strict=True, reason="data.py _read_csv numbers a row with too many cells by reader.line_num - 1, "
-                   "a physical line, which is wrong once an earlier cell spans several lines")
 def test_csv_row_numbers_count_records_not_lines(tmp_path):
     path = tmp_path / "multiline.csv"
     multiline = good(0, Complex_CoT="First step of the reasoning.\nSecond step.\nThird step, so the answer.")
@@ -329,7 +325,7 @@ def test_split_shares_are_80_10_10_within_one_row(n):
 
 
 def test_split_ignores_case_and_punctuation_of_the_question():
-    rows = [good(i) for i in range(50)]
+    rows = [good(i, Response=f"Answer number {i}.") for i in range(50)]
     shouted = [dict(r, Question=r["Question"].upper().replace(".", " ! ")) for r in rows]
     assert ([[r["Response"] for r in p] for p in data.split_rows(rows).values()]
             == [[r["Response"] for r in p] for p in data.split_rows(shouted).values()])
@@ -372,10 +368,9 @@ def _edited(question: str, low: float, high: float) -> str | None:
     return None
 
 
-@pytest.mark.xfail(strict=True, reason="data.py deduplicate queries MinHashLSH at the same threshold (0.8) that it "
-                   "verifies, and LSH only finds ~40% of pairs at Jaccard 0.8, so documented near duplicates survive")
 def test_deduplicate_removes_every_pair_at_or_above_the_threshold(corpus_rows):
-    pairs = [(r, _edited(r["Question"], data.NEAR_DUP_THRESHOLD, data.NEAR_DUP_THRESHOLD + 0.06)) for r in corpus_rows[:40]]
+    low, high = data.NEAR_DUP_THRESHOLD, data.NEAR_DUP_THRESHOLD + 0.06
+    pairs = [(r, _edited(r["Question"], low, high)) for r in corpus_rows[:40]]
     pairs = [(r, q) for r, q in pairs if q is not None]
     assert len(pairs) >= 30
     for r, q in pairs:
@@ -393,9 +388,10 @@ def test_deduplicate_counts_case_and_spacing_variants_as_exact():
 
 def test_deduplicate_keeps_questions_that_only_share_a_stem():
     stem = "A 45-year-old woman presents to clinic with three months of symptoms. "
-    rows = [good(0, Question=stem + "She has weight loss, heat intolerance, tremor and a diffuse goitre; what is the cause?"),
-            good(1, Question=stem + "She has joint pain in both hands with morning stiffness lasting two hours; which test?"),
-            good(2, Question=stem + "She has episodic headaches, palpitations and sweating with severe hypertension; next step?")]
+    endings = ["She has weight loss, heat intolerance, tremor and a diffuse goitre; what is the cause?",
+               "She has joint pain in both hands with morning stiffness lasting two hours; which test?",
+               "She has episodic headaches, palpitations and sweating with severe hypertension; next step?"]
+    rows = [good(i, Question=stem + ending) for i, ending in enumerate(endings)]
     kept, exact, near = data.deduplicate(rows)
     assert kept == rows and (exact, near) == (0, 0)
 
@@ -430,8 +426,6 @@ def test_lightly_edited_mcq_question_is_found(corpus_rows, mcq):
     assert data.contamination({"train": corpus_rows[:20] + [edited], "test": []}, mcq) == [("train", item["id"])]
 
 
-@pytest.mark.xfail(strict=True, reason="data.py contamination queries MinHashLSH at the same threshold (0.5) that it "
-                   "verifies, and LSH only finds ~55% of questions at Jaccard 0.5, so contamination is under-reported")
 def test_contamination_finds_every_question_at_or_above_the_threshold(mcq):
     edited = [(m["id"], _edited(m["question"], 0.5, 0.6)) for m in mcq[:40]]
     edited = [(mid, q) for mid, q in edited if q is not None]
@@ -520,7 +514,8 @@ def test_datasheet_states_the_figures_and_not_for_clinical_use(corpus_rows, mcq)
 
 ROW = {
     "Question": "A 24-year-old woman has a malar rash and joint pain. Which antibody is most specific?",
-    "Complex_CoT": "Malar rash and arthritis suggest lupus.\nANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific.",
+    "Complex_CoT": ("Malar rash and arthritis suggest lupus.\n"
+                    "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific."),
     "Response": "Anti-Smith (anti-Sm) antibody.",
     "specialty": "Rheumatology",
 }
