@@ -40,7 +40,7 @@ book: setup
 	HF_HUB_OFFLINE=1 PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter-book build book/ --warningiserror --keep-going
 
 notebooks: setup
-	$(BIN)/jupytext --to ipynb --output-dir book/_notebooks book/*.md
+	$(BIN)/jupytext --to _notebooks//ipynb book/*.md
 
 train: setup
 	HF_HUB_OFFLINE=1 $(BIN)/medreason train --config configs/smollm2-135m-cpu.yaml

@@ -38,6 +38,7 @@ class TrainResult:
     metrics: dict
     mlflow_run_id: str | None
     global_step: int
+    log_history: list
 
 
 # --------------------------------------------------------------------------------------------- entry point
@@ -106,7 +107,8 @@ def train(argv: list[str]) -> TrainResult:
         end_mlflow_run(run, "KILLED" if _interrupted() else "FAILED")
         raise
     return TrainResult(adapter_dir=adapter_dir, output_dir=output_dir, metrics=metrics,
-                       mlflow_run_id=run.info.run_id if run else None, global_step=trainer.state.global_step)
+                       mlflow_run_id=run.info.run_id if run else None, global_step=trainer.state.global_step,
+                       log_history=list(trainer.state.log_history))
 
 
 def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: list[str] = ()) -> Path:

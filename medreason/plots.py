@@ -1,0 +1,402 @@
+"""Figures and tables for the book: small views over what the package computes, never a second copy of it.
+
+    from medreason import plots
+    plots.loss_curves(run_id)                            # train/validation loss from the MLflow store
+    plots.label_mask_html(tokenizer, example)            # which tokens carry loss, as TRL prepares them
+    plots.lora_param_table(model)                        # trainable parameters vs rank and target modules
+    plots.weight_memory_table({"SmolLM2-135M": model})   # bytes for the weights in fp32 / bf16 / NF4
+
+Figures are matplotlib Figures made with pyplot, so a notebook shows each once, at the end of its cell.
+Tables are pandas DataFrames. Heavy imports stay inside the functions.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import math
+import tempfile
+from pathlib import Path
+
+# QLoRA's 4-bit NormalFloat storage (Dettmers et al. 2023): 4 bits per weight plus one absmax constant per
+# block of 64 weights. Without double quantization the constant is fp32 (32/64 = 0.5 bit per weight); double
+# quantization stores it in 8 bits with one fp32 constant per 256 constants: 8/64 + 32/(64*256) ≈ 0.127 bit.
+NF4_BITS = 4 + 32 / 64
+NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
+ADAMW_BYTES = 4 + 4 + 8  # per trainable fp32 parameter: the weight, its gradient, two Adam moments
+
+
+# --------------------------------------------------------------------------------------------- introduction
+
+
+def pipeline_diagram():
+    """The medreason pipeline as boxes and arrows: recipe -> data -> model -> trainer -> adapter -> use."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    stages = [
+        ("recipe", "configs/*.yaml\nmedreason.config"),
+        ("data", "validate, dedupe,\nsplit, chat format\nmedreason.data"),
+        ("base model", "SmolLM2-135M\n(Hub or offline)\nmedreason.models"),
+        ("training", "TRL SFTTrainer\n+ PEFT LoRA\nmedreason.train"),
+        ("adapter", "lora_adapter/\n<model>/"),
+    ]
+    uses = [("MLflow", "results/mlflow.db\nloss curves"), ("chat", "medreason.generate\nbase vs adapter"),
+            ("eval", "medreason.evaluate\nloss, MCQ"), ("export", "merged model,\nvLLM serving")]
+    fig, ax = plt.subplots(figsize=(11, 4.2))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(0, 4.2)
+    ax.axis("off")
+
+    def box(x, y, title, body, color):
+        ax.add_patch(FancyBboxPatch((x, y), 1.8, 1.25, boxstyle="round,pad=0.05", fc=color, ec="#333333"))
+        ax.text(x + 0.9, y + 1.02, title, ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(x + 0.9, y + 0.45, body, ha="center", va="center", fontsize=7.5)
+
+    def arrow(x0, y0, x1, y1):
+        ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), arrowstyle="-|>", mutation_scale=14, color="#333333"))
+
+    for i, (title, body) in enumerate(stages):
+        x = 0.15 + i * 2.2
+        box(x, 2.7, title, body, "#dbe9f6" if i < 4 else "#d5f0d5")
+        if i:
+            arrow(x - 0.37, 3.32, x - 0.03, 3.32)
+    for i, (title, body) in enumerate(uses):
+        x = 1.25 + i * 2.3
+        box(x, 0.25, title, body, "#fbe5c8")
+    arrow(7.9, 3.05, 2.2, 1.55)  # training -> MLflow
+    for i in range(1, 4):
+        arrow(9.0, 2.65, 1.25 + i * 2.3 + 0.9, 1.55)
+    ax.set_title("What this book builds: one LoRA adapter, then its uses", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
+    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
+    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
+                             disable_tqdm=True)
+        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                                 train_dataset=Dataset.from_list([example]))
+        batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]
+
+
+def label_mask_html(tokenizer, example: dict, max_length: int = 1024):
+    """The example's tokens as coloured spans: grey carries no loss (prompt), green carries loss."""
+    from IPython.display import HTML
+
+    tokens = label_mask(tokenizer, example, max_length)
+    spans = []
+    for text, trained in tokens:
+        shown = html.escape(text).replace("\n", "↵<br>")
+        style = "background:#c8ecc8;color:#0b3d0b" if trained else "background:#e6e6e6;color:#555555"
+        spans.append(f'<span style="{style};border-right:1px solid #ffffff;padding:0 1px">{shown}</span>')
+    n_trained = sum(t for _, t in tokens)
+    legend = (f'<p><span style="background:#e6e6e6;padding:0 4px">grey: label -100, no loss</span> '
+              f'<span style="background:#c8ecc8;padding:0 4px">green: trained on</span> '
+              f"&nbsp;{len(tokens)} tokens, {n_trained} carry loss ({n_trained / len(tokens):.0%})</p>")
+    body = "".join(spans)
+    return HTML(f'{legend}<div style="font-family:monospace;font-size:12px;line-height:1.7;'
+                f'max-height:28em;overflow-y:auto;border:1px solid #dddddd;padding:6px">{body}</div>')
+
+
+def token_length_hist(lengths: dict[str, list[int]], max_length: int = 1024):
+    """Histogram of tokens per example (prompt + completion), one colour per split, with max_length marked."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    every = np.concatenate([np.asarray(v) for v in lengths.values() if len(v)])
+    bins = np.linspace(0, max(every.max(), max_length) * 1.05, 40)
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.hist([lengths[k] for k in lengths], bins=bins, stacked=True, label=list(lengths))
+    ax.axvline(max_length, color="crimson", linestyle="--", label=f"max_length = {max_length}")
+    ax.axvline(float(np.median(every)), color="black", linestyle=":", label=f"median = {int(np.median(every))}")
+    ax.set_xlabel("tokens per example (chat template over prompt + completion)")
+    ax.set_ylabel("examples")
+    ax.legend()
+    ax.set_title(f"{len(every)} examples; {int((every > max_length).sum())} longer than max_length")
+    fig.tight_layout()
+    return fig
+
+
+def split_table(splits):
+    """Rows and share per split of a DatasetDict."""
+    import pandas as pd
+
+    total = sum(len(ds) for ds in splits.values())
+    return pd.DataFrame({"rows": {k: len(v) for k, v in splits.items()},
+                         "share": {k: f"{len(v) / total:.1%}" for k, v in splits.items()}}).rename_axis("split")
+
+
+def specialty_bar(splits):
+    """Examples per specialty, stacked by split."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    counts = pd.DataFrame({name: pd.Series(ds["specialty"]).value_counts() for name, ds in splits.items()}).fillna(0)
+    counts = counts.loc[counts.sum(axis=1).sort_values().index]
+    fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(counts))))
+    counts.plot.barh(stacked=True, ax=ax, width=0.8)
+    ax.set_xlabel("examples")
+    ax.set_ylabel("")
+    ax.set_title("Specialties in the corpus, by split")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- LoRA theory
+
+
+def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention", "all-linear"), alpha_per_rank=2):
+    """Trainable parameters and adapter size for each (targets, rank), counted by PEFT itself on a copy of
+    `model` (the model passed in is left untouched). alpha = alpha_per_rank * r keeps the scale alpha/r fixed."""
+    import pandas as pd
+    from peft import LoraConfig, get_peft_model
+
+    from medreason.config import LORA_PRESETS
+
+    base = sum(p.numel() for p in model.parameters())
+    rows = []
+    for preset in target_presets:
+        for r in ranks:
+            config = LoraConfig(r=r, lora_alpha=alpha_per_rank * r, target_modules=LORA_PRESETS[preset],
+                                lora_dropout=0.0, task_type="CAUSAL_LM")
+            peft_model = get_peft_model(copy.deepcopy(model), config)
+            trainable, _ = peft_model.get_nb_trainable_parameters()
+            n_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))
+            del peft_model
+            rows.append({
+                "targets": preset, "rank r": r, "adapted layers": n_modules, "trainable params": trainable,
+                "% of base": 100 * trainable / base, "adapter MB (fp32)": trainable * 4 / 1e6,
+                "adapter MB (bf16)": trainable * 2 / 1e6, "AdamW state MB": trainable * ADAMW_BYTES / 1e6,
+            })
+    return pd.DataFrame(rows)
+
+
+def lora_param_plot(table, base_params: int | None = None):
+    """Trainable parameters against rank (log-log), one line per target preset."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for preset, part in table.groupby("targets", sort=False):
+        ax.plot(part["rank r"], part["trainable params"] / 1e6, marker="o", label=f"LoRA on {preset}")
+    if base_params:
+        ax.axhline(base_params / 1e6, color="grey", linestyle="--", label="full fine-tuning (all weights)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(sorted(table["rank r"].unique()))
+    ax.get_xaxis().set_major_formatter(plt.FuncFormatter(lambda v, _: f"{int(v)}"))
+    ax.set_xlabel("rank r")
+    ax.set_ylabel("trainable parameters (millions)")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    ax.set_title("LoRA's trainable parameters grow linearly with r")
+    fig.tight_layout()
+    return fig
+
+
+def architecture_on_meta(config):
+    """A model of `config`'s architecture on PyTorch's meta device: real shapes, no memory, no weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def quantizable_split(model) -> tuple[int, int]:
+    """(parameters in the decoder's linear layers, all other parameters). bitsandbytes quantizes the
+    former to 4 bits under QLoRA; embeddings, norms, biases and the output head stay in bf16."""
+    import torch
+
+    unique, linear = {}, 0
+    for p in model.parameters():
+        unique[id(p)] = p.numel()
+    head = model.get_output_embeddings()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) and module is not head:
+            linear += module.weight.numel()
+    return linear, sum(unique.values()) - linear
+
+
+def weight_memory_table(models: dict):
+    """GB for the weights alone, per storage format, for each named model: fp32, bf16, and QLoRA's NF4
+    (linear layers in 4 bits, the rest in bf16) with and without double quantization."""
+    import pandas as pd
+
+    rows = []
+    for name, model in models.items():
+        linear, other = quantizable_split(model)
+        total = linear + other
+        nf4 = linear * NF4_BITS / 8 + other * 2
+        nf4_dq = linear * NF4_DQ_BITS / 8 + other * 2
+        rows.append({
+            "model": name, "params (M)": total / 1e6, "in linear layers": f"{linear / total:.0%}",
+            "fp32 GB": total * 4 / 1e9, "bf16 GB": total * 2 / 1e9, "NF4 GB": nf4 / 1e9, "NF4+DQ GB": nf4_dq / 1e9,
+            "NF4+DQ bytes/param": nf4_dq / total,
+        })
+    return pd.DataFrame(rows).set_index("model")
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def _client():
+    import mlflow
+
+    from medreason.train import tracking_uri
+
+    return mlflow.MlflowClient(tracking_uri())
+
+
+def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric of an MLflow run, in step order."""
+    return sorted((m.step, m.value) for m in _client().get_metric_history(run_id, key))
+
+
+def loss_curves(run_id: str):
+    """Training loss (every logging step) and validation loss (every evaluation) from the MLflow store,
+    with the learning-rate schedule beside them."""
+    import matplotlib.pyplot as plt
+
+    train = metric_history(run_id, "loss")
+    evals = metric_history(run_id, "eval_loss")
+    lr = metric_history(run_id, "learning_rate")
+    fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    if train:
+        ax.plot(*zip(*train), marker=".", label="training loss (per logged step)")
+    if evals:
+        ax.plot(*zip(*evals), marker="o", linestyle="--", label="validation loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy per completion token")
+    ax.set_title(f"MLflow run {run_id[:8]}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if lr:
+        ax_lr.plot(*zip(*lr), color="tab:green")
+    ax_lr.set_xlabel("optimizer step")
+    ax_lr.set_title("learning rate")
+    ax_lr.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def run_metrics_table(run_id: str, prefix: str = "final_"):
+    """The run's final metrics (logged once after training) as a table."""
+    import pandas as pd
+
+    metrics = _client().get_run(run_id).data.metrics
+    rows = {k[len(prefix):]: v for k, v in sorted(metrics.items()) if k.startswith(prefix)}
+    return pd.DataFrame({"value": rows}).rename_axis("metric")
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+
+
+def eval_bar(results: dict, task: str = "medreason_mcq"):
+    """MCQ accuracy per variant with ±1 standard error, the chance line, and held-out perplexity beside it."""
+    import matplotlib.pyplot as plt
+
+    names = list(results["variants"])
+    accs = [results["variants"][n]["tasks"][task]["acc"] for n in names]
+    errs = [results["variants"][n]["tasks"][task]["acc_stderr"] or 0 for n in names]
+    ppl = [results["variants"][n]["test_perplexity"] for n in names]
+    colors = ["#9db4d0", "#4c8c4a"][:len(names)]
+    fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.8))
+    ax.bar(names, accs, yerr=errs, capsize=8, color=colors)
+    ax.axhline(results["chance"], color="crimson", linestyle="--", label=f"chance ({results['chance']:.2f})")
+    ax.set_ylim(0, max(0.5, max(a + e for a, e in zip(accs, errs)) + 0.05))
+    ax.set_ylabel("accuracy (± 1 s.e.)")
+    ax.set_title(f"{task}: {results['n_mcq']} questions")
+    ax.legend(loc="upper right")
+    ax_ppl.bar(names, ppl, color=colors)
+    ax_ppl.set_ylabel("perplexity (lower is better)")
+    ax_ppl.set_title(f"held-out test split: {results['n_test']} examples")
+    for x, v in enumerate(ppl):
+        ax_ppl.text(x, v, f"{v:.2f}", ha="center", va="bottom")
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------------------------- scaling up
+
+
+def recipe_table(paths):
+    """Key settings of each recipe, parsed with the same parser `medreason train` uses."""
+    import pandas as pd
+
+    from medreason.config import parse_config
+
+    rows = {}
+    for path in paths:
+        args, sft, model = parse_config(["--config", str(path)])
+        targets = model.lora_target_modules
+        rows[Path(path).name] = {
+            "model": model.model_name_or_path.split("/")[-1],
+            "dataset": args.dataset if len(args.dataset) < 30 else args.dataset.split("/")[-1],
+            "4-bit (QLoRA)": bool(model.load_in_4bit),
+            "lora r / alpha": f"{model.lora_r} / {model.lora_alpha}",
+            "targets": targets if isinstance(targets, str) else f"{len(targets)} modules",
+            "rsLoRA / DoRA": f"{model.use_rslora} / {model.use_dora}",
+            "learning rate": sft.learning_rate,
+            "batch x accum": f"{sft.per_device_train_batch_size} x {sft.gradient_accumulation_steps}",
+            "max_steps / epochs": f"{sft.max_steps} / {sft.num_train_epochs}" if sft.max_steps > 0
+            else f"- / {sft.num_train_epochs}",
+            "max_length": sft.max_length,
+            "precision": args.precision,
+            "grad. checkpointing": sft.gradient_checkpointing,
+            "packing": sft.packing,
+        }
+    return pd.DataFrame(rows)
+
+
+def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float, world_sizes=(1,),
+                        seconds_per_token: dict[str, float] | None = None):
+    """Optimizer steps, sequences and tokens per recipe and number of processes, from its batch settings and
+    the training-set size of its dataset (`train_rows`: dataset -> rows); with `seconds_per_token`
+    (label -> seconds per training token on some hardware), a time estimate per label."""
+    import pandas as pd
+
+    from medreason.config import parse_config
+
+    rows = []
+    for path in paths:
+        args, sft, _ = parse_config(["--config", str(path)])
+        n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
+        for world in world_sizes:
+            per_step = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * world
+            if sft.max_steps > 0:
+                steps = sft.max_steps
+            else:
+                steps = math.ceil(math.ceil(n_train / per_step) * sft.num_train_epochs)
+            tokens = steps * per_step * min(tokens_per_example, sft.max_length or tokens_per_example)
+            row = {"recipe": Path(path).name, "processes": world, "train rows": n_train,
+                   "sequences / step": per_step, "optimizer steps": steps, "epochs seen": steps * per_step / n_train,
+                   "tokens (M)": tokens / 1e6}
+            for label, spt in (seconds_per_token or {}).items():
+                row[label] = _duration(tokens * spt / world)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
