@@ -47,6 +47,8 @@ def setup_chapter(start: str | Path | None = None) -> Path:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("DATASETS_VERBOSITY", "error")
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "FALSE")
+    # MLflow adds its own stderr handler at import unless told not to; its records then reach ours
+    os.environ["MLFLOW_CONFIGURE_LOGGING"] = "false"
     warnings.filterwarnings("ignore")
     _log_to_stdout()
     _quiet_libraries()

@@ -92,7 +92,12 @@ def parser():
     # SFTConfig defaults to bf16=True, which TrainingArguments refuses on a CPU without bf16 support.
     # medreason decides from `precision` (auto by default) once the hardware is known, in train.py.
     p.set_defaults(bf16=False)
+    p.error = _bad_option  # argparse would print its whole usage text and exit; we want one line
     return p
+
+
+def _bad_option(message: str):
+    raise UserError(f"bad option: {message} (see `medreason train --help`)")
 
 
 def parse_config(argv: list[str]):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -135,7 +136,8 @@ def mcq_accuracy(model, tokenizer, items, *, mcq_path=None, limit=None, batch_si
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     tasks = [mcq_task_config(mcq_path)] + list(hub_tasks)
     out = lm_eval.simple_evaluate(model=lm, tasks=tasks, limit=limit, log_samples=False, bootstrap_iters=1000,
-                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0)
+                                  random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+                                  task_manager=_task_manager(bool(hub_tasks)))
     scores = {}
     for task, metrics in out["results"].items():
         if "acc,none" not in metrics:
@@ -146,6 +148,16 @@ def mcq_accuracy(model, tokenizer, items, *, mcq_path=None, limit=None, batch_si
             "n": out.get("n-samples", {}).get(task, {}).get("effective"),
         }
     return scores
+
+
+@functools.lru_cache(maxsize=2)
+def _task_manager(with_harness_tasks: bool):
+    """lm-eval's task index, built once per process. Indexing the harness's own tasks reads thousands of
+    YAML files (about a minute on 2 cores), so it is skipped when only the bundled task runs (it is
+    passed as a config and needs no index)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=with_harness_tasks)
 
 
 def _num(x):

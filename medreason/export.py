@@ -35,6 +35,7 @@ def export(adapter: str, out: str, model: str | None = None) -> Path:
     merged.config._name_or_path = session.base_model
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a normal folder
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         session.tokenizer.save_pretrained(tmp)

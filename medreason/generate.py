@@ -95,6 +95,14 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     base = model or meta.get("base_model") or DEFAULT_MODEL
     if adapter and model and not same_model(model, meta["base_model"]):
         raise UserError(f"adapter {adapter} was trained on {meta['base_model']}, not on {model}")
+    vocab = meta.get("vocab_size")
+    if adapter and vocab is not None:  # checked on the tokenizer alone, before the weights load
+        from medreason.models import load_tokenizer
+
+        n_tokens = len(load_tokenizer(base))
+        if vocab != n_tokens:
+            raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; "
+                            f"{base} has {n_tokens}")
     if dtype is None:  # bf16 where the hardware multiplies it natively, fp32 elsewhere
         native = torch.cuda.is_available() or cpu_supports_bf16()
         dtype = torch.bfloat16 if native else torch.float32
@@ -102,10 +110,6 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     if torch.cuda.is_available():
         base_model = base_model.to("cuda")
     if adapter:
-        vocab = meta.get("vocab_size")
-        if vocab is not None and vocab != len(tokenizer):
-            raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; "
-                            f"{base} has {len(tokenizer)}")
         from peft import PeftModel
 
         try:

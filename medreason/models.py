@@ -129,6 +129,7 @@ def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
     model, tokenizer = load_gguf(gguf)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal folder
     try:
         plain_copy(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

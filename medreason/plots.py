@@ -64,9 +64,9 @@ def pipeline_diagram():
     for i, (title, body) in enumerate(uses):
         x = 1.25 + i * 2.3
         box(x, 0.25, title, body, "#fbe5c8")
-    arrow(7.9, 3.05, 2.2, 1.55)  # training -> MLflow
+    arrow(7.65, 2.66, 2.15, 1.56)  # training -> MLflow
     for i in range(1, 4):
-        arrow(9.0, 2.65, 1.25 + i * 2.3 + 0.9, 1.55)
+        arrow(9.85, 2.66, 1.25 + i * 2.3 + 0.9, 1.56)  # adapter -> its uses
     ax.set_title("What this book builds: one LoRA adapter, then its uses", fontsize=11)
     fig.tight_layout()
     return fig
@@ -121,7 +121,7 @@ def token_length_hist(lengths: dict[str, list[int]], max_length: int = 1024):
     import numpy as np
 
     every = np.concatenate([np.asarray(v) for v in lengths.values() if len(v)])
-    bins = np.linspace(0, max(every.max(), max_length) * 1.05, 40)
+    bins = np.linspace(0.9 * every.min(), max(every.max(), max_length) * 1.03, 40)
     fig, ax = plt.subplots(figsize=(8, 3.8))
     ax.hist([lengths[k] for k in lengths], bins=bins, stacked=True, label=list(lengths))
     ax.axvline(max_length, color="crimson", linestyle="--", label=f"max_length = {max_length}")
@@ -149,9 +149,10 @@ def specialty_bar(splits):
     import pandas as pd
 
     counts = pd.DataFrame({name: pd.Series(ds["specialty"]).value_counts() for name, ds in splits.items()}).fillna(0)
-    counts = counts.loc[counts.sum(axis=1).sort_values().index]
+    counts = counts.loc[sorted(counts.index, reverse=True)]
     fig, ax = plt.subplots(figsize=(8, max(3, 0.28 * len(counts))))
     counts.plot.barh(stacked=True, ax=ax, width=0.8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_xlabel("examples")
     ax.set_ylabel("")
     ax.set_title("Specialties in the corpus, by split")
@@ -162,9 +163,11 @@ def specialty_bar(splits):
 # --------------------------------------------------------------------------------------------- LoRA theory
 
 
-def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention", "all-linear"), alpha_per_rank=2):
+def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention", "all-linear"), alpha_per_rank=2,
+                     **lora_kwargs):
     """Trainable parameters and adapter size for each (targets, rank), counted by PEFT itself on a copy of
-    `model` (the model passed in is left untouched). alpha = alpha_per_rank * r keeps the scale alpha/r fixed."""
+    `model` (the model passed in is left untouched). alpha = alpha_per_rank * r keeps the scale alpha/r fixed;
+    `lora_kwargs` go to LoraConfig (use_dora=True, use_rslora=True, ...)."""
     import pandas as pd
     from peft import LoraConfig, get_peft_model
 
@@ -175,7 +178,7 @@ def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention
     for preset in target_presets:
         for r in ranks:
             config = LoraConfig(r=r, lora_alpha=alpha_per_rank * r, target_modules=LORA_PRESETS[preset],
-                                lora_dropout=0.0, task_type="CAUSAL_LM")
+                                lora_dropout=0.0, task_type="CAUSAL_LM", **lora_kwargs)
             peft_model = get_peft_model(copy.deepcopy(model), config)
             trainable, _ = peft_model.get_nb_trainable_parameters()
             n_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))
@@ -305,6 +308,45 @@ def run_metrics_table(run_id: str, prefix: str = "final_"):
     return pd.DataFrame({"value": rows}).rename_axis("metric")
 
 
+def runs_table(experiment: str = "medreason", max_runs: int = 5):
+    """The latest runs of an MLflow experiment, as the MLflow UI lists them."""
+    import pandas as pd
+
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return pd.DataFrame()
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=max_runs)
+    return pd.DataFrame([{
+        "run id": r.info.run_id[:8], "run name": r.info.run_name, "status": r.info.status,
+        "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
+        "steps": r.data.metrics.get("final_global_step", r.data.metrics.get("final_step")),
+        "final eval loss": r.data.metrics.get("final_eval_loss"),
+        "final test loss": r.data.metrics.get("final_test_loss"),
+    } for r in runs]).set_index("run id")
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+def answers_table(pairs, references: list[str] | None = None):
+    """Base and adapter answers per question, reasoning apart from the final answer (a pandas Styler)."""
+    import pandas as pd
+
+    rows = []
+    for i, (base, tuned) in enumerate(pairs):
+        for label, a in (("base model", base), ("base + adapter", tuned)):
+            rows.append({"question": i + 1, "model": label, "reasoning (<think>)": a.reasoning or "(none)",
+                         "final answer": a.final or "(none: still thinking at max_new_tokens)",
+                         "new tokens": a.new_tokens})
+        if references:
+            rows.append({"question": i + 1, "model": "reference (corpus)", "reasoning (<think>)": "",
+                         "final answer": references[i], "new tokens": None})
+    frame = pd.DataFrame(rows).set_index(["question", "model"])
+    return frame.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top",
+                                         "font-size": "0.85em"}).format({"new tokens": lambda v: "" if pd.isna(v) else f"{v:.0f}"})
+
+
 # --------------------------------------------------------------------------------------------- evaluation
 
 
@@ -355,8 +397,7 @@ def recipe_table(paths):
             "rsLoRA / DoRA": f"{model.use_rslora} / {model.use_dora}",
             "learning rate": sft.learning_rate,
             "batch x accum": f"{sft.per_device_train_batch_size} x {sft.gradient_accumulation_steps}",
-            "max_steps / epochs": f"{sft.max_steps} / {sft.num_train_epochs}" if sft.max_steps > 0
-            else f"- / {sft.num_train_epochs}",
+            "length": f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.num_train_epochs:g} epoch(s)",
             "max_length": sft.max_length,
             "precision": args.precision,
             "grad. checkpointing": sft.gradient_checkpointing,
@@ -366,18 +407,24 @@ def recipe_table(paths):
 
 
 def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float, world_sizes=(1,),
-                        seconds_per_token: dict[str, float] | None = None):
-    """Optimizer steps, sequences and tokens per recipe and number of processes, from its batch settings and
-    the training-set size of its dataset (`train_rows`: dataset -> rows); with `seconds_per_token`
-    (label -> seconds per training token on some hardware), a time estimate per label."""
+                        model_params: dict[str, float] | None = None, cpu_tokens_per_second: float | None = None,
+                        gpu_flops: float = 100e12):
+    """Optimizer steps, sequences and tokens per recipe and number of processes, from each recipe's batch
+    settings and the training-set size of its dataset (`train_rows`: dataset -> rows). With `model_params`
+    (model name -> parameters): training compute as 4 * params * tokens (forward 2N, backward through the
+    frozen weights 2N; LoRA skips the base's weight gradients) and the time that takes at `gpu_flops`
+    per GPU, a lower bound (perfect scaling over `processes` GPUs). With `cpu_tokens_per_second`
+    (measured): the time on that CPU, for the recipes whose model is the one measured (SmolLM2-135M)."""
     import pandas as pd
 
     from medreason.config import parse_config
 
     rows = []
     for path in paths:
-        args, sft, _ = parse_config(["--config", str(path)])
+        args, sft, model = parse_config(["--config", str(path)])
+        name = model.model_name_or_path.rstrip("/").split("/")[-1]
         n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
+        n_params = (model_params or {}).get(name)
         for world in world_sizes:
             per_step = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * world
             if sft.max_steps > 0:
@@ -385,13 +432,39 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
             else:
                 steps = math.ceil(math.ceil(n_train / per_step) * sft.num_train_epochs)
             tokens = steps * per_step * min(tokens_per_example, sft.max_length or tokens_per_example)
-            row = {"recipe": Path(path).name, "processes": world, "train rows": n_train,
-                   "sequences / step": per_step, "optimizer steps": steps, "epochs seen": steps * per_step / n_train,
-                   "tokens (M)": tokens / 1e6}
-            for label, spt in (seconds_per_token or {}).items():
-                row[label] = _duration(tokens * spt / world)
+            row = {"recipe": Path(path).name, "dataset": args.dataset.split("/")[-1], "processes": world,
+                   "train rows": n_train, "sequences / step": per_step, "optimizer steps": steps,
+                   "epochs": round(steps * per_step / n_train, 2), "tokens (M)": round(tokens / 1e6, 2)}
+            if n_params:
+                flops = 4 * n_params * tokens
+                row["PFLOP"] = round(flops / 1e15, 2)
+                row[f"GPU time at {gpu_flops / 1e12:.0f} TFLOP/s"] = _duration(flops / (gpu_flops * world))
+            if cpu_tokens_per_second:
+                # processes on one CPU share its cores: no speed-up from more of them
+                row["time on this CPU"] = (_duration(tokens / cpu_tokens_per_second)
+                                           if name.lower().startswith("smollm2-135m") else "-")
             rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).set_index(["recipe", "processes"])
+
+
+def measured_tokens_per_second(run_name: str = "smollm2-135m-cpu", experiment: str = "medreason") -> float | None:
+    """Training throughput of the latest finished run called `run_name`, from the MLflow store: tokens
+    trained on (TRL's cumulative `num_tokens`) between the first and the last logged step, over the time
+    between them, so that evaluations before and after training do not count. None without such a run."""
+    client = _client()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}' "
+                              "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                              max_results=1)
+    if not runs:
+        return None
+    history = sorted(client.get_metric_history(runs[0].info.run_id, "num_tokens"), key=lambda m: m.step)
+    if len(history) < 2 or history[-1].timestamp <= history[0].timestamp:
+        return None
+    first, last = history[0], history[-1]
+    return (last.value - first.value) / ((last.timestamp - first.timestamp) / 1000)
 
 
 def _duration(seconds: float) -> str:

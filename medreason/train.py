@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import shutil
-import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +46,17 @@ class TrainResult:
 
 def train(argv: list[str]) -> TrainResult:
     """Parse a recipe plus overrides and train; the same function serves the CLI and the book."""
+    _use_cpu_for_multiprocess()
     args, sft, model_args = parse_config(argv)
     check_hyperparameters(args, sft, model_args)
     configure_runtime(args, sft, model_args)
+    output_dir = Path(sft.output_dir)
+    resume_from = last_checkpoint(output_dir) if args.resume else None
+    if args.resume and resume_from is None:
+        log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
+    elif not args.resume and last_checkpoint(output_dir) is not None:
+        raise UserError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
+                        f"or choose another --output_dir / --run_name")
 
     import torch
     from transformers import set_seed
@@ -73,14 +81,6 @@ def train(argv: list[str]) -> TrainResult:
     # The seed is set right before the adapter's weights are drawn, so one seed gives one loss curve.
     set_seed(sft.seed)
     peft_config = get_peft_config(model_args)
-
-    output_dir = Path(sft.output_dir)
-    resume_from = last_checkpoint(output_dir) if args.resume else None
-    if args.resume and resume_from is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
-    elif not args.resume and last_checkpoint(output_dir) is not None:
-        raise UserError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
-                        f"or choose another --output_dir / --run_name")
 
     run = start_mlflow_run(args, sft, model_args, output_dir, resume=resume_from is not None)
     try:
@@ -170,6 +170,10 @@ def check_hyperparameters(args, sft, model_args):
     if sft.max_length is not None and context is not None and sft.max_length > context:
         raise UserError(f"max_length {sft.max_length} is beyond the context of {model_args.model_name_or_path} ({context} tokens)")
     targets = model_args.lora_target_modules
+    if isinstance(targets, str) and targets != "all-linear":
+        # one value on the command line (`--lora_target_modules q_proj`) arrives as a string, which PEFT
+        # would read as a regular expression matched against full module paths: make it a list of one name
+        targets = model_args.lora_target_modules = [targets]
     if targets and targets != "all-linear":
         names = _module_names(config)
         missing = [t for t in targets if t not in names]
@@ -227,7 +231,20 @@ def configure_runtime(args, sft, model_args):
         torch.set_num_threads(max(1, threads // world))
     if model_args.model_name_or_path and not sft.run_name:
         sft.run_name = Path(sft.output_dir).name
+    if sft.eval_strategy == "no":
+        sft.eval_on_start = False  # a recipe's eval_on_start would otherwise evaluate with no eval set
     sft.report_to = []  # medreason owns the MLflow run (below); the trainer's callback logs into it
+
+
+def _use_cpu_for_multiprocess():
+    """Under torchrun / accelerate launch on a machine without CUDA, DDP over gloo needs `use_cpu`: without
+    it accelerate sees no accelerator and every process trains alone (and each saves its own adapter).
+    The environment variable is read when SFTConfig is built, so it is set before the recipe is parsed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch
+
+        if not torch.cuda.is_available():
+            os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
 def _physical_cores() -> int:
@@ -240,12 +257,15 @@ def _physical_cores() -> int:
 
 
 def last_checkpoint(output_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest complete checkpoint. The trainer writes a checkpoint in place and trainer_state.json
+    last, so a folder without it is one that a kill interrupted: resuming from it would fail."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not output_dir.is_dir():
         return None
-    found = get_last_checkpoint(str(output_dir))
-    return Path(found) if found else None
+    complete = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
 def _interrupted() -> bool:
@@ -273,7 +293,12 @@ def start_mlflow_run(args, sft, model_args, output_dir: Path, resume: bool):
     from transformers.integrations import MLflowCallback  # noqa: F401  (the trainer logs metrics into our run)
 
     os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "FALSE")
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:") and mlflow.get_experiment_by_name(args.mlflow_experiment) is None:
+        # a SQLite store keeps its artifacts beside it (MLflow's default is ./mlruns in the working directory)
+        db = Path(uri.removeprefix("sqlite:///"))
+        mlflow.create_experiment(args.mlflow_experiment, artifact_location=(db.parent / "mlartifacts").resolve().as_uri())
     mlflow.set_experiment(args.mlflow_experiment)
     id_file = output_dir / "mlflow_run_id"
     run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
@@ -282,7 +307,9 @@ def start_mlflow_run(args, sft, model_args, output_dir: Path, resume: bool):
     id_file.write_text(run.info.run_id)
     resolved = config_dict(args, sft, model_args)
     if run_id is None:
-        mlflow.log_params({k: str(v)[:500] for k, v in resolved.items() if k in LOGGED_PARAMS})
+        # enum values as the trainer's MLflow callback logs them ('cosine', not 'SchedulerType.COSINE'):
+        # MLflow refuses a param logged twice with different values, and drops the callback's whole batch
+        mlflow.log_params({k: str(getattr(v, "value", v))[:500] for k, v in resolved.items() if k in LOGGED_PARAMS})
     mlflow.log_dict(resolved, "resolved_config.json")
     (output_dir / "resolved_config.json").write_text(json.dumps(resolved, indent=2))
     sft.report_to = ["mlflow"]
@@ -326,7 +353,10 @@ def save_adapter(trainer, tokenizer, args, sft, model_args, metrics: dict) -> Pa
     name = model_args.model_name_or_path.rstrip("/").split("/")[-1]
     final = Path(args.adapter_root) / name
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=final.parent))
+    # a plain mkdir (mode from the umask), not mkdtemp: mkdtemp's 0700 would stay on the adapter folder
+    tmp = final.with_name(f".{name}.tmp-{uuid.uuid4().hex[:12]}")
+    tmp.mkdir()
+    old = final.with_name(f".{name}.old")
     try:
         trainer.model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -342,7 +372,6 @@ def save_adapter(trainer, tokenizer, args, sft, model_args, metrics: dict) -> Pa
         }
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2))
         (tmp / "README.md").write_text(model_card(meta))
-        old = final.with_name(f".{name}.old")
         if final.exists():
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -350,6 +379,8 @@ def save_adapter(trainer, tokenizer, args, sft, model_args, metrics: dict) -> Pa
         shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():  # failed between the two renames: put the previous one back
+            os.replace(old, final)
         raise
     log.info("adapter saved to %s", final)
     return final

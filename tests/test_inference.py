@@ -79,17 +79,24 @@ def _peft_model(tiny_model_dir, adapter_dir, dtype=None):
     return PeftModel.from_pretrained(base, str(adapter_dir)).eval()
 
 
-def _greedy_reference(model, tokenizer, question: str, max_new_tokens: int) -> str:
-    """What a plain `generate` call gives for `question` in the chat template (greedy; medreason's default
-    repetition penalty), decoded as medreason decodes it."""
+def _reference(model, tokenizer, question: str, max_new_tokens: int, seed: int | None = None) -> str:
+    """What a plain `generate` call gives for `question` in the chat template (greedy, or sampled at
+    temperature 1 / top_p 0.9 from `seed`; medreason's default repetition penalty), decoded as medreason
+    decodes it."""
     import torch
+
+    if seed is None:
+        decoding = {"do_sample": False}
+    else:
+        torch.manual_seed(seed)
+        decoding = {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": None}
 
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}],
         tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
-        out = model.generate(**ids, do_sample=False, max_new_tokens=max_new_tokens, repetition_penalty=1.1,
+        out = model.generate(**ids, **decoding, max_new_tokens=max_new_tokens, repetition_penalty=1.1,
                              pad_token_id=tokenizer.pad_token_id)
     return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
 
@@ -159,7 +166,6 @@ def test_export_refuses_a_folder_that_is_not_a_model(adapter_dir, tmp_path):
 
 
 def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapter_dir, monkeypatch):
-    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     # Count every Llama built (from_pretrained, from_config) and every Llama alive while loading + comparing.
@@ -179,10 +185,15 @@ def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapt
     # base weights and into its LoRA branch.
     lora_layer = s.model.get_base_model().model.layers[0].self_attn.q_proj
     calls = {"base_layer": 0, "lora_A": 0}
-    hooks = [lora_layer.base_layer.register_forward_hook(lambda *a: calls.__setitem__("base_layer", calls["base_layer"] + 1)),
-             lora_layer.lora_A["default"].register_forward_hook(lambda *a: calls.__setitem__("lora_A", calls["lora_A"] + 1))]
-    sampling = Sampling(greedy=True, max_new_tokens=8)
-    (base, tuned), = compare(s, [QUESTION], sampling)
+
+    def counter(name):
+        return lambda *a: calls.__setitem__(name, calls[name] + 1)
+
+    hooks = [lora_layer.base_layer.register_forward_hook(counter("base_layer")),
+             lora_layer.lora_A["default"].register_forward_hook(counter("lora_A"))]
+    (base, tuned), = compare(s, [QUESTION], Sampling(greedy=True, max_new_tokens=8))
+    # the tiny random base answers greedily with blank lines only, so also compare sampled answers
+    (sampled_base, sampled_tuned), = compare(s, [QUESTION], Sampling(max_new_tokens=8, temperature=1.0, seed=5))
     for h in hooks:
         h.remove()
     gc.collect()
@@ -197,12 +208,14 @@ def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapt
     assert base.question == tuned.question == QUESTION
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     plain = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=s.model.dtype).eval()
-    assert base.text == _greedy_reference(plain, tokenizer, QUESTION, 8)
     peft_model = _peft_model(tiny_model_dir, adapter_dir, dtype=s.model.dtype)
-    assert tuned.text == _greedy_reference(peft_model, tokenizer, QUESTION, 8)
-    assert base.text != tuned.text  # otherwise the comparison above proves nothing
+    assert base.text == _reference(plain, tokenizer, QUESTION, 8)
+    assert tuned.text == _reference(peft_model, tokenizer, QUESTION, 8)
+    assert sampled_base.text == _reference(plain, tokenizer, QUESTION, 8, seed=5)
+    assert sampled_tuned.text == _reference(peft_model, tokenizer, QUESTION, 8, seed=5)
+    # otherwise the comparisons above prove nothing
+    assert base.text != tuned.text and sampled_base.text != sampled_tuned.text and sampled_base.text
     assert 0 < base.new_tokens <= 8 and 0 < tuned.new_tokens <= 8
-    del torch
 
 
 def test_greedy_is_deterministic_and_sampling_is_reproducible(session):
@@ -288,11 +301,11 @@ def test_adapter_trained_on_another_base(adapter_dir, tiny_model_dir, tmp_path, 
     assert "someone/other-model" in line and str(tiny_model_dir) in line
 
 
-def test_adapter_with_another_vocabulary(adapter_dir, tmp_path, capsys):
+def test_adapter_with_another_vocabulary(adapter_dir, tokenizer, tmp_path, capsys, no_model_loading):
     other = _copy_adapter(adapter_dir, tmp_path / "other-vocab", vocab_size=32000)
     assert main(["chat", "--adapter", str(other), "--prompt", "What is anemia?"]) == 2
     line = _error_line(capsys)
-    assert "32000" in line and "49152" in line
+    assert "32000" in line and str(len(tokenizer)) in line and len(tokenizer) != 32000
 
 
 def test_empty_prompt(tiny_model_dir, capsys, no_model_loading):
@@ -352,26 +365,27 @@ def test_chat_prompt_with_compare_prints_both(adapter_dir, capsys):
     assert "=== base model" in out and f"=== with adapter ({adapter_dir})" in out
 
 
-def _chat_subprocess(tiny_model_dir, cwd, stdin_text):
+def _chat_subprocess(cwd, stdin_text, *args):
     return subprocess.run(
-        [sys.executable, "-m", "medreason", "chat", "--model", str(tiny_model_dir), "--greedy", "--max-new-tokens", "4"],
+        [sys.executable, "-m", "medreason", "chat", *args, "--greedy", "--max-new-tokens", "4"],
         input=stdin_text, capture_output=True, text=True, timeout=300, cwd=cwd,
         env={**os.environ, "HF_HUB_OFFLINE": "1"})
 
 
 @pytest.mark.slow
-def test_interactive_chat_answers_then_quits(tiny_model_dir, in_tmp):
-    proc = _chat_subprocess(tiny_model_dir, in_tmp, "What is anemia?\nquit\n")
+def test_interactive_chat_answers_then_quits(tiny_model_dir, adapter_dir, session, in_tmp):
+    # with the adapter: the tiny random base alone answers greedily with blank lines only
+    proc = _chat_subprocess(in_tmp, "What is anemia?\nquit\n", "--model", str(tiny_model_dir),
+                            "--adapter", str(adapter_dir))
     assert proc.returncode == 0, proc.stderr
     assert "model>" in proc.stdout
-    expected = answer(load_for_inference(model=str(tiny_model_dir)), ["What is anemia?"],
-                      Sampling(greedy=True, max_new_tokens=4))[0].text
+    expected = answer(session, ["What is anemia?"], Sampling(greedy=True, max_new_tokens=4))[0].text
     assert expected and expected in proc.stdout.split("model>", 1)[1]
 
 
 @pytest.mark.slow
 def test_interactive_chat_ends_cleanly_on_eof(tiny_model_dir, in_tmp):
-    proc = _chat_subprocess(tiny_model_dir, in_tmp, "")
+    proc = _chat_subprocess(in_tmp, "", "--model", str(tiny_model_dir))
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "model>" not in proc.stdout
 
