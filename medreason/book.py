@@ -25,6 +25,8 @@ from pathlib import Path
 # Loggers that are chatty at INFO; medreason's own stay at INFO.
 _QUIET_LOGGERS = ("transformers", "datasets", "trl", "peft", "accelerate", "mlflow", "alembic", "httpx",
                   "urllib3", "filelock", "fsspec", "matplotlib", "lm_eval", "lm-eval", "numexpr", "torch")
+# lm-eval warns at WARNING that it was handed a model object rather than a name, which medreason does on purpose
+_LEVELS = {"lm_eval": logging.ERROR, "lm-eval": logging.ERROR}
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -63,7 +65,7 @@ def _log_to_stdout():
     logging.getLogger("medreason").setLevel(logging.INFO)
     for name in _QUIET_LOGGERS:
         logger = logging.getLogger(name)
-        logger.setLevel(logging.WARNING)
+        logger.setLevel(_LEVELS.get(name, logging.WARNING))
         # libraries that attach their own stderr handler (transformers, datasets) would print twice
         for h in list(logger.handlers):
             if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:

@@ -320,7 +320,7 @@ def runs_table(experiment: str = "medreason", max_runs: int = 5):
     return pd.DataFrame([{
         "run id": r.info.run_id[:8], "run name": r.info.run_name, "status": r.info.status,
         "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
-        "steps": r.data.metrics.get("final_global_step", r.data.metrics.get("final_step")),
+        "final train loss": r.data.metrics.get("final_train_loss"),
         "final eval loss": r.data.metrics.get("final_eval_loss"),
         "final test loss": r.data.metrics.get("final_test_loss"),
     } for r in runs]).set_index("run id")
@@ -336,15 +336,21 @@ def answers_table(pairs, references: list[str] | None = None):
     rows = []
     for i, (base, tuned) in enumerate(pairs):
         for label, a in (("base model", base), ("base + adapter", tuned)):
-            rows.append({"question": i + 1, "model": label, "reasoning (<think>)": a.reasoning or "(none)",
+            rows.append({"question": i + 1, "model": label, "reasoning (think block)": a.reasoning or "(none)",
                          "final answer": a.final or "(none: still thinking at max_new_tokens)",
                          "new tokens": a.new_tokens})
         if references:
             rows.append({"question": i + 1, "model": "reference (corpus)", "reasoning (<think>)": "",
                          "final answer": references[i], "new tokens": None})
     frame = pd.DataFrame(rows).set_index(["question", "model"])
-    return frame.style.set_properties(**{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top",
-                                         "font-size": "0.85em"}).format({"new tokens": lambda v: "" if pd.isna(v) else f"{v:.0f}"})
+    return text_table(frame).format({"new tokens": lambda v: "" if pd.isna(v) else f"{v:.0f}"})
+
+
+def text_table(frame):
+    """A DataFrame of long texts as a readable HTML table: wrapped, left-aligned, and HTML-escaped, since
+    model output can contain tags such as <think> that a browser would otherwise swallow."""
+    return frame.style.format(escape="html").set_properties(
+        **{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top", "font-size": "0.85em"})
 
 
 # --------------------------------------------------------------------------------------------- evaluation
