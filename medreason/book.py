@@ -32,7 +32,9 @@ from pathlib import Path
 _QUIET_LOGGERS = ("transformers", "datasets", "trl", "peft", "accelerate", "mlflow", "alembic", "httpx",
                   "urllib3", "filelock", "fsspec", "matplotlib", "lm_eval", "lm-eval", "numexpr", "torch")
 # lm-eval warns at WARNING that it was handed a model object rather than a name, which medreason does on purpose
-_LEVELS = {"lm_eval": logging.ERROR, "lm-eval": logging.ERROR}
+# bitsandbytes, on CPUs with AVX512-BF16, warns at import that the optional Hub kernel package `kernels` is
+# missing (it falls back to its own 4-bit CPU code, which medreason's QLoRA path uses)
+_LEVELS = {"lm_eval": logging.ERROR, "lm-eval": logging.ERROR, "bitsandbytes.backends.cpu.ops": logging.ERROR}
 
 
 def repo_root(start: str | Path | None = None) -> Path:
@@ -69,7 +71,7 @@ def _log_to_stdout():
     handler.addFilter(_ShortNames())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("medreason").setLevel(logging.INFO)
-    for name in _QUIET_LOGGERS:
+    for name in (*_QUIET_LOGGERS, *_LEVELS):
         logger = logging.getLogger(name)
         logger.setLevel(_LEVELS.get(name, logging.WARNING))
         # libraries that attach their own stderr handler (transformers, datasets) would print twice

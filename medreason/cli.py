@@ -145,6 +145,9 @@ def setup_logging(debug: bool = False):
     )
     for noisy in ("httpx", "urllib3", "filelock", "alembic", "matplotlib", "fsspec", "lm_eval", "lm-eval"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # bitsandbytes warns on AVX512-BF16 CPUs that the optional Hub package `kernels` is missing, then uses its
+    # own CPU code: nothing for the user to act on
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ class MedreasonArgs:
     lm_head: str = field(
         default="auto",
         metadata={"help": "How the loss reads the output layer: 'fused' (TRL's chunked head, which never builds "
-                  "the full logits: best on GPUs), 'dense' (the logits of the labelled positions at once: "
-                  "about 3x faster on CPUs, where TRL's chunked head falls back to slow torch code), or 'auto' "
+                  "the full logits: best on GPUs), 'dense' (the logits of the labelled positions at once: on CPUs, "
+                  "where TRL's chunked head falls back to slow torch code, the head takes a third of the time), or 'auto' "
                   "(dense on CPUs, fused elsewhere)."},
     )
     mlflow_experiment: str = field(default="medreason", metadata={"help": "MLflow experiment name."})
