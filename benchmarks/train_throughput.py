@@ -2,6 +2,7 @@
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_throughput.py            # 4 optimizer steps each
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_throughput.py --steps 8
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_throughput.py --steps 8 --ablation   # + what each change buys
 
 In one run, on the same bundled data, the same real SmolLM2-135M-Instruct and the same number of optimizer
 steps, it trains:
@@ -47,6 +48,14 @@ BASELINE = [
 ]
 
 
+# --ablation: the baseline with medreason's CPU changes added one at a time (each row keeps the ones above)
+ABLATION = [
+    ("+ bf16 frozen weights", ["--dtype", "bfloat16"]),
+    ("+ dense LM head", ["--lm_head", "dense"]),
+    ("+ no gradient checkpointing", ["--gradient_checkpointing", "false"]),
+]
+
+
 def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 3) -> float:
     """Best-of GFLOP/s of F.linear (what nn.Linear runs: oneDNN/MKL) on n x n operands in the given dtype."""
     import torch
@@ -81,6 +90,8 @@ def run(name: str, extra: list[str], steps: int, workdir: Path) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4, help="optimizer steps for each variant")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train the baseline with the CPU changes added one at a time")
     args = p.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/bench.db")
@@ -93,6 +104,10 @@ def main():
           f"(native bf16: {cpu_supports_bf16()})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         baseline = run("baseline", BASELINE, args.steps, Path(tmp))
+        ablation, extra = {}, list(BASELINE)
+        for i, (name, change) in enumerate(ABLATION if args.ablation else []):
+            extra += change
+            ablation[name] = run(f"ablation-{i}", extra, args.steps, Path(tmp))
         recipe = run("recipe", [], args.steps, Path(tmp))
     ratio = recipe["tokens_per_s"] / baseline["tokens_per_s"]
     recipe_dtype = "bf16" if cpu_supports_bf16() else "fp32"
@@ -103,6 +118,7 @@ def main():
                     "python": platform.python_version(), "native_bf16": cpu_supports_bf16()},
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
         "baseline": baseline,
+        **({"ablation": ablation} if ablation else {}),
         "recipe": recipe,
         "ratio": round(ratio, 2),
         "recipe_gflops": round(achieved, 1),
@@ -111,6 +127,8 @@ def main():
         "fraction_of_recipe_dtype_peak": round(achieved / peaks[recipe_dtype], 3),
     }
     print(f"\nbaseline (notebook settings): {baseline['tokens_per_s']:.1f} tokens/s")
+    for name, row in ablation.items():
+        print(f"  {name:<27} {row['tokens_per_s']:.1f} tokens/s ({row['tokens_per_s'] / baseline['tokens_per_s']:.2f}x)")
     print(f"recipe ({RECIPE}):            {recipe['tokens_per_s']:.1f} tokens/s")
     print(f"ratio recipe/baseline:        {ratio:.2f}x (target >= 3)")
     print(f"recipe reaches {achieved:.1f} GFLOP/s = {result['fraction_of_bf16_peak']:.1%} of the measured bf16 matmul "
