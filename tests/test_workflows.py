@@ -168,9 +168,9 @@ def test_jupyter_cache_key_covers_package_and_book():
     cache from the old package and the unchanged chapters would show its outputs."""
     doc = _load(WORKFLOWS_DIR / "book.yml")
     steps = _cache_steps(doc, ".jupyter_cache")
-    assert len(steps) == 1, f"expected one actions/cache step for book/_build/.jupyter_cache, got {steps}"
+    assert len(steps) == 1, f"expected one actions/cache step for _build/.jupyter_cache, got {steps}"
     with_ = steps[0]["with"]
-    assert with_["path"].strip() == "book/_build/.jupyter_cache"
+    assert with_["path"].strip() == "_build/.jupyter_cache"
     key = with_["key"]
     for pattern in ("medreason/**", "configs/**", "book/**/*.md", "book/*.yml", "requirements.lock", "pyproject.toml"):
         assert f"'{pattern}'" in key, f"the jupyter cache key does not hash {pattern!r}: {key}"
