@@ -1,11 +1,17 @@
 """What every chapter of the book runs first: work from the repository root, quietly.
 
-    from medreason.book import setup_chapter
-    root = setup_chapter()      # the first code cell of every chapter
+The first code cell of every chapter finds the checkout, puts this folder on sys.path and calls it:
 
-Jupyter Book (myst-nb) executes each chapter with the working directory set to `book/`; JupyterLab opens
-a chapter wherever it lies. The recipes (`configs/...`), the adapter (`lora_adapter/...`) and the MLflow
-store (`results/...`) are relative paths from the repository root, so `setup_chapter` moves there first.
+    root = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file() and (p / "configs").is_dir()), None)
+    sys.path.insert(0, str(root / "book" / "_ext"))
+    from medreason_chapter import setup_chapter
+    root = setup_chapter(root)
+
+The cell walks up from the working directory, so a chapter runs the same in the book build (myst-nb runs
+chapters in `book/`), in JupyterLab (`book/*.md` through jupytext, or `book/_notebooks/*.ipynb` from
+`make notebooks`) and as an `.ipynb` downloaded from the site into any folder of a clone. The recipes
+(`configs/...`), the adapter (`lora_adapter/...`) and the MLflow store (`results/...`) are relative paths
+from the repository root, so `setup_chapter` moves there first.
 
 It also keeps the pages readable: progress bars and Python warnings are switched off, and medreason's
 log lines go to stdout as `medreason: ...`, the way the command line prints them. Libraries' own log
@@ -13,11 +19,8 @@ records go to stdout too, at WARNING and above, so nothing lands on stderr unles
 It sets no network switch: the Makefile sets HF_HUB_OFFLINE=1 for the book build, and a reader online
 gets the Hub as usual.
 
-The module is also a small Sphinx extension (book/_config.yml lists it): Sphinx reads, and so myst-nb
-executes, documents in alphabetical order, which would run `evaluation` and `inference` before `training`.
-Each of those finds no adapter yet and trains one through `ensure_adapter()`, and then the training chapter
-trains again: two trainings per cold build. Reading in the order of `_toc.yml` makes the training chapter
-train first and the later chapters reuse its adapter; chapters still run in any order on their own.
+This lives in book/_ext/, not in the installed package: only the book needs it. The Sphinx side of the
+book (reading order, notebook downloads) is `medreason_sphinx.py` beside it.
 """
 
 from __future__ import annotations
@@ -108,36 +111,3 @@ def _quiet_libraries():
         datasets.utils.logging.set_verbosity_error()
     except ImportError:
         pass
-
-
-# --------------------------------------------------------------------------------------------- Sphinx extension
-
-
-def setup(app):
-    """Sphinx entry point: read (and so execute) the book's documents in table-of-contents order."""
-    app.connect("env-before-read-docs", _read_in_toc_order)
-    return {"parallel_read_safe": True, "parallel_write_safe": True}
-
-
-def toc_order(site_map) -> list[str]:
-    """Docnames of a sphinx-external-toc SiteMap, depth first from the root: the reading order."""
-    order: list[str] = []
-
-    def walk(name: str):
-        if name in order:
-            return
-        order.append(name)
-        doc = site_map.get(name) if hasattr(site_map, "get") else None
-        for child in (doc.child_files() if doc is not None else []):
-            walk(child)
-
-    walk(site_map.root.docname)
-    return order
-
-
-def _read_in_toc_order(app, env, docnames: list[str]):
-    site_map = getattr(env, "external_site_map", None) or getattr(app.config, "external_site_map", None)
-    if site_map is None:  # not a Jupyter Book / external-toc project: keep Sphinx's order
-        return
-    rank = {name: i for i, name in enumerate(toc_order(site_map))}
-    docnames.sort(key=lambda name: (rank.get(name, len(rank)), name))
