@@ -79,6 +79,16 @@ class MedreasonArgs:
     )
     mlflow_experiment: str = field(default="medreason", metadata={"help": "MLflow experiment name."})
     evaluate_test: bool = field(default=True, metadata={"help": "Report final metrics on the test split."})
+    trainer: str = field(
+        default="sft",
+        metadata={"help": "Which recipe this is: 'sft' (TRL's SFTConfig: supervised fine-tuning on reasoning "
+                  "traces) or 'grpo' (TRL's GRPOConfig: reinforcement learning with verifiable MCQ rewards)."},
+    )
+    init_adapter: str | None = field(
+        default=None,
+        metadata={"help": "GRPO: a medreason adapter folder to continue training (its LoRA stays trainable and is "
+                  "also the KL reference); unset: a new LoRA on the base model."},
+    )
 
     def __post_init__(self):
         if self.template not in TEMPLATES:
@@ -93,12 +103,16 @@ class MedreasonArgs:
             raise UserError(f"max_examples must be at least 1, got {self.max_examples}")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"num_threads must be at least 1, got {self.num_threads}")
+        if self.trainer not in TRAINERS:
+            raise UserError(f"trainer '{self.trainer}' is unknown: choose one of {', '.join(TRAINERS)}")
+        if self.init_adapter is not None and self.trainer != "grpo":
+            raise UserError("init_adapter continues an adapter with GRPO only: set trainer: grpo, or remove it")
 
 
-def parser():
-    from trl import ModelConfig, SFTConfig, TrlParser
+def parser(trainer: str = "sft"):
+    from trl import TrlParser
 
-    p = TrlParser((MedreasonArgs, SFTConfig, ModelConfig))
+    p = TrlParser(_classes(trainer))
     # SFTConfig defaults to bf16=True, which TrainingArguments refuses on a CPU without bf16 support.
     # medreason decides from `precision` (auto by default) once the hardware is known, in train.py.
     # ModelConfig's dtype defaults to float32; None lets train.py derive it from the precision (bf16 frozen
@@ -113,8 +127,11 @@ def _bad_option(message: str):
 
 
 def parse_config(argv: list[str]):
-    """(MedreasonArgs, SFTConfig, ModelConfig) from `--config FILE` plus `--key value` overrides."""
+    """(MedreasonArgs, SFTConfig or GRPOConfig, ModelConfig) from `--config FILE` plus `--key value` overrides.
+    The recipe's `trainer` key (or `--trainer`) picks TRL's config class, so each recipe is checked against
+    the fields of the trainer it is for."""
     argv = list(argv)
+    trainer = "sft"
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
@@ -122,9 +139,11 @@ def parse_config(argv: list[str]):
         path = Path(argv[i + 1])
         if not path.is_file():
             raise UserError(f"config file {path} does not exist (recipes live in configs/)")
-        _check_yaml(path)
+        trainer = _check_yaml(path, _trainer_override(argv))
+    else:
+        trainer = _trainer_override(argv) or trainer
     try:
-        args, sft, model = parser().parse_args_and_config(argv)
+        args, sft, model = parser(trainer).parse_args_and_config(argv)
     except ValueError as e:  # TRL and HfArgumentParser report unknown keys as ValueError
         raise UserError(_unknown_key_message(str(e), argv)) from e
     if args.lora_preset is not None:
@@ -151,7 +170,17 @@ def config_dict(*dataclass_objs) -> dict:
     return out
 
 
-def _check_yaml(path: Path):
+def _trainer_override(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--trainer" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--trainer="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _check_yaml(path: Path, trainer: str | None = None) -> str:
+    """Check the recipe's keys against the classes of its trainer; return that trainer's name."""
     import yaml
 
     try:
@@ -162,17 +191,27 @@ def _check_yaml(path: Path):
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
-    known = {f.name for cls in _classes() for f in dataclasses.fields(cls)} | {"env"}
+    trainer = trainer or str(data.get("trainer", "sft"))
+    if trainer not in TRAINERS:
+        raise UserError(f"{path}: trainer '{trainer}' is unknown: choose one of {', '.join(TRAINERS)}")
+    known = {f.name for cls in _classes(trainer) for f in dataclasses.fields(cls)} | {"env"}
     unknown = sorted(set(data) - known)
     if unknown:
         hint = _closest(unknown[0], known)
-        raise UserError(f"{path}: unknown config key '{unknown[0]}'" + (f" (did you mean '{hint}'?)" if hint else ""))
+        other = [t for t in TRAINERS if t != trainer and unknown[0] in {f.name for f in dataclasses.fields(_classes(t)[1])}]
+        why = f" (a {other[0]} key: this recipe is for trainer {trainer})" if other else (
+            f" (did you mean '{hint}'?)" if hint else "")
+        raise UserError(f"{path}: unknown config key '{unknown[0]}'" + why)
+    return trainer
 
 
-def _classes():
-    from trl import ModelConfig, SFTConfig
+TRAINERS = ("sft", "grpo")
 
-    return (MedreasonArgs, SFTConfig, ModelConfig)
+
+def _classes(trainer: str = "sft"):
+    from trl import GRPOConfig, ModelConfig, SFTConfig
+
+    return (MedreasonArgs, {"sft": SFTConfig, "grpo": GRPOConfig}.get(trainer, SFTConfig), ModelConfig)
 
 
 def _unknown_key_message(message: str, argv: list[str]) -> str:
