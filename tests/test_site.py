@@ -5,8 +5,8 @@ Build the site first (`make book`), then `make test PYTEST_ARGS="-m book"`.
 Environment:
   MEDREASON_SITE_DIR      the built HTML folder (default _build/html); the table of contents is read from
                           the book source two levels up (<site>/../../_toc.yml), as jupyter-book lays it out.
-  MEDREASON_CHROMIUM      the Chromium executable (default /usr/bin/chromium; Playwright's own browser
-                          download is not used).
+  MEDREASON_CHROMIUM      the Chromium executable; without it, Playwright's own browser, then `chromium`,
+                          `chromium-browser` or `google-chrome` on PATH (tests/browser.py resolves it).
   MEDREASON_REQUIRE_SITE  set to 1 (CI does) to fail instead of skip when the site, Playwright or Chromium
                           is missing.
 """
@@ -22,13 +22,13 @@ from urllib.parse import urljoin, urlparse
 
 import pytest
 import yaml
+from browser import ChromiumError, find_chromium, how_to_install
 
 pytestmark = pytest.mark.book
 
 REPO = Path(__file__).resolve().parents[1]
 SITE_DIR = Path(os.environ.get("MEDREASON_SITE_DIR") or REPO / "_build" / "html").resolve()
 TOC_FILE = SITE_DIR.parent.parent / "_toc.yml"
-CHROMIUM = os.environ.get("MEDREASON_CHROMIUM") or "/usr/bin/chromium"
 REQUIRED = os.environ.get("MEDREASON_REQUIRE_SITE", "") not in ("", "0")
 CHROMIUM_ARGS = [
     "--headless",
@@ -63,8 +63,12 @@ try:
     from playwright.sync_api import sync_playwright
 except ImportError as exc:  # pragma: no cover - depends on the environment
     _unavailable(f"the playwright Python package is not installed ({exc})")
-if not os.access(CHROMIUM, os.X_OK):
-    _unavailable(f"no Chromium executable at {CHROMIUM} (install it, or set MEDREASON_CHROMIUM)")
+try:
+    CHROMIUM = find_chromium()
+except ChromiumError as exc:
+    _unavailable(str(exc))
+if CHROMIUM is None:
+    _unavailable(how_to_install())
 
 
 # --------------------------------------------------------------------------------------------- table of contents
@@ -125,7 +129,7 @@ def site_url():
 @pytest.fixture(scope="module")
 def browser():
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=CHROMIUM.launch_path, args=CHROMIUM_ARGS)
         try:
             yield chromium
         finally:
