@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 
 from medreason.errors import UserError
@@ -29,14 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     if debug:
         argv.remove("--debug")
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if rest and not getattr(args, "accepts_rest", False):
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging(debug)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
     try:
+        args, rest = parser.parse_known_args(argv)
+        if rest and not getattr(args, "accepts_rest", False):
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
         result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:
@@ -54,8 +55,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class Parser(argparse.ArgumentParser):
+    """Every option in both spellings, `--max_new_tokens` and `--max-new-tokens`, as `train` (TRL's parser)
+    accepts them: subcommands made with `add_parser` are of this class too."""
+
+    def add_argument(self, *names, **kwargs):
+        other = [f"--{n[2:].replace('_', '-') if '_' in n else n[2:].replace('-', '_')}"
+                 for n in names if n.startswith("--") and ("_" in n or "-" in n[2:])]
+        return super().add_argument(*names, *[o for o in other if o not in names], **kwargs)
+
+    def error(self, message: str):
+        """One line instead of argparse's usage text: `medreason: error: ...` and exit 2, as for any bad input."""
+        m = re.match(r"argument (--[\w-]+)[^:]*: invalid (int|float) value: '(.*)'$", message)
+        if m:
+            message = f"{m[1]} must be {'an integer' if m[2] == 'int' else 'a number'}, got {m[3]}"
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="medreason",
         description="Fine-tune small language models for medical reasoning with TRL and LoRA "
         "(for teaching; not for clinical use).",
@@ -91,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     train.add_argument("-h", "--help", action="store_true", help="list every key a recipe accepts")
-    train.set_defaults(func=_cmd("medreason.train", "cli"), accepts_rest=True)
+    train.set_defaults(func=_train, accepts_rest=True)
 
     chat = sub.add_parser("chat", help="chat with the base model or an adapter; --compare shows both")
     chat.add_argument("--model", default=None, help="base model (default: the adapter's base, or SmolLM2)")
@@ -135,6 +153,15 @@ def _cmd(module: str, name: str):
         return getattr(importlib.import_module(module), name)(*a)
 
     return run
+
+
+def _train(args, rest):
+    if args.help:  # every key of the recipe's classes: the trainer a `--trainer` override names, else SFT
+        from medreason.config import _trainer_override, print_train_help
+
+        print_train_help(_trainer_override(rest) or "sft")
+        return 0
+    return _cmd("medreason.train", "cli")(args, rest)
 
 
 def setup_logging(debug: bool = False):

@@ -109,10 +109,8 @@ class MedreasonArgs:
             raise UserError("init_adapter continues an adapter with GRPO only: set trainer: grpo, or remove it")
 
 
-def parser(trainer: str = "sft"):
-    from trl import TrlParser
-
-    p = TrlParser(_classes(trainer))
+def parser(trainer: str = "sft", parents: tuple = ()):
+    p = _recipe_parser_class()(_classes(trainer), prog="medreason train", parents=list(parents))
     # SFTConfig defaults to bf16=True, which TrainingArguments refuses on a CPU without bf16 support.
     # medreason decides from `precision` (auto by default) once the hardware is known, in train.py.
     # ModelConfig's dtype defaults to float32; None lets train.py derive it from the precision (bf16 frozen
@@ -123,14 +121,48 @@ def parser(trainer: str = "sft"):
 
 
 def _bad_option(message: str):
+    # argparse: "argument --lora_r/--lora-r: invalid int value: '8.5'" -> the same words as a recipe's type check
+    m = re.match(r"argument --([\w.]+)[^:]*: invalid (int|float) value: '(.*)'$", message)
+    if m:
+        raise UserError(f"--{m[1]} must be {_TYPE_WORDS[m[2]]}, got {m[3]}")
     raise UserError(f"bad option: {message} (see `medreason train --help`)")
+
+
+def print_train_help(trainer: str = "sft"):
+    """`medreason train --help`: every key a recipe accepts, with `--config` first."""
+    import argparse
+
+    # help only: TrlParser takes --config out of argv itself, and an argument of that name would come back
+    # from parse_args_into_dataclasses as an extra namespace. As a parent it is listed first.
+    recipe = argparse.ArgumentParser(add_help=False)
+    recipe.add_argument("--config", metavar="FILE",
+                        help="The recipe: a YAML file of the keys below (configs/*.yaml); --key value overrides it.")
+    p = parser(trainer, parents=(recipe,))
+    p.usage = "medreason train --config FILE [--key value ...]   (--snake_case and --kebab-case both work)"
+    p.print_help()
+
+
+def _recipe_parser_class():
+    """TrlParser, with a recipe's float keys written as `2e-5` read as numbers: YAML 1.1 (PyYAML) reads a
+    float without a decimal point as a string, which argparse would have converted on the command line."""
+    from trl import TrlParser
+
+    class RecipeParser(TrlParser):
+        def set_defaults_with_config(self, **kwargs):
+            kinds = {a.dest: a.type for a in self._actions}
+            for key, value in kwargs.items():
+                if kinds.get(key) is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+                    kwargs[key] = float(value)  # _check_yaml has already refused what does not parse
+            return super().set_defaults_with_config(**kwargs)
+
+    return RecipeParser
 
 
 def parse_config(argv: list[str]):
     """(MedreasonArgs, SFTConfig or GRPOConfig, ModelConfig) from `--config FILE` plus `--key value` overrides.
     The recipe's `trainer` key (or `--trainer`) picks TRL's config class, so each recipe is checked against
     the fields of the trainer it is for."""
-    argv = list(argv)
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
     trainer = "sft"
     if "--config" in argv:
         i = argv.index("--config")
@@ -202,7 +234,78 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
         why = f" (a {other[0]} key: this recipe is for trainer {trainer})" if other else (
             f" (did you mean '{hint}'?)" if hint else "")
         raise UserError(f"{path}: unknown config key '{unknown[0]}'" + why)
+    _check_types(path, data, _classes(trainer))
     return trainer
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def _check_types(path: Path, data: dict, classes):
+    """Each recipe value against its dataclass field's type, before anything loads. TrlParser puts YAML values
+    in as argparse defaults, which argparse never converts or checks: `lora_r: 8.5` would otherwise reach
+    PEFT as a float and fail after the model has loaded."""
+    import typing
+
+    hints = {}
+    for cls in classes:
+        resolved = typing.get_type_hints(cls)
+        hints.update({f.name: resolved[f.name] for f in dataclasses.fields(cls)})
+    for key, value in data.items():
+        if key in hints:
+            problem = _type_problem(hints[key], value)
+            if problem:
+                raise UserError(f"{path}: {key} must be {problem}, got {value!r}")
+
+
+def _type_problem(kind, value) -> str | None:
+    """What `value` should have been for a field of type `kind`, or None when it fits (or the type is one
+    this does not judge: dicts, configs of other libraries)."""
+    import enum
+    import types
+    import typing
+
+    origin, targs = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in targs:
+            return None
+        rest = [a for a in targs if a is not type(None)]
+        enums = [a for a in rest if isinstance(a, type) and issubclass(a, enum.Enum)]
+        if enums and str in rest and len(rest) == 2:  # `SchedulerType | str`: the enum's values, as HF's parser
+            kind, rest = enums[0], [enums[0]]
+        if len(rest) != 1:
+            return None  # `str | bool`, `dict | str`: several kinds are fine
+        kind = rest[0]
+        origin, targs = typing.get_origin(kind), typing.get_args(kind)
+    if origin is typing.Literal:
+        return None if value in targs else "one of " + ", ".join(map(str, targs))
+    if isinstance(kind, type) and issubclass(kind, enum.Enum):
+        choices = [m.value for m in kind]
+        return None if value in choices else "one of " + ", ".join(map(str, choices))
+    if origin is list:
+        items = value if isinstance(value, list) else [value]  # one name for a list: train.py makes it a list
+        inner = targs[0] if targs else None
+        plural = {int: "integers", float: "numbers", str: "strings", bool: "true/false values"}
+        if inner in plural and any(_type_problem(inner, v) for v in items):
+            return f"a list of {plural[inner]}"
+        return None
+    if kind is bool:
+        return None if isinstance(value, bool) else _TYPE_WORDS["bool"]
+    if kind is int:
+        return None if isinstance(value, int) and not isinstance(value, bool) else _TYPE_WORDS["int"]
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return None
+        if isinstance(value, str):  # `2e-5`: a string to YAML 1.1, a number to the user
+            try:
+                float(value)
+                return None
+            except ValueError:
+                pass
+        return _TYPE_WORDS["float"]
+    if kind is str:
+        return None if isinstance(value, str) else _TYPE_WORDS["str"] + " (quote it)"
+    return None
 
 
 TRAINERS = ("sft", "grpo")
