@@ -1,7 +1,7 @@
 # medreason: two commands set up a fresh machine (Python 3.11+):
 #   make book    build the tutorial site into _build/html (executes every chapter, cached)
 #   make test    run the test suite
-# Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, train, lock, clean.
+# Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, lab, train, lock, clean.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 # The stamp's name carries the torch pin, and the stamp depends on this Makefile: changing either reinstalls.
 STAMP := $(VENV)/.medreason-installed-torch$(TORCH_VERSION)
 
-.PHONY: setup venv torch test test-fast book notebooks train lock clean
+.PHONY: setup venv torch test test-fast book notebooks lab train lock clean
 
 # A virtual environment with pip, and nothing else (no network). `python3 -m venv` on Debian/Ubuntu without
 # python3-venv leaves a venv whose python has no pip: repair it with ensurepip, or recreate it, or say why not.
@@ -74,6 +74,17 @@ book: setup
 
 notebooks: setup
 	$(BIN)/jupytext --to _notebooks//ipynb book/*.md
+
+# Chapters as notebooks (README "Chapters as notebooks"): JupyterLab at the repository root, where a double
+# click opens book/*.md as a notebook (jupytext). The kernel "Python (medreason)" is this venv's Python,
+# registered inside the venv. Offline by default, as `make book`, so that the chapters reproduce the site's
+# outputs; `make lab HF_HUB_OFFLINE=0` loads from the Hub. LAB_ARGS: more `jupyter lab` options.
+HF_HUB_OFFLINE ?= 1
+LAB_ARGS ?=
+lab: setup
+	$(BIN)/python -m ipykernel install --sys-prefix --name medreason --display-name "Python (medreason)"
+	mkdir -p $(VENV)/share/jupyter/lab/settings && cp book/_ext/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json
+	HF_HUB_OFFLINE=$(HF_HUB_OFFLINE) PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS)
 
 train: setup
 	HF_HUB_OFFLINE=1 $(BIN)/medreason train --config configs/smollm2-135m-cpu.yaml
