@@ -1,14 +1,24 @@
-"""Chapters as notebooks: the first cell that finds the checkout, the book's local Sphinx extension.
+"""Chapters as notebooks: the first cell that finds the checkout, the book's local Sphinx extension (reading
+order, .ipynb downloads), a real Jupyter server opening a chapter through jupytext, and a downloaded
+notebook executed from a folder of a clone.
 
     HF_HUB_OFFLINE=1 .venv/bin/python -m pytest tests/test_notebooks.py -q
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import secrets
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -17,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOK = ROOT / "book"
 EXT = BOOK / "_ext"
 CHAPTERS = sorted(BOOK.glob("*.md"))
+SITE = ROOT / "_build" / "html"
+if str(EXT) not in sys.path:
+    sys.path.insert(0, str(EXT))
 
 
 def _first_code_cell(chapter: Path) -> str:
@@ -26,11 +39,12 @@ def _first_code_cell(chapter: Path) -> str:
 
 
 def _clone_copy(dest: Path) -> Path:
-    """The parts of a checkout that the first cell and the chapter set-up look at."""
+    """The parts of a checkout that the chapters look at: pyproject.toml, configs/ and the book's sources
+    (the package itself is the installed one)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     shutil.copytree(ROOT / "configs", dest / "configs")
-    shutil.copytree(EXT, dest / "book" / "_ext", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(BOOK, dest / "book", ignore=shutil.ignore_patterns("__pycache__", "_build", "_notebooks"))
     return dest
 
 
@@ -104,10 +118,227 @@ def test_config_loads_the_local_extension():
 def test_toc_order_reads_training_before_its_users():
     from sphinx_external_toc.parsing import parse_toc_yaml
 
-    sys.path.insert(0, str(EXT))
     import medreason_sphinx
 
     order = medreason_sphinx.toc_order(parse_toc_yaml(BOOK / "_toc.yml"))
     assert order[0] == "intro"
     assert order.index("training") < order.index("inference") < order.index("evaluation"), order
     assert sorted(order) == sorted(c.stem for c in CHAPTERS), order
+
+
+def test_config_names_no_placeholder_repository():
+    """No launch buttons, no repository URL: a placeholder would send readers to someone else's project."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    assert "launch_buttons" not in config, config.get("launch_buttons")
+    assert not (config.get("repository") or {}).get("url"), config.get("repository")
+
+
+def test_tiny_book_offers_notebook_downloads(tmp_path):
+    """A two-page book built with the extension (execution off): the notebook page gets _sources/<page>.ipynb and
+    the theme's ".ipynb" download entry, the plain page gets neither; pages are read in toc order."""
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_config.yml").write_text(
+        "title: tiny\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: 'off'\n"
+        f"sphinx:\n  local_extensions:\n    medreason_sphinx: {EXT}\n", encoding="utf-8")
+    (tmp_path / "book" / "_toc.yml").write_text(
+        "format: jb-book\nroot: intro\nchapters:\n  - file: zeta\n  - file: alpha\n", encoding="utf-8")
+    front = (BOOK / "intro.md").read_text(encoding="utf-8").split("\n---\n", 1)[0] + "\n---\n"
+    (tmp_path / "book" / "intro.md").write_text(front + "\n# Intro\n\n```{code-cell} ipython3\nprint(1)\n```\n")
+    (tmp_path / "book" / "zeta.md").write_text(front + "\n# Zeta\n\n```{code-cell} ipython3\nprint(2)\n```\n")
+    (tmp_path / "book" / "alpha.md").write_text("# Alpha\n\nA page without code.\n")
+    jb = Path(sys.executable).parent / "jupyter-book"
+    proc = subprocess.run([str(jb), "build", "book/", "--warningiserror", "-v"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # Sphinx colours its log
+    read = re.findall(r"^reading sources\.\.\. \[\s*\d+%\] (\w+)$", log, re.M)
+    assert read == ["intro", "zeta", "alpha"], read
+    html = tmp_path / "_build" / "html"
+    import nbformat
+
+    notebook = nbformat.read(html / "_sources" / "zeta.ipynb", as_version=4)
+    assert [c.source for c in notebook.cells if c.cell_type == "code"] == ["print(2)"]
+    assert 'href="_sources/zeta.ipynb"' in (html / "zeta.html").read_text(encoding="utf-8")
+    assert not (html / "_sources" / "alpha.ipynb").exists()
+    assert "download-notebook-button" not in (html / "alpha.html").read_text(encoding="utf-8")
+
+
+def test_built_site_offers_every_chapter_notebook():
+    """After `make book`: every chapter page links its .ipynb, and the .ipynb holds the chapter's code cells."""
+    if not (SITE / "index.html").exists():
+        pytest.skip(f"the book is not built ({SITE / 'index.html'} does not exist): run `make book` first")
+    import jupytext
+    import nbformat
+
+    for chapter in CHAPTERS:
+        page = (SITE / f"{chapter.stem}.html").read_text(encoding="utf-8")
+        assert f'href="_sources/{chapter.stem}.ipynb"' in page, f"{chapter.stem}.html offers no .ipynb download"
+        built = nbformat.read(SITE / "_sources" / f"{chapter.stem}.ipynb", as_version=4)
+        source = jupytext.read(chapter)
+        assert [c.source for c in built.cells] == [c.source for c in source.cells], chapter.name
+
+
+# ------------------------------------------------------------------------------------------ a downloaded notebook
+
+
+def test_downloaded_notebook_runs_from_a_folder_of_a_clone(tmp_path):
+    """The intro chapter's .ipynb, as the site offers it (or converted the same way when no site is built),
+    saved into a folder of a clone copy and executed there with nbclient, as a reader's Jupyter would."""
+    import medreason_sphinx
+    import nbformat
+    from nbclient import NotebookClient
+
+    clone = _clone_copy(tmp_path / "clone")
+    folder = clone / "downloads"
+    built = SITE / "_sources" / "intro.ipynb"
+    if built.exists():
+        folder.mkdir()
+        shutil.copy(built, folder / "intro.ipynb")
+    else:
+        medreason_sphinx.write_chapter_notebook(BOOK / "intro.md", folder / "intro.ipynb")
+    notebook = nbformat.read(folder / "intro.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(folder)}}).execute()
+    printed = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    # the first cell moved to the clone copy's root, not to the checkout the test runs from
+    assert f"the repository root, {clone.name}/" in printed, printed[:2000]
+    errors = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
+              if out.get("output_type") == "error" or out.get("name") == "stderr"]
+    assert not errors, errors
+
+
+# ------------------------------------------------------------------------------------------ a real Jupyter server
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class _Server:
+    """`jupyter lab --no-browser` on 127.0.0.1, a free port and a random token, with its own runtime and
+    user config folders; the REST calls carry the token."""
+
+    def __init__(self, root: Path, scratch: Path):
+        self.port, self.token = _free_port(), secrets.token_hex(16)
+        self.base = f"http://127.0.0.1:{self.port}"
+        env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_RUNTIME_DIR=str(scratch / "runtime"),
+                   JUPYTER_CONFIG_DIR=str(scratch / "config"), JUPYTER_DATA_DIR=str(scratch / "data"))
+        args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={root}"]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI runners often run as root
+            args.append("--allow-root")
+        self.log = open(scratch / "server.log", "w")
+        self.proc = subprocess.Popen(args, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"jupyter lab exited with {self.proc.returncode}: {self.log_text()[-3000:]}")
+            try:
+                self.request("GET", "/api/status")
+                return
+            except (urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"jupyter lab did not answer in 120 s: {self.log_text()[-3000:]}")
+                time.sleep(0.5)
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(encoding="utf-8", errors="replace")
+
+    def request(self, method: str, path: str, body=None):
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base + path, data=data, method=method,
+                                     headers={"Authorization": f"token {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as response:
+            text = response.read().decode()
+        return json.loads(text) if text else None
+
+    def execute(self, kernel_id: str, code: str, timeout: float = 120) -> tuple[dict, str, str]:
+        """Run `code` through the kernel's websocket; returns (execute_reply content, stdout, stderr)."""
+        import websocket
+
+        ws = websocket.create_connection(
+            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout)
+        try:
+            msg_id = uuid.uuid4().hex
+            ws.send(json.dumps({
+                "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
+                           "msg_type": "execute_request", "version": "5.3"},
+                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+                "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
+                            "allow_stdin": False, "stop_on_error": True},
+            }))
+            streams, reply, idle = {"stdout": "", "stderr": ""}, None, False
+            deadline = time.monotonic() + timeout
+            while not (reply and idle):
+                assert time.monotonic() < deadline, f"no reply in {timeout} s; so far {streams}"
+                msg = json.loads(ws.recv())
+                if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                    continue
+                kind = msg["header"]["msg_type"]
+                if kind == "stream":
+                    streams[msg["content"]["name"]] += msg["content"]["text"]
+                elif kind == "error":
+                    streams["stderr"] += "\n".join(msg["content"]["traceback"])
+                elif kind == "execute_reply":
+                    reply = msg["content"]
+                elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                    idle = True
+            return reply, streams["stdout"], streams["stderr"]
+        finally:
+            ws.close()
+
+    def stop(self):
+        try:
+            self.request("POST", "/api/shutdown")
+            self.proc.wait(timeout=30)
+        except Exception:  # noqa: BLE001 -- the server is going away either way: make sure it is gone
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        finally:
+            self.log.close()
+
+
+@pytest.fixture
+def jupyter_server(tmp_path):
+    server = _Server(ROOT, tmp_path)
+    yield server
+    server.stop()
+    assert server.proc.poll() is not None, "jupyter lab is still running"
+
+
+def test_jupyter_server_opens_a_chapter_and_runs_its_first_cell(jupyter_server):
+    """JupyterLab's server, with jupytext's contents manager, opens book/training.md as a notebook whose cells are
+    the chapter's; a kernel started for it, as JupyterLab starts one (a session in book/), runs the chapter's
+    first cell: it moves to the repository root and logs to stdout."""
+    import jupytext
+
+    server = jupyter_server
+    model = server.request("GET", "/api/contents/book/training.md?type=notebook&content=1")
+    assert model["type"] == "notebook", model["type"]
+    expected = jupytext.read(BOOK / "training.md")
+    cells = model["content"]["cells"]
+    assert [(c["cell_type"], c["source"]) for c in cells] == [(c.cell_type, c.source) for c in expected.cells]
+    kernel_name = model["content"]["metadata"]["kernelspec"]["name"]
+
+    session = server.request("POST", "/api/sessions", {
+        "path": "book/training.md", "name": "training.md", "type": "notebook", "kernel": {"name": kernel_name}})
+    try:
+        first = next(c["source"] for c in cells if c["cell_type"] == "code")
+        code = first + "\nimport logging, os\nprint('cwd', os.getcwd())\nlogging.getLogger('medreason.x').info('hello')\n"
+        reply, stdout, stderr = server.execute(session["kernel"]["id"], code)
+        assert reply["status"] == "ok", (reply, stderr)
+        assert f"cwd {ROOT}" in stdout.splitlines(), stdout
+        assert "medreason: hello" in stdout.splitlines(), stdout
+        assert stderr == "", stderr
+    finally:
+        server.request("DELETE", f"/api/sessions/{session['id']}")
