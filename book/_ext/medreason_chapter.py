@@ -2,7 +2,8 @@
 
 The first code cell of every chapter finds the checkout, puts this folder on sys.path and calls it:
 
-    root = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "pyproject.toml").is_file() and (p / "configs").is_dir()), None)
+    here = Path.cwd()
+    root = next(p for p in [here, *here.parents] if (p / "pyproject.toml").is_file() and (p / "configs").is_dir())
     sys.path.insert(0, str(root / "book" / "_ext"))
     from medreason_chapter import setup_chapter
     root = setup_chapter(root)
@@ -16,8 +17,8 @@ from the repository root, so `setup_chapter` moves there first.
 It also keeps the pages readable: progress bars and Python warnings are switched off, and medreason's
 log lines go to stdout as `medreason: ...`, the way the command line prints them. Libraries' own log
 records go to stdout too, at WARNING and above, so nothing lands on stderr unless something failed.
-It sets no network switch: the Makefile sets HF_HUB_OFFLINE=1 for the book build, and a reader online
-gets the Hub as usual.
+It sets no network switch: the Makefile sets HF_HUB_OFFLINE=1 for the book build and for `make lab`, and a
+reader who runs a chapter online elsewhere gets the Hub as usual.
 
 This lives in book/_ext/, not in the installed package: only the book needs it. The Sphinx side of the
 book (reading order, notebook downloads) is `medreason_sphinx.py` beside it.
