@@ -19,6 +19,7 @@ import logging
 import re
 import sys
 
+from medreason.config import TEMPLATES
 from medreason.errors import UserError
 
 log = logging.getLogger("medreason")
@@ -69,6 +70,8 @@ class Parser(argparse.ArgumentParser):
         m = re.match(r"argument (--[\w-]+)[^:]*: invalid (int|float) value: '(.*)'$", message)
         if m:
             message = f"{m[1]} must be {'an integer' if m[2] == 'int' else 'a number'}, got {m[3]}"
+        elif m := re.match(r"argument (--[\w-]+)[^:]*: ((?:must|cannot) .*)$", message):  # the checks below
+            message = f"{m[1]} {m[2]}"
         raise UserError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -91,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--dataset", default="bundled", help="'bundled', a Hub id, or a local file")
     stats.add_argument("--dataset-config", default="en")
     stats.add_argument("--model", default=None, help="tokenizer to measure lengths with")
-    stats.add_argument("--max-length", type=int, default=1024, help="report how many examples this truncates")
-    stats.add_argument("--template", default="think", help="completion template: think or huatuo")
+    stats.add_argument("--max-length", type=at_least(1), default=1024, help="report how many examples this truncates")
+    stats.add_argument("--template", type=one_of(TEMPLATES), default="think", help="completion template: think or huatuo")
     stats.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of failing")
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
     stats.set_defaults(func=_cmd("medreason.data", "cli_stats"))
@@ -116,12 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", default=None, help="a LoRA adapter folder")
     chat.add_argument("--prompt", default=None, help="answer one question and exit")
     chat.add_argument("--questions", default=None, help="a text or JSONL file of questions; answers go to --out")
-    chat.add_argument("--out", default=None, help="where --questions writes its JSONL (default results/chat.jsonl)")
+    chat.add_argument("--out", type=file_to_write, default=None,
+                      help="where --questions writes its JSONL (default results/chat.jsonl)")
     chat.add_argument("--compare", action="store_true", help="base and adapter side by side, one copy of the weights")
-    chat.add_argument("--max-new-tokens", type=int, default=256)
-    chat.add_argument("--temperature", type=float, default=0.7)
-    chat.add_argument("--top-p", type=float, default=0.9)
-    chat.add_argument("--repetition-penalty", type=float, default=1.1)
+    chat.add_argument("--max-new-tokens", type=at_least(1), default=256)
+    chat.add_argument("--temperature", type=at_least(0.0, float), default=0.7)
+    chat.add_argument("--top-p", type=probability, default=0.9)
+    chat.add_argument("--repetition-penalty", type=above(0.0), default=1.1, help="1 is none; above 1 penalises repeats")
     chat.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
     chat.add_argument("--seed", type=int, default=0)
     chat.set_defaults(func=_cmd("medreason.generate", "cli"))
@@ -131,17 +135,91 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", default=None)
     ev.add_argument("--mcq", default=None, help="an MCQ JSONL file (default: the bundled benchmark)")
     ev.add_argument("--tasks", default="medreason_mcq", help="comma-separated lm-eval tasks (Hub tasks need network)")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate at most this many questions/examples")
+    ev.add_argument("--limit", type=at_least(1), default=None, help="evaluate at most this many questions/examples")
     ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
-    ev.add_argument("--batch-size", type=int, default=8)
+    ev.add_argument("--batch-size", type=at_least(1), default=8)
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
 
     export = sub.add_parser("export", help="merge an adapter into the full-precision base and save it")
     export.add_argument("--adapter", required=True)
-    export.add_argument("--out", required=True)
+    export.add_argument("--out", type=folder_to_write, required=True)
     export.add_argument("--model", default=None)
     export.set_defaults(func=_cmd("medreason.export", "cli"))
     return p
+
+
+# --------------------------------------------------------------------------------------------- value checks
+# argparse runs these while parsing, so a bad value fails before any command imports torch. Their messages
+# become `--option must ...` (Parser.error).
+
+
+def at_least(low, kind=int):
+    def check(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+
+    return check
+
+
+def above(low: float):
+    def check(text: str):
+        value = at_least(float("-inf"), float)(text)
+        if not value > low:
+            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
+        return value
+
+    return check
+
+
+def probability(text: str) -> float:
+    value = above(0.0)(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
+def one_of(choices):
+    def check(text: str):
+        if text not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got '{text}'")
+        return text
+
+    return check
+
+
+def file_to_write(text: str) -> str:
+    """A file path the command may create or replace: not a folder, and its parent is not a file."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a file path, but {text} is a folder (name a .jsonl file in it)")
+    _parent_is_a_folder(path, text)
+    return text
+
+
+def folder_to_write(text: str) -> str:
+    """A folder path the command may create: not an existing file, and no file on the way to it."""
+    from pathlib import Path
+
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"must be a folder, but {text} is a file (choose a new folder name)")
+    _parent_is_a_folder(path, text)
+    return text
+
+
+def _parent_is_a_folder(path, text: str):
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"cannot be created: {parent} is a file, not a folder (got {text})")
+            return
 
 
 def _cmd(module: str, name: str):

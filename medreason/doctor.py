@@ -62,4 +62,10 @@ def run(args) -> int:
         print(f"[{title}]")
         for key, value in section.items():
             print(f"  {key:<{width}}{value}")
+    source = r["model"]["source"]
+    if args.model and source.startswith("unavailable: "):
+        # the report above is still useful; the exit status says that the model asked about cannot load
+        from medreason.errors import UserError
+
+        raise UserError(source.removeprefix("unavailable: "))
     return 0
