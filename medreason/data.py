@@ -62,6 +62,7 @@ class Report:
 
     origin: str
     rows_read: int = 0
+    source: dict = field(default_factory=dict)  # kind, id or path, sha256 or revision (see read_rows)
     invalid: list[RowError] = field(default_factory=list)
     exact_duplicates: int = 0
     near_duplicates: int = 0
@@ -92,8 +93,8 @@ def load_splits(dataset: str = "bundled", *, dataset_config: str = "en", templat
 
 def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", skip_invalid: bool = False):
     """Rows that passed validation, with exact and near duplicates removed, and a Report."""
-    rows, origin = read_rows(dataset, dataset_config)
-    report = Report(origin=origin, rows_read=len(rows))
+    rows, origin, source = read_rows(dataset, dataset_config)
+    report = Report(origin=origin, rows_read=len(rows), source=source)
     good, errors = validate_rows(rows, origin)
     report.invalid = errors
     if errors and not skip_invalid:
@@ -112,22 +113,43 @@ def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", ski
 # --------------------------------------------------------------------------------------------- reading
 
 
-def read_rows(dataset: str, dataset_config: str = "en") -> tuple[list, str]:
-    """(raw rows, origin) from 'bundled', a local file, or a Hub dataset id."""
+def read_rows(dataset: str, dataset_config: str = "en") -> tuple[list, str, dict]:
+    """(raw rows, origin, source) from 'bundled', a local file, or a Hub dataset id. `source` records what was
+    really read: kind, id or absolute path, and a sha256 of the file or the Hub revision. A Hub dataset that
+    cannot be reached is an error, never silently replaced by other data."""
     if dataset == "bundled":
-        return read_file(bundled_path("corpus.jsonl")), "bundled corpus"
+        path = bundled_path("corpus.jsonl")
+        return read_file(path), "bundled corpus", _file_source("bundled", path)
     path = Path(dataset).expanduser()
     if path.suffix.lower() in READERS or path.exists():
-        return read_file(path), str(path)
+        return read_file(path), str(path), _file_source("file", path)
     from medreason.models import hub_reachable
 
     if not hub_reachable():
-        log.warning("the Hub is unreachable, so %s cannot be loaded: using the bundled corpus instead", dataset)
-        return read_file(bundled_path("corpus.jsonl")), "bundled corpus"
+        raise UserError(f"dataset '{dataset}' is on the Hugging Face Hub, which is unreachable here: pass "
+                        f"--dataset bundled (the corpus shipped with medreason) or a local JSON/JSONL/CSV/Parquet file")
     from datasets import load_dataset
 
     ds = load_dataset(dataset, dataset_config, split="train")
-    return ds.to_list(), f"{dataset} ({dataset_config})"
+    source = {"kind": "hub", "id": dataset, "config": dataset_config, "revision": _hub_revision(dataset)}
+    return ds.to_list(), f"{dataset} ({dataset_config})", source
+
+
+def _file_source(kind: str, path: Path) -> dict:
+    from medreason.io import sha256_file
+
+    return {"kind": kind, "path": str(Path(path).resolve()), "sha256": sha256_file(path)}
+
+
+def _hub_revision(dataset: str) -> str | None:
+    """The commit the Hub serves for `dataset` now (what load_dataset just read)."""
+    try:
+        from huggingface_hub import HfApi
+
+        return HfApi().dataset_info(dataset).sha
+    except Exception as e:  # the data loaded; only the revision lookup failed: say so, record none
+        log.warning("could not look up the Hub revision of %s (%s): recording none", dataset, type(e).__name__)
+        return None
 
 
 def read_file(path: Path) -> list:
@@ -285,14 +307,20 @@ def question_hash(question: str) -> int:
 
 
 def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
-    """80/10/10 train/validation/test by rank of a hash of the normalised question: the same rows give
-    the same split in any order, and the shares are exact to one row."""
-    ordered = sorted(rows, key=lambda r: question_hash(r["Question"]))
-    parts, start = {}, 0
-    for i, (name, share) in enumerate(SPLITS.items()):
-        end = len(ordered) if i == len(SPLITS) - 1 else start + round(share * len(ordered))
-        parts[name] = ordered[start:end]
-        start = end
+    """80/10/10 train/validation/test, stratified by specialty when the rows name more than one (each specialty
+    is split on its own, so a small one still reaches validation and test), by rank of a hash of the normalised
+    question within each: the same rows give the same split in any order."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row.get("specialty") or "unspecified", []).append(row)
+    parts: dict[str, list[dict]] = {name: [] for name in SPLITS}
+    for _, group in sorted(groups.items()):
+        ordered = sorted(group, key=lambda r: question_hash(r["Question"]))
+        start = 0
+        for i, (name, share) in enumerate(SPLITS.items()):
+            end = len(ordered) if i == len(SPLITS) - 1 else start + round(share * len(ordered))
+            parts[name].extend(ordered[start:end])
+            start = end
     return parts
 
 
@@ -464,3 +492,26 @@ def cli_validate(args) -> int:
         return 2
     print(f"{path}: {len(good)} valid rows" + (f", {len(errors)} skipped" if errors else ""))
     return 0
+
+
+def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
+    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
+    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
+    import tempfile
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
+                             disable_tqdm=True)
+        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                                 train_dataset=Dataset.from_list([example]))
+        batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]

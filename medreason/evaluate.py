@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
         log.warning("the Hub is unreachable: skipping %s (their data lives on the Hub)", ", ".join(hub_tasks))
         hub_tasks = []
     session = session or load_for_inference(adapter, model)
-    meta = session.meta
-    splits = load_splits(meta.get("dataset", "bundled") if meta.get("dataset") in (None, "bundled") else meta["dataset"],
-                         template=session.template, system_prompt=session.system_prompt)
+    splits = load_splits(**training_data(session))
     test = splits["test"] if limit is None else splits["test"].select(range(min(limit, len(splits["test"]))))
 
     variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
@@ -69,7 +68,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
 
     run = run_name or (Path(session.adapter).name if session.adapter else "base")
     out = Path("results") / run / "eval.json"
-    write_json_atomic(out, results)
+    atomic_write_json(out, results)
     results["path"] = str(out)
     _log_mlflow(results, run)
     return results
@@ -93,6 +92,10 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     model.eval()
+    # PEFT injects LoRA into the base model's own layers, so its decoder answers with the adapter on (and off
+    # inside disable_adapter())
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder, head = base.base_model, base.get_output_embeddings()
     with torch.inference_mode():
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
@@ -104,12 +107,15 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
                 input_ids[j, :len(ids)] = torch.tensor(ids)
                 attention[j, :len(ids)] = 1
                 labels[j, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device)).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], labels[:, 1:].to(device)
-            nll = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                    shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            # the logits of the labelled positions only, as training's dense head computes them: the full
+            # [batch, length, vocabulary] logits would be ~50x larger and dominate the time on a CPU
+            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
+            shift_labels = labels[:, 1:].to(device)
+            mask = shift_labels != -100
+            logits = head(hidden[:, :-1][mask]).float()
+            nll = torch.nn.functional.cross_entropy(logits, shift_labels[mask], reduction="sum")
             total_nll += nll.item()
-            total_tokens += int((shift_labels != -100).sum())
+            total_tokens += int(mask.sum())
     return total_nll / max(1, total_tokens)
 
 
@@ -182,28 +188,39 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, data: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
-
-
 def _log_mlflow(results: dict, run: str):
     import mlflow
 
-    from medreason.train import tracking_uri
+    from medreason.tracking import log_params, mlflow_run
 
-    mlflow.set_tracking_uri(tracking_uri())
-    mlflow.set_experiment("medreason-eval")
-    with mlflow.start_run(run_name=f"eval-{run}"):
-        mlflow.log_params({"base_model": results["base_model"], "adapter": str(results["adapter"])})
+    with mlflow_run("medreason-eval", run_name=f"eval-{run}"):
+        log_params({"base_model": results["base_model"], "adapter": str(results["adapter"])})
         for name, v in results["variants"].items():
             mlflow.log_metric(f"{name}_test_loss", v["test_loss"])
             mlflow.log_metric(f"{name}_test_perplexity", v["test_perplexity"])
             for task, s in v["tasks"].items():
                 mlflow.log_metric(f"{name}_{task}_acc", s["acc"])
         mlflow.log_dict(results, "eval.json")
+
+
+def training_data(session) -> dict:
+    """load_splits arguments that rebuild the adapter's own test split: every data argument it was trained with
+    (medreason.json "data"), and a check that the file still has the content it was trained on. Without an
+    adapter (or for an adapter from before these records), the bundled corpus with the session's template."""
+    data = session.meta.get("data") or {}
+    if not data.get("args"):
+        return {"dataset": session.meta.get("dataset") or "bundled", "template": session.template,
+                "system_prompt": session.system_prompt}
+    if data.get("kind") in ("file", "bundled") and data.get("sha256"):
+        from medreason.io import sha256_file
+
+        path = Path(data["path"])
+        if not path.is_file():
+            raise UserError(f"adapter {session.adapter} was trained on {path}, which no longer exists")
+        if sha256_file(path) != data["sha256"]:
+            raise UserError(f"{path} changed since adapter {session.adapter} was trained on it (sha256 differs): "
+                            f"its test split cannot be rebuilt")
+    return {"dataset": data.get("dataset", "bundled"), **data["args"]}
 
 
 class _null:

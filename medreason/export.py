@@ -10,12 +10,11 @@ The merge always happens on full-precision weights (fp32, then saved in the base
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +32,12 @@ def export(adapter: str, out: str, model: str | None = None) -> Path:
         raise UserError("refusing to merge into a quantized base: load the base in full precision")
     merged = session.model.merge_and_unload()
     merged.config._name_or_path = session.base_model
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a normal folder
-    try:
+    with atomic_dir(out_dir) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         session.tokenizer.save_pretrained(tmp)
         readme = Path(adapter) / "README.md"
         if readme.is_file():
             shutil.copy(readme, tmp / "README.md")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log.info("merged model saved to %s", out_dir)
     return out_dir
 

@@ -124,23 +124,10 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
 
 
 def read_adapter_meta(adapter: str) -> dict:
-    """adapter_config.json (PEFT's) and medreason.json (ours), with clear errors for a wrong folder."""
-    path = Path(adapter)
-    if not path.is_dir():
-        raise UserError(f"adapter folder {adapter} does not exist (train one with `medreason train`)")
-    config = path / "adapter_config.json"
-    if not config.is_file():
-        raise UserError(f"{adapter} is not a LoRA adapter folder: adapter_config.json is missing")
-    try:
-        peft_config = json.loads(config.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{config}: not valid JSON ({e.msg})") from e
-    meta_file = path / "medreason.json"
-    meta = json.loads(meta_file.read_text()) if meta_file.is_file() else {}
-    meta.setdefault("base_model", peft_config.get("base_model_name_or_path"))
-    if not meta["base_model"]:
-        raise UserError(f"{config} does not name its base model (base_model_name_or_path)")
-    return meta
+    """The adapter folder's metadata, validated (medreason.adapter.read_adapter)."""
+    from medreason.adapter import read_adapter
+
+    return read_adapter(adapter)
 
 
 def same_model(a: str, b: str) -> bool:
@@ -303,10 +290,10 @@ def read_questions(path: str) -> list[str]:
 
 
 def _batch(session, questions, sampling, args) -> int:
+    from medreason.io import atomic_open
+
     out = Path(args.out or "results/chat.jsonl")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with tmp.open("w") as f:
+    with atomic_open(out) as f:
         for i in range(0, len(questions), 8):
             chunk = questions[i:i + 8]
             pairs = compare(session, chunk, sampling) if args.compare else [(None, a) for a in answer(session, chunk, sampling)]
@@ -315,6 +302,5 @@ def _batch(session, questions, sampling, args) -> int:
                 if base is not None:
                     row["base_reasoning"], row["base_answer"] = base.reasoning, base.final
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
     print(f"{len(questions)} answers written to {out}", file=sys.stderr)
     return 0

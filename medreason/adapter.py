@@ -1,0 +1,178 @@
+"""The adapter folder `lora_adapter/<model name>/`: what is in it, how it is written, how it is read back.
+
+    from medreason.adapter import read_adapter, save_adapter
+    meta = read_adapter("lora_adapter/SmolLM2-135M-Instruct")   # validated; a broken folder is a one-line error
+    meta["data"]      # every data argument, absolute paths and a content hash: rebuilds the exact split
+    meta["model"]     # where the base weights came from (Hub revision, local folder, dequantized Q4_1 GGUF)
+
+A folder holds PEFT's `adapter_config.json` + `adapter_model.safetensors`, the tokenizer, `medreason.json`
+(written by `save_adapter`: base model, template, system prompt, data and model provenance, metrics, the
+resolved recipe and its hash) and a model card `README.md`. It is written atomically (medreason.io), so a
+crash never leaves half an adapter and the previous one stays until the new one is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import struct
+from pathlib import Path
+
+from medreason.errors import UserError
+from medreason.io import atomic_dir, sha256_file  # noqa: F401  (sha256_file: part of this module's API)
+
+log = logging.getLogger(__name__)
+
+ADAPTER_META = "medreason.json"
+WEIGHTS = "adapter_model.safetensors"
+# Keys of a resolved recipe that do not change the adapter a run produces: where things are written, how often
+# it logs or saves, how the run is named, resumed or parallelised.
+NOT_HASHED = {
+    "output_dir", "logging_dir", "run_name", "adapter_root", "resume", "num_threads", "mlflow_experiment",
+    "report_to", "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step", "save_strategy",
+    "save_steps", "save_total_limit", "save_only_model", "dataloader_num_workers", "dataloader_pin_memory",
+    "push_to_hub", "hub_model_id", "hub_token", "hub_strategy", "overwrite_output_dir", "eval_on_start",
+    "evaluate_test", "include_num_input_tokens_seen",
+}
+
+
+def adapter_path(adapter_root: str | Path, model_name: str) -> Path:
+    """<adapter_root>/<last part of the model id or folder>."""
+    return Path(adapter_root) / str(model_name).rstrip("/").split("/")[-1]
+
+
+def recipe_hash(resolved: dict) -> str:
+    """A short hash of the settings that determine the adapter (NOT_HASHED keys and object reprs left out)."""
+    kept = {k: v for k, v in sorted(resolved.items())
+            if k not in NOT_HASHED and not (isinstance(v, str) and " at 0x" in v)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------------------------- writing
+
+
+def save_adapter(model, tokenizer, folder: str | Path, meta: dict) -> Path:
+    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically."""
+    folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        meta = {**meta, "vocab_size": len(tokenizer)}
+        (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")
+        (tmp / "README.md").write_text(model_card(meta))
+    log.info("adapter saved to %s", folder)
+    return folder
+
+
+def model_card(meta: dict) -> str:
+    c = meta.get("config", {})
+    data, model = meta.get("data", {}), meta.get("model", {})
+    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(meta.get("metrics", {}).items())
+                        if isinstance(v, (int, float)) and ("loss" in k or "perplexity" in k or "accuracy" in k
+                                                            or "reward" in k))
+    rows = ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items())
+    trainer = meta.get("trainer", "sft")
+    init = f"\n- Started from the adapter `{meta['init_adapter']}`" if meta.get("init_adapter") else ""
+    return f"""---
+base_model: {meta['base_model']}
+library_name: peft
+tags: [lora, {trainer}, trl, medical, medreason]
+license: apache-2.0
+---
+
+# LoRA adapter for {meta['base_model']} (medreason, {trainer.upper()})
+
+**For teaching and research only. Not for clinical use: its answers are often wrong and must never guide
+the care of a patient.**
+
+- Base model: `{meta['base_model']}`, weights from {model.get('description', 'unknown')}
+  ({_ident(model)})
+- Data: {data.get('description', data.get('dataset', 'unknown'))} ({_ident(data)}); rows: {rows or 'n/a'};
+  template `{meta.get('template')}`{init}
+- LoRA: r={c.get('lora_r')}, alpha={c.get('lora_alpha')}, dropout={c.get('lora_dropout')}, targets={c.get('lora_target_modules')}, rsLoRA={c.get('use_rslora')}, DoRA={c.get('use_dora')}, 4-bit base={c.get('load_in_4bit')}
+- Training: lr={c.get('learning_rate')}, batch={c.get('per_device_train_batch_size')} x accumulation {c.get('gradient_accumulation_steps')}, max_steps={c.get('max_steps')}, epochs={c.get('num_train_epochs')}, max_length={c.get('max_length')}, loss={c.get('loss_type')}, seed={c.get('seed')}
+- Run: `{meta.get('run_name')}`, recipe hash `{meta.get('recipe_hash')}` (resolved config in `medreason.json`)
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Use
+
+```python
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
+base = AutoModelForCausalLM.from_pretrained("{meta['base_model']}")
+model = PeftModel.from_pretrained(base, "path/to/this/folder")
+```
+
+or `medreason chat --adapter path/to/this/folder`.
+"""
+
+
+def _ident(source: dict) -> str:
+    if source.get("revision"):
+        return f"revision {source['revision']}"
+    if source.get("sha256"):
+        return f"sha256 {source['sha256'][:16]}…"
+    return "no revision or hash recorded"
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+
+def read_adapter(folder: str | Path) -> dict:
+    """medreason.json (or what PEFT's config alone says) of a validated adapter folder. Every broken piece is a
+    UserError naming the file and what is wrong with it, found before any model loads."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise UserError(f"adapter folder {folder} does not exist (train one with `medreason train`)")
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise UserError(f"{folder} is not a LoRA adapter folder: adapter_config.json is missing")
+    peft_config = _json(config_file)
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        if (path / "adapter_model.bin").is_file():
+            raise UserError(f"{path / 'adapter_model.bin'}: pickle weights are not loaded; re-save the adapter "
+                            f"as safetensors")
+        raise UserError(f"{weights} is missing: the adapter folder has no weights")
+    check_safetensors(weights)
+    meta_file = path / ADAPTER_META
+    meta = _json(meta_file) if meta_file.is_file() else {}
+    meta.setdefault("base_model", peft_config.get("base_model_name_or_path"))
+    if not meta["base_model"]:
+        raise UserError(f"{config_file} does not name its base model (base_model_name_or_path)")
+    meta["peft_config"] = peft_config
+    return meta
+
+
+def check_safetensors(path: Path):
+    """The header parses and the file is as long as the header says: a truncated copy fails here, in a
+    millisecond, with its name, instead of inside safetensors with none."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n <= 0 or 8 + n > size:
+                raise ValueError("header length beyond the end of the file")
+            header = json.loads(f.read(n))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a valid safetensors file ({e}); retrain or copy the adapter again") from e
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise UserError(f"{path}: truncated ({size} bytes, the header describes {8 + n + end}); "
+                        f"retrain or copy the adapter again")
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({getattr(e, 'msg', e)}); retrain or restore the adapter") from e
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object")
+    return data
