@@ -1,0 +1,291 @@
+"""Multiple-choice benchmarks with 2 to 10 options: load any exam file, draw stratified subsets, build the prompt.
+
+    from medreason.mcq import load_benchmark, bundled_split, stratified_subset, prompt_messages, chance
+    items = load_benchmark("my_exam.jsonl")            # JSONL, JSON, CSV or Parquet; None = the bundled benchmark
+    heldout = bundled_split("heldout")                 # the bundled items no training step sees
+    subset = stratified_subset(heldout, 48, seed=0)    # every group in proportion, never "the first 48"
+    messages = prompt_messages(subset[0], system_prompt)   # the chat prompt that lists the options
+
+A row is a question, 2-10 options, the answer, and optional `context`, `explanation`, `group` (or `specialty`),
+`id` and `split`. Both of these shapes load:
+
+    {"question": "...", "options": {"A": "...", "B": "...", "C": "...", "D": "...", "E": "..."}, "answer": "C"}
+    {"context": "...", "question": "...", "options": ["yes", "no", "maybe"], "answer": "no"}
+
+Lettered options are a mapping from the letters A, B, C... (in order, none skipped) to text; a list is a set of
+free labels (each label is its own text) unless the answer is a letter that is not one of them, in which case the
+list is the option texts in letter order. In CSV the options are a JSON cell `options` or columns `A`, `B`, ...
+A bad row is a `UserError` naming the file, the row and the field.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import string
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from medreason.errors import UserError
+
+LETTERS = tuple(string.ascii_uppercase[:10])  # A..J
+MIN_OPTIONS, MAX_OPTIONS = 2, 10
+SPLITS = ("pool", "heldout")
+
+
+@dataclass
+class MCQItem:
+    id: str
+    question: str
+    options: dict[str, str]  # label -> text, in display order
+    answer: str  # a key of options
+    context: str = ""
+    explanation: str = ""
+    group: str = "unspecified"
+    split: str | None = None
+
+    @property
+    def lettered(self) -> bool:
+        """Options labelled A, B, C... (else free labels such as yes / no / maybe, each its own text)."""
+        return all(label in LETTERS for label in self.options) and any(
+            label != text for label, text in self.options.items())
+
+    @property
+    def chance(self) -> float:
+        return 1 / len(self.options)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def load_benchmark(path: str | Path | None = None) -> list[MCQItem]:
+    """Every item of a benchmark file (the bundled one by default); the first bad row is a UserError."""
+    from medreason.data import bundled_path
+
+    path = Path(path).expanduser() if path else bundled_path("mcq.jsonl")
+    rows = _read_csv(path) if path.suffix.lower() == ".csv" and path.is_file() else _read(path)
+    items, seen = [], set()
+    for n, row in enumerate(rows, 1):
+        item = parse_row(row, n, path)
+        if item.id in seen:
+            raise UserError(f'{path} row {n}: field "id" repeats {item.id!r}: ids must be unique')
+        seen.add(item.id)
+        items.append(item)
+    if not items:
+        raise UserError(f"{path}: no rows")
+    return items
+
+
+def bundled_split(name: str) -> list[MCQItem]:
+    """The bundled items of one split: 'pool' (prompts for reinforcement learning) or 'heldout' (evaluation)."""
+    if name not in SPLITS:
+        raise UserError(f"split '{name}' is unknown: choose {' or '.join(SPLITS)}")
+    items = [item for item in load_benchmark() if item.split == name]
+    if not items:
+        raise UserError(f"the bundled benchmark has no items in split '{name}'")
+    return items
+
+
+def parse_row(row, n: int, origin) -> MCQItem:
+    """One row as an MCQItem; a problem is a UserError 'FILE row N: field "x" ...'."""
+    from medreason.data import _Unparseable
+
+    if isinstance(row, _Unparseable):
+        raise UserError(f"{origin} row {row.line}: {row.problem}")
+    if not isinstance(row, dict):
+        raise UserError(f"{origin} row {n}: is {_kind(row)}, not an object with question, options, answer")
+
+    def bad(field: str, problem: str):
+        return UserError(f'{origin} row {n}: field "{field}" {problem}')
+
+    for key in ("question", "options", "answer"):
+        if row.get(key) is None:
+            raise bad(key, "is missing")
+    question = _text(row["question"], "question", bad)
+    options = _options(row["options"], row["answer"], bad)
+    answer = _answer(row["answer"], options, bad)
+    optional = {}
+    for key in ("context", "explanation"):
+        optional[key] = _text(row[key], key, bad, required=False) if row.get(key) is not None else ""
+    group = row.get("group") if row.get("group") is not None else row.get("specialty")
+    group = _text(group, "group", bad, required=False) if group is not None else ""
+    split = row.get("split")
+    if split is not None and (not isinstance(split, str) or not split.strip()):
+        raise bad("split", "must be text such as pool or heldout")
+    ident = row.get("id")
+    if ident is not None and not isinstance(ident, (str, int)):
+        raise bad("id", f"is {_kind(ident)}, not text")
+    return MCQItem(id=str(ident).strip() if ident not in (None, "") else f"row-{n}", question=question,
+                   options=options, answer=answer, context=optional["context"],
+                   explanation=optional["explanation"], group=group or "unspecified",
+                   split=split.strip() if split else None)
+
+
+def _text(value, field: str, bad, required: bool = True) -> str:
+    if not isinstance(value, str):
+        raise bad(field, f"is {_kind(value)}, not text")
+    if required and not value.strip():
+        raise bad(field, "is empty")
+    return value.strip()
+
+
+def _options(value, answer, bad) -> dict[str, str]:
+    if isinstance(value, str) and value.strip()[:1] in "[{":  # a JSON cell, as CSV files carry it
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise bad("options", f"is not valid JSON ({e.msg})") from e
+    if isinstance(value, dict):
+        # Parquet fills absent struct fields with null: a row with A-D in a file that also has E
+        value = {str(k).strip(): v for k, v in value.items() if v is not None}
+        labels = list(value)
+        expected = list(LETTERS[:len(labels)])
+        if sorted(labels) != expected:
+            raise bad("options", f"must map the letters {', '.join(expected) or 'A, B'}... in order to text "
+                                 f"(got {', '.join(labels)}); use a list for free labels such as yes / no / maybe")
+        options = {k: value[k] for k in expected}
+    elif isinstance(value, (list, tuple)):
+        texts = list(value)
+        letter_answer = isinstance(answer, str) and answer.strip().upper() in LETTERS and not any(
+            isinstance(t, str) and t.strip().lower() == answer.strip().lower() for t in texts)
+        if letter_answer and len(texts) <= len(LETTERS):
+            options = {LETTERS[i]: t for i, t in enumerate(texts)}
+        else:
+            for t in texts:
+                if not isinstance(t, str):
+                    raise bad("options", f"has {_kind(t)}, not text")
+            options = {t.strip(): t.strip() for t in texts}
+            if len(options) != len(texts):
+                raise bad("options", "repeats a label")
+    else:
+        raise bad("options", f"is {_kind(value)}: give a mapping A -> text, or a list of labels")
+    if not MIN_OPTIONS <= len(options) <= MAX_OPTIONS:
+        raise bad("options", f"has {len(options)} options: give {MIN_OPTIONS} to {MAX_OPTIONS}")
+    for label, text in options.items():
+        if not isinstance(text, str):
+            raise bad("options", f"option {label} is {_kind(text)}, not text")
+        if not text.strip():
+            raise bad("options", f"option {label} is empty")
+    options = {label: text.strip() for label, text in options.items()}
+    if len({t.lower() for t in options.values()}) != len(options):
+        raise bad("options", "has two options with the same text")
+    return options
+
+
+def _answer(value, options: dict[str, str], bad) -> str:
+    if not isinstance(value, str):
+        raise bad("answer", f"is {_kind(value)}, not one of {', '.join(options)}")
+    wanted = value.strip()
+    for label in options:
+        if label == wanted or label.lower() == wanted.lower():
+            return label
+    raise bad("answer", f"is {value!r}, not one of {', '.join(options)}")
+
+
+def _kind(value) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
+        type(value), f"a {type(value).__name__}")
+
+
+def _read(path: Path) -> list:
+    from medreason.data import read_file
+
+    return read_file(path)
+
+
+def _read_csv(path: Path) -> list:
+    """A header naming question and answer, and options as a JSON cell `options` or columns A, B, ..."""
+    from medreason.data import _text as read_text, _Unparseable
+
+    reader = csv.DictReader(io.StringIO(read_text(path)))
+    header = [h.strip() for h in reader.fieldnames or []]
+    letter_columns = [c for c in LETTERS if c in header]
+    if "question" not in header or "answer" not in header or not ("options" in header or letter_columns):
+        raise UserError(f"{path}: not a CSV with a header row naming question, answer and options "
+                        f"(a JSON cell) or option columns A, B, ...")
+    rows = []
+    for raw in reader:
+        if None in raw:  # more cells than header columns
+            rows.append(_Unparseable(len(rows) + 1, "has more cells than the header"))
+            continue
+        row = {k.strip(): v for k, v in raw.items()}
+        if "options" not in header:
+            row["options"] = {c: row.pop(c) for c in letter_columns if (row.get(c) or "").strip()}
+        for key in ("context", "explanation", "group", "specialty", "split", "id"):
+            if key in row and not (row[key] or "").strip():
+                row[key] = None  # an empty cell is an absent field
+        rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------------- subsets, chance
+
+
+def stratified_subset(items: list[MCQItem], n: int | None, seed: int = 0) -> list[MCQItem]:
+    """n items drawn with a fixed seed, each group in proportion to its size (largest remainders), every
+    group present when n allows; returned in the benchmark's order. n=None or n >= len(items): all items."""
+    import numpy as np
+
+    if n is None or n >= len(items):
+        return list(items)
+    if n < 1:
+        raise UserError(f"limit must be at least 1, got {n}")
+    groups: dict[str, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(item.group, []).append(i)
+    names = sorted(groups)
+    rng = np.random.default_rng(seed)
+    shares = {g: n * len(groups[g]) / len(items) for g in names}
+    quota = {g: math.floor(shares[g]) for g in names}
+    tiebreak = rng.random(len(names))
+    by_remainder = sorted(names, key=lambda g: (-(shares[g] - quota[g]), tiebreak[names.index(g)]))
+    for g in by_remainder[:n - sum(quota.values())]:
+        quota[g] += 1
+    if n >= len(names):  # every group shows up: take one from the largest quota for each empty group
+        for g in [g for g in names if quota[g] == 0]:
+            donor = max(names, key=lambda d: (quota[d], d))
+            quota[donor] -= 1
+            quota[g] += 1
+    chosen = []
+    for g in names:
+        order = rng.permutation(len(groups[g]))
+        chosen += [groups[g][k] for k in order[:quota[g]]]
+    return [items[i] for i in sorted(chosen)]
+
+
+def chance(items: list[MCQItem]) -> float:
+    """Expected accuracy of guessing uniformly: 1/k per item, averaged (k may differ between items)."""
+    if not items:
+        return float("nan")
+    return sum(item.chance for item in items) / len(items)
+
+
+def group_counts(items: list[MCQItem]) -> dict[str, int]:
+    return dict(sorted(Counter(item.group for item in items).items()))
+
+
+# --------------------------------------------------------------------------------------------- prompt
+
+
+def prompt_messages(item: MCQItem, system_prompt: str | None) -> list[dict]:
+    """The chat prompt: optional system message, then context, question, the options, and how to answer.
+    The one prompt builder for generate-mode evaluation and for GRPO."""
+    parts = []
+    if item.context:
+        parts.append(f"Context: {item.context}")
+    parts.append(f"Question: {item.question}")
+    if item.lettered:
+        parts.append("Options:\n" + "\n".join(f"{label}. {text}" for label, text in item.options.items()))
+        choices = ", ".join(item.options)
+    else:
+        parts.append("Options: " + " / ".join(item.options))
+        choices = ", ".join(item.options)
+    parts.append(f'Think it through, then end with "The answer is X", where X is one of {choices}.')
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    return messages + [{"role": "user", "content": "\n\n".join(parts)}]

@@ -1,0 +1,159 @@
+"""medreason.mcq: every option shape loads (letters A-E, free labels with context, lists in letter order, CSV
+columns, Parquet structs), bad rows name their row and field, stratified subsets, chance per item, the prompt."""
+
+import json
+
+import pytest
+
+from medreason import mcq
+from medreason.errors import UserError
+
+FIVE = {"id": "usmle-1", "question": "A 67-year-old woman has chest pain after her son's death. What is the diagnosis?",
+        "options": {"A": "Prinzmetal angina", "B": "Myocarditis", "C": "Takotsubo cardiomyopathy",
+                    "D": "Anterior STEMI", "E": "Aortic dissection"}, "answer": "C", "specialty": "Cardiology"}
+PUBMEDQA = {"context": "In 120 adults, drug X lowered systolic pressure by 4 mm Hg versus placebo (p = 0.30).",
+            "question": "Does drug X lower blood pressure?", "options": ["yes", "no", "maybe"], "answer": "No",
+            "group": "pharmacology"}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bundled_benchmark_loads_unchanged():
+    items = mcq.load_benchmark()
+    assert len(items) >= 300
+    assert all(list(i.options) == ["A", "B", "C", "D"] and i.answer in i.options for i in items)
+    assert mcq.chance(items) == pytest.approx(0.25)
+    assert len({i.group for i in items}) == 18
+    pool, heldout = mcq.bundled_split("pool"), mcq.bundled_split("heldout")
+    assert len(pool) + len(heldout) == len(items)
+    assert not {i.id for i in pool} & {i.id for i in heldout}
+
+
+def test_both_row_shapes_load(tmp_path):
+    five, ynm = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [FIVE, PUBMEDQA]))
+    assert five.lettered and list(five.options) == list("ABCDE") and five.answer == "C"
+    assert five.group == "Cardiology" and five.id == "usmle-1" and five.chance == pytest.approx(0.2)
+    assert not ynm.lettered and ynm.options == {"yes": "yes", "no": "no", "maybe": "maybe"}
+    assert ynm.answer == "no" and ynm.context.startswith("In 120 adults") and ynm.group == "pharmacology"
+    assert ynm.id == "row-2"
+
+
+def test_chance_is_averaged_per_item(tmp_path):
+    two = {"question": "Is aspirin an NSAID?", "options": ["yes", "no"], "answer": "yes"}
+    items = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [FIVE, PUBMEDQA, two]))
+    assert mcq.chance(items) == pytest.approx((1 / 5 + 1 / 3 + 1 / 2) / 3)
+
+
+def test_list_of_texts_with_a_letter_answer_is_lettered(tmp_path):
+    row = {"question": "Which vitamin deficiency causes scurvy?", "options": ["Vitamin A", "Vitamin C", "Vitamin D"],
+           "answer": "B"}
+    item, = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [row]))
+    assert item.options == {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D"} and item.answer == "B"
+
+
+@pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
+def test_other_file_types(tmp_path, suffix):
+    rows = [FIVE, {**FIVE, "id": "usmle-2", "options": {k: v for k, v in FIVE["options"].items() if k != "E"},
+                   "answer": "D"}]
+    path = tmp_path / f"b{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(rows))
+    elif suffix == ".csv":
+        import pandas as pd
+
+        pd.DataFrame([{**{k: v for k, v in r.items() if k != "options"}, **r["options"]} for r in rows]).to_csv(
+            path, index=False)
+    else:
+        import pandas as pd
+
+        pd.DataFrame(rows).to_parquet(path)  # options become a struct; the 4-option row gets E = null
+    items = mcq.load_benchmark(path)
+    assert [list(i.options) for i in items] == [list("ABCDE"), list("ABCD")]
+    assert [i.answer for i in items] == ["C", "D"]
+
+
+def test_csv_with_json_options_cell(tmp_path):
+    path = tmp_path / "b.csv"
+    import csv
+
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, ["context", "question", "options", "answer"])
+        w.writeheader()
+        w.writerow({**{k: PUBMEDQA[k] for k in ("context", "question", "answer")},
+                    "options": json.dumps(PUBMEDQA["options"])})
+    item, = mcq.load_benchmark(path)
+    assert item.options == {"yes": "yes", "no": "no", "maybe": "maybe"} and item.answer == "no"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"options": {"A": "x", "B": "y", "D": "z"}}, 'row 2: field "options" must map the letters A, B, C'),
+    ({"options": {"A": "x"}}, 'row 2: field "options" has 1 options: give 2 to 10'),
+    ({"options": [f"o{i}" for i in range(11)], "answer": "o1"}, 'row 2: field "options" has 11 options'),
+    ({"options": {"A": "x", "B": " "}}, 'row 2: field "options" option B is empty'),
+    ({"options": {"A": "x", "B": "X"}, "answer": "A"}, 'row 2: field "options" has two options with the same text'),
+    ({"answer": "F"}, 'row 2: field "answer" is \'F\', not one of A, B, C, D, E'),
+    ({"answer": 3}, 'row 2: field "answer" is a number, not one of'),
+    ({"question": ""}, 'row 2: field "question" is empty'),
+    ({"question": None}, 'row 2: field "question" is missing'),
+    ({"options": 5}, 'row 2: field "options" is a number'),
+    ({"context": 7}, 'row 2: field "context" is a number, not text'),
+    ({"id": "usmle-1"}, 'row 2: field "id" repeats'),
+])
+def test_bad_row_names_row_and_field(tmp_path, change, message):
+    path = write_jsonl(tmp_path / "b.jsonl", [FIVE, {**FIVE, "id": "x2", **change}])
+    with pytest.raises(UserError) as e:
+        mcq.load_benchmark(path)
+    assert str(e.value).startswith(str(path)) and message in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unparseable_line_and_bad_files(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text(json.dumps(FIVE) + "\n{not json\n")
+    with pytest.raises(UserError, match=r"b.jsonl row 2: not valid JSON"):
+        mcq.load_benchmark(path)
+    with pytest.raises(UserError, match="file not found"):
+        mcq.load_benchmark(tmp_path / "missing.jsonl")
+    bad_csv = tmp_path / "b.csv"
+    bad_csv.write_text("Question,Response\nx,y\n")
+    with pytest.raises(UserError, match="header row naming question, answer and options"):
+        mcq.load_benchmark(bad_csv)
+    with pytest.raises(UserError, match="split 'test' is unknown"):
+        mcq.bundled_split("test")
+
+
+def test_stratified_subset_is_proportional_seeded_and_in_order():
+    items = mcq.bundled_split("heldout")
+    groups = mcq.group_counts(items)
+    sub = mcq.stratified_subset(items, 48, seed=0)
+    assert len(sub) == 48
+    counts = mcq.group_counts(sub)
+    assert set(counts) == set(groups)  # every specialty, unlike the first 48 of a file sorted by specialty
+    assert all(abs(counts[g] - 48 * groups[g] / len(items)) < 1 for g in groups)
+    assert [i.id for i in sub] == [i.id for i in mcq.stratified_subset(items, 48, seed=0)]
+    assert [i.id for i in sub] != [i.id for i in mcq.stratified_subset(items, 48, seed=1)]
+    order = [i.id for i in items]
+    assert [order.index(i.id) for i in sub] == sorted(order.index(i.id) for i in sub)
+    assert mcq.stratified_subset(items, None) == items and mcq.stratified_subset(items, 10_000) == items
+    small = mcq.stratified_subset(items, 5, seed=0)
+    assert len(small) == 5 and len(mcq.group_counts(small)) == 5
+    with pytest.raises(UserError, match="limit must be at least 1"):
+        mcq.stratified_subset(items, 0)
+
+
+def test_prompt_lists_the_options(tmp_path):
+    five, ynm = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [FIVE, PUBMEDQA]))
+    msgs = mcq.prompt_messages(five, "SYSTEM")
+    assert msgs[0] == {"role": "system", "content": "SYSTEM"} and msgs[1]["role"] == "user"
+    assert msgs[1]["content"] == (
+        f"Question: {FIVE['question']}\n\nOptions:\nA. Prinzmetal angina\nB. Myocarditis\n"
+        "C. Takotsubo cardiomyopathy\nD. Anterior STEMI\nE. Aortic dissection\n\n"
+        'Think it through, then end with "The answer is X", where X is one of A, B, C, D, E.')
+    user = mcq.prompt_messages(ynm, None)
+    assert len(user) == 1
+    assert user[0]["content"] == (
+        f"Context: {PUBMEDQA['context']}\n\nQuestion: {PUBMEDQA['question']}\n\nOptions: yes / no / maybe\n\n"
+        'Think it through, then end with "The answer is X", where X is one of yes, no, maybe.')
