@@ -1,0 +1,71 @@
+"""medreason.stats against a worked example computed by hand.
+
+Ten items; base right on 1, 2, 3, 8 (4/10); adapter right on 1, 3, 4, 5, 6, 8, 9 (7/10).
+Discordant pairs: b = 1 (item 2: base right, adapter wrong), c = 4 (items 4, 5, 6, 9: adapter right only).
+McNemar exact, two-sided: 2 * P(X <= 1 | X ~ Bin(5, 1/2)) = 2 * (1 + 5) / 32 = 0.375.
+Per-item differences d = adapter - base: [0, -1, 0, 1, 1, 1, 0, 0, 1, 0], mean 0.3; the bootstrap mean has
+standard deviation sqrt((0.5 - 0.3**2) / 10) = 0.2025, so the 95 % interval is about 0.3 +- 0.40, and on a grid of
+0.1 (a mean over 10 resampled items) it is [-0.1, 0.7].
+"""
+
+import pytest
+
+from medreason.stats import accuracy_by_group, mcnemar_exact, paired_bootstrap_ci, paired_comparison
+
+BASE = [1, 1, 1, 0, 0, 0, 0, 1, 0, 0]
+ADAPTER = [1, 0, 1, 1, 1, 1, 0, 1, 1, 0]
+GROUPS = ["cardio", "cardio", "neuro", "neuro", "neuro", "renal", "renal", "renal", "renal", "cardio"]
+
+
+def test_mcnemar_worked_example():
+    assert mcnemar_exact(BASE, ADAPTER) == {"b": 1, "c": 4, "p_value": pytest.approx(0.375)}
+    # symmetric: swapping the models swaps b and c, not the p-value
+    assert mcnemar_exact(ADAPTER, BASE) == {"b": 4, "c": 1, "p_value": pytest.approx(0.375)}
+
+
+def test_mcnemar_edge_cases():
+    assert mcnemar_exact([1, 0, 1], [1, 0, 1])["p_value"] == 1.0  # no discordant pair: no evidence
+    # 10 discordant items all one way: 2 * 0.5**10
+    assert mcnemar_exact([0] * 10, [1] * 10)["p_value"] == pytest.approx(2 / 1024)
+
+
+def test_bootstrap_worked_example():
+    low, high = paired_bootstrap_ci(BASE, ADAPTER, seed=0)
+    assert low == pytest.approx(-0.1) and high == pytest.approx(0.7)
+    assert paired_bootstrap_ci(BASE, ADAPTER, seed=0) == (low, high)  # fixed seed: the same interval
+    assert paired_bootstrap_ci(BASE, BASE) == (0.0, 0.0)  # identical answers: no difference at all
+
+
+def test_paired_comparison_collects_everything():
+    r = paired_comparison(BASE, ADAPTER)
+    assert r["n"] == 10 and r["acc_a"] == pytest.approx(0.4) and r["acc_b"] == pytest.approx(0.7)
+    assert r["diff"] == pytest.approx(0.3) and r["ci_low"] <= r["diff"] <= r["ci_high"]
+    assert (r["b"], r["c"], r["p_value"]) == (1, 4, pytest.approx(0.375))
+
+
+def test_pairing_narrows_the_interval():
+    """The reason to pair: two models that agree on most items differ less than independent samples suggest."""
+    base = [1] * 30 + [0] * 70
+    adapter = [1] * 30 + [0] * 60 + [1] * 10  # right on everything base gets, plus 10 more
+    low, high = paired_bootstrap_ci(base, adapter)
+    assert low > 0  # every discordant item favours the adapter
+    assert mcnemar_exact(base, adapter)["p_value"] == pytest.approx(2 / 1024)
+    independent_se = (0.3 * 0.7 / 100 + 0.4 * 0.6 / 100) ** 0.5
+    assert 0.1 - 1.96 * independent_se < 0  # unpaired, the same data would not exclude zero
+
+
+def test_accuracy_by_group():
+    assert accuracy_by_group(GROUPS, ADAPTER) == {
+        "cardio": {"n": 3, "correct": 1, "accuracy": pytest.approx(1 / 3)},
+        "neuro": {"n": 3, "correct": 3, "accuracy": 1.0},
+        "renal": {"n": 4, "correct": 3, "accuracy": 0.75},
+    }
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="equal-length"):
+        mcnemar_exact([1, 0], [1])
+    with pytest.raises(ValueError, match="no items"):
+        paired_comparison([], [])
+    with pytest.raises(ValueError, match="results"):
+        accuracy_by_group(["a"], [1, 0])
