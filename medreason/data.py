@@ -515,3 +515,26 @@ def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[s
         batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]
+
+
+def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
+    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
+    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
+    import tempfile
+
+    import torch
+    import trl
+    from datasets import Dataset
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).to(torch.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
+                             disable_tqdm=True)
+        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                                 train_dataset=Dataset.from_list([example]))
+        batch = trainer.data_collator([trainer.train_dataset[0]])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]

@@ -304,3 +304,47 @@ def _batch(session, questions, sampling, args) -> int:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
     print(f"{len(questions)} answers written to {out}", file=sys.stderr)
     return 0
+
+
+# --------------------------------------------------------------------------------------------- probing
+
+
+def prompt_text(session: Session, question: str) -> str:
+    """The text the model reads before its answer: system prompt and question through the chat template,
+    ending with the assistant header (as `answer` builds it)."""
+    return session.tokenizer.apply_chat_template(
+        [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": question.strip()}],
+        tokenize=False, add_generation_prompt=True)
+
+
+def start_probability(session: Session, questions: list[str], start: str = "<think>\n"):
+    """How likely each model is to open its answer with `start` (the template's reasoning block), right
+    after the chat template's assistant header: P(start | prompt), the product of its tokens' probabilities,
+    for the base model (adapter off) and the adapter, their ratio, and each one's most likely first token."""
+    import contextlib
+
+    import pandas as pd
+    import torch
+
+    tok = session.tokenizer
+    variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
+    rows = []
+    for i, question in enumerate(questions, 1):
+        prompt = prompt_text(session, question)
+        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        full_ids = tok(prompt + start, add_special_tokens=False)["input_ids"]
+        if full_ids[:len(prompt_ids)] != prompt_ids:  # the start merged with the prompt's last token
+            full_ids = prompt_ids + tok(start, add_special_tokens=False)["input_ids"]
+        start_ids = torch.tensor(full_ids[len(prompt_ids):])
+        row = {"question": i}
+        for name, use_adapter in variants:
+            ctx = contextlib.nullcontext() if use_adapter else session.adapter_off()
+            with ctx, torch.inference_mode():
+                logits = session.model(input_ids=torch.tensor([full_ids], device=session.model.device)).logits
+            logp = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
+            row[f"P(start | {name})"] = float(logp.gather(1, start_ids[:, None]).sum().exp())
+            row[f"first token {name}"] = repr(tok.decode([int(logp[0].argmax())]))
+        if session.adapter:
+            row["adapter / base"] = row["P(start | adapter)"] / max(row["P(start | base)"], 1e-300)
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("question")

@@ -1,30 +1,19 @@
 """Figures and tables for the book: small views over what the package computes, never a second copy of it.
 
     from medreason import plots
-    plots.loss_curves(run_id)                            # train/validation loss from the MLflow store
-    plots.label_mask_html(tokenizer, example)            # which tokens carry loss, as TRL prepares them
-    plots.lora_param_table(model)                        # trainable parameters vs rank and target modules
-    plots.weight_memory_table({"SmolLM2-135M": model})   # bytes for the weights in fp32 / bf16 / NF4
+    plots.loss_curves({k: tracking.metric_history(run_id, k) for k in ("loss", "eval_loss")})
+    plots.label_mask_html(data.label_mask(tokenizer, ex)) # which tokens carry loss, as TRL prepares them
+    plots.lora_param_plot(estimates.lora_param_table(model))
 
-Figures are matplotlib Figures made with pyplot, so a notebook shows each once, at the end of its cell.
-Tables are pandas DataFrames. Heavy imports stay inside the functions.
+This module draws what it is handed: the numbers come from `medreason.data`, `medreason.estimates`,
+`medreason.generate` and the MLflow store. Figures are matplotlib Figures made with pyplot, so a notebook
+shows each once, at the end of its cell. Tables are pandas DataFrames or Stylers. Heavy imports stay inside
+the functions.
 """
 
 from __future__ import annotations
 
-import copy
 import html
-import math
-import tempfile
-from pathlib import Path
-
-# QLoRA's 4-bit NormalFloat storage (Dettmers et al. 2023): 4 bits per weight plus one absmax constant per
-# block of 64 weights. Without double quantization the constant is fp32 (32/64 = 0.5 bit per weight); double
-# quantization stores it in 8 bits with one fp32 constant per 256 constants: 8/64 + 32/(64*256) ≈ 0.127 bit.
-NF4_BITS = 4 + 32 / 64
-NF4_DQ_BITS = 4 + 8 / 64 + 32 / (64 * 256)
-ADAMW_BYTES = 4 + 4 + 8  # per trainable fp32 parameter: the weight, its gradient, two Adam moments
-
 
 # --------------------------------------------------------------------------------------------- introduction
 
@@ -75,32 +64,11 @@ def pipeline_diagram():
 # --------------------------------------------------------------------------------------------- data
 
 
-def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
-    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
-    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
-    import torch
-    import trl
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
-                             disable_tqdm=True)
-        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                                 train_dataset=Dataset.from_list([example]))
-        batch = trainer.data_collator([trainer.train_dataset[0]])
-    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]
-
-
-def label_mask_html(tokenizer, example: dict, max_length: int = 1024):
-    """The example's tokens as coloured spans: grey carries no loss (prompt), green carries loss."""
+def label_mask_html(tokens: list[tuple[str, bool]]):
+    """(token text, carries loss) pairs, e.g. from `medreason.data.label_mask`, as coloured spans: grey
+    carries no loss (prompt), green carries loss."""
     from IPython.display import HTML
 
-    tokens = label_mask(tokenizer, example, max_length)
     spans = []
     for text, trained in tokens:
         shown = html.escape(text).replace("\n", "↵<br>")
@@ -163,34 +131,6 @@ def specialty_bar(splits):
 # --------------------------------------------------------------------------------------------- LoRA theory
 
 
-def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention", "all-linear"), alpha_per_rank=2,
-                     **lora_kwargs):
-    """Trainable parameters and adapter size for each (targets, rank), counted by PEFT itself on a copy of
-    `model` (the model passed in is left untouched). alpha = alpha_per_rank * r keeps the scale alpha/r fixed;
-    `lora_kwargs` go to LoraConfig (use_dora=True, use_rslora=True, ...)."""
-    import pandas as pd
-    from peft import LoraConfig, get_peft_model
-
-    from medreason.config import LORA_PRESETS
-
-    base = sum(p.numel() for p in model.parameters())
-    rows = []
-    for preset in target_presets:
-        for r in ranks:
-            config = LoraConfig(r=r, lora_alpha=alpha_per_rank * r, target_modules=LORA_PRESETS[preset],
-                                lora_dropout=0.0, task_type="CAUSAL_LM", **lora_kwargs)
-            peft_model = get_peft_model(copy.deepcopy(model), config)
-            trainable, _ = peft_model.get_nb_trainable_parameters()
-            n_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))
-            del peft_model
-            rows.append({
-                "targets": preset, "rank r": r, "adapted layers": n_modules, "trainable params": trainable,
-                "% of base": 100 * trainable / base, "adapter MB (fp32)": trainable * 4 / 1e6,
-                "adapter MB (bf16)": trainable * 2 / 1e6, "AdamW state MB": trainable * ADAMW_BYTES / 1e6,
-            })
-    return pd.DataFrame(rows)
-
-
 def lora_param_plot(table, base_params: int | None = None):
     """Trainable parameters against rank (log-log), one line per target preset."""
     import matplotlib.pyplot as plt
@@ -213,73 +153,16 @@ def lora_param_plot(table, base_params: int | None = None):
     return fig
 
 
-def architecture_on_meta(config):
-    """A model of `config`'s architecture on PyTorch's meta device: real shapes, no memory, no weights."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
-
-
-def quantizable_split(model) -> tuple[int, int]:
-    """(parameters in the decoder's linear layers, all other parameters). bitsandbytes quantizes the
-    former to 4 bits under QLoRA; embeddings, norms, biases and the output head stay in bf16."""
-    import torch
-
-    unique, linear = {}, 0
-    for p in model.parameters():
-        unique[id(p)] = p.numel()
-    head = model.get_output_embeddings()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear) and module is not head:
-            linear += module.weight.numel()
-    return linear, sum(unique.values()) - linear
-
-
-def weight_memory_table(models: dict):
-    """GB for the weights alone, per storage format, for each named model: fp32, bf16, and QLoRA's NF4
-    (linear layers in 4 bits, the rest in bf16) with and without double quantization."""
-    import pandas as pd
-
-    rows = []
-    for name, model in models.items():
-        linear, other = quantizable_split(model)
-        total = linear + other
-        nf4 = linear * NF4_BITS / 8 + other * 2
-        nf4_dq = linear * NF4_DQ_BITS / 8 + other * 2
-        rows.append({
-            "model": name, "params (M)": total / 1e6, "in linear layers": f"{linear / total:.0%}",
-            "fp32 GB": total * 4 / 1e9, "bf16 GB": total * 2 / 1e9, "NF4 GB": nf4 / 1e9, "NF4+DQ GB": nf4_dq / 1e9,
-            "NF4+DQ bytes/param": nf4_dq / total,
-        })
-    return pd.DataFrame(rows).set_index("model")
-
-
 # --------------------------------------------------------------------------------------------- training
 
 
-def _client():
-    import mlflow
-
-    from medreason.train import tracking_uri
-
-    return mlflow.MlflowClient(tracking_uri())
-
-
-def metric_history(run_id: str, key: str) -> list[tuple[int, float]]:
-    """(step, value) pairs of one metric of an MLflow run, in step order."""
-    return sorted((m.step, m.value) for m in _client().get_metric_history(run_id, key))
-
-
-def loss_curves(run_id: str):
-    """Training loss (every logging step) and validation loss (every evaluation) from the MLflow store,
-    with the learning-rate schedule beside them."""
+def loss_curves(history: dict[str, list[tuple[int, float]]], title: str = ""):
+    """Training loss (every logging step) and validation loss (every evaluation), with the learning-rate
+    schedule beside them: `history` maps "loss", "eval_loss" and "learning_rate" to (step, value) pairs, as
+    `medreason.tracking.metric_history` reads them from the MLflow store."""
     import matplotlib.pyplot as plt
 
-    train = metric_history(run_id, "loss")
-    evals = metric_history(run_id, "eval_loss")
-    lr = metric_history(run_id, "learning_rate")
+    train, evals, lr = (history.get(key) or [] for key in ("loss", "eval_loss", "learning_rate"))
     fig, (ax, ax_lr) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
     if train:
         ax.plot(*zip(*train), marker=".", label="training loss (per logged step)")
@@ -287,7 +170,7 @@ def loss_curves(run_id: str):
         ax.plot(*zip(*evals), marker="o", linestyle="--", label="validation loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy per completion token")
-    ax.set_title(f"MLflow run {run_id[:8]}")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     if lr:
@@ -299,30 +182,18 @@ def loss_curves(run_id: str):
     return fig
 
 
-def run_metrics_table(run_id: str, prefix: str = "final_"):
-    """The run's final metrics (logged once after training) as a table."""
+def runs_table(runs: list[dict]):
+    """Runs as the MLflow UI lists them, from `medreason.tracking.find_runs`."""
     import pandas as pd
 
-    metrics = _client().get_run(run_id).data.metrics
-    rows = {k[len(prefix):]: v for k, v in sorted(metrics.items()) if k.startswith(prefix)}
-    return pd.DataFrame({"value": rows}).rename_axis("metric")
-
-
-def runs_table(experiment: str = "medreason", max_runs: int = 5):
-    """The latest runs of an MLflow experiment, as the MLflow UI lists them."""
-    import pandas as pd
-
-    client = _client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    if not runs:
         return pd.DataFrame()
-    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"], max_results=max_runs)
     return pd.DataFrame([{
-        "run id": r.info.run_id[:8], "run name": r.info.run_name, "status": r.info.status,
-        "started": pd.Timestamp(r.info.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
-        "final train loss": r.data.metrics.get("final_train_loss"),
-        "final eval loss": r.data.metrics.get("final_eval_loss"),
-        "final test loss": r.data.metrics.get("final_test_loss"),
+        "run id": r["run_id"][:8], "run name": r["run_name"], "status": r["status"],
+        "started": pd.Timestamp(r["start_time"], unit="ms").strftime("%Y-%m-%d %H:%M"),
+        "final train loss": r["metrics"].get("final_train_loss"),
+        "final eval loss": r["metrics"].get("final_eval_loss"),
+        "final test loss": r["metrics"].get("final_test_loss"),
     } for r in runs]).set_index("run id")
 
 
@@ -344,41 +215,6 @@ def answers_table(pairs, references: list[str] | None = None):
                          "final answer": references[i], "new tokens": None})
     frame = pd.DataFrame(rows).set_index(["question", "model"])
     return text_table(frame).format({"new tokens": lambda v: "" if pd.isna(v) else f"{v:.0f}"})
-
-
-def start_probability(session, questions: list[str], start: str = "<think>\n"):
-    """How likely each model is to open its answer with `start` (the template's reasoning block), right
-    after the chat template's assistant header: P(start | prompt), the product of its tokens' probabilities,
-    for the base model (adapter off) and the adapter, their ratio, and each one's most likely first token."""
-    import contextlib
-
-    import pandas as pd
-    import torch
-
-    tok = session.tokenizer
-    variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
-    rows = []
-    for i, question in enumerate(questions, 1):
-        prompt = tok.apply_chat_template(
-            [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": question.strip()}],
-            tokenize=False, add_generation_prompt=True)
-        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tok(prompt + start, add_special_tokens=False)["input_ids"]
-        if full_ids[:len(prompt_ids)] != prompt_ids:  # the start merged with the prompt's last token
-            full_ids = prompt_ids + tok(start, add_special_tokens=False)["input_ids"]
-        start_ids = torch.tensor(full_ids[len(prompt_ids):])
-        row = {"question": i}
-        for name, use_adapter in variants:
-            ctx = contextlib.nullcontext() if use_adapter else session.adapter_off()
-            with ctx, torch.inference_mode():
-                logits = session.model(input_ids=torch.tensor([full_ids], device=session.model.device)).logits
-            logp = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
-            row[f"P(start | {name})"] = float(logp.gather(1, start_ids[:, None]).sum().exp())
-            row[f"first token {name}"] = repr(tok.decode([int(logp[0].argmax())]))
-        if session.adapter:
-            row["adapter / base"] = row["P(start | adapter)"] / max(row["P(start | base)"], 1e-300)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("question")
 
 
 def text_table(frame):
@@ -415,103 +251,3 @@ def eval_bar(results: dict, task: str = "medreason_mcq"):
         ax_ppl.text(x, v, f"{v:.2f}", ha="center", va="bottom")
     fig.tight_layout()
     return fig
-
-
-# --------------------------------------------------------------------------------------------- scaling up
-
-
-def recipe_table(paths):
-    """Key settings of each recipe, parsed with the same parser `medreason train` uses."""
-    import pandas as pd
-
-    from medreason.config import parse_config
-
-    rows = {}
-    for path in paths:
-        args, sft, model = parse_config(["--config", str(path)])
-        targets = model.lora_target_modules
-        rows[Path(path).name] = {
-            "model": model.model_name_or_path.split("/")[-1],
-            "dataset": args.dataset if len(args.dataset) < 30 else args.dataset.split("/")[-1],
-            "4-bit (QLoRA)": bool(model.load_in_4bit),
-            "lora r / alpha": f"{model.lora_r} / {model.lora_alpha}",
-            "targets": targets if isinstance(targets, str) else f"{len(targets)} modules",
-            "rsLoRA / DoRA": f"{model.use_rslora} / {model.use_dora}",
-            "learning rate": sft.learning_rate,
-            "batch x accum": f"{sft.per_device_train_batch_size} x {sft.gradient_accumulation_steps}",
-            "length": f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.num_train_epochs:g} epoch(s)",
-            "max_length": sft.max_length,
-            "precision": args.precision,
-            "grad. checkpointing": sft.gradient_checkpointing,
-            "packing": sft.packing,
-        }
-    return pd.DataFrame(rows)
-
-
-def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float, world_sizes=(1,),
-                        model_params: dict[str, float] | None = None, cpu_tokens_per_second: float | None = None,
-                        gpu_flops: float = 100e12):
-    """Optimizer steps, sequences and tokens per recipe and number of processes, from each recipe's batch
-    settings and the training-set size of its dataset (`train_rows`: dataset -> rows). With `model_params`
-    (model name -> parameters): training compute as 4 * params * tokens (forward 2N, backward through the
-    frozen weights 2N; LoRA skips the base's weight gradients) and the time that takes at `gpu_flops`
-    per GPU, a lower bound (perfect scaling over `processes` GPUs). With `cpu_tokens_per_second`
-    (measured): the time on that CPU, for the recipes whose model is the one measured (SmolLM2-135M)."""
-    import pandas as pd
-
-    from medreason.config import parse_config
-
-    rows = []
-    for path in paths:
-        args, sft, model = parse_config(["--config", str(path)])
-        name = model.model_name_or_path.rstrip("/").split("/")[-1]
-        n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
-        n_params = (model_params or {}).get(name)
-        for world in world_sizes:
-            per_step = sft.per_device_train_batch_size * sft.gradient_accumulation_steps * world
-            if sft.max_steps > 0:
-                steps = sft.max_steps
-            else:
-                steps = math.ceil(math.ceil(n_train / per_step) * sft.num_train_epochs)
-            tokens = steps * per_step * min(tokens_per_example, sft.max_length or tokens_per_example)
-            row = {"recipe": Path(path).name, "dataset": args.dataset.split("/")[-1], "processes": world,
-                   "train rows": n_train, "sequences / step": per_step, "optimizer steps": steps,
-                   "epochs": round(steps * per_step / n_train, 2), "tokens (M)": round(tokens / 1e6, 2)}
-            if n_params:
-                flops = 4 * n_params * tokens
-                row["PFLOP"] = round(flops / 1e15, 2)
-                row[f"GPU time at {gpu_flops / 1e12:.0f} TFLOP/s"] = _duration(flops / (gpu_flops * world))
-            if cpu_tokens_per_second:
-                # processes on one CPU share its cores: no speed-up from more of them
-                row["time on this CPU"] = (_duration(tokens / cpu_tokens_per_second)
-                                           if name.lower().startswith("smollm2-135m") else "-")
-            rows.append(row)
-    return pd.DataFrame(rows).set_index(["recipe", "processes"])
-
-
-def measured_tokens_per_second(run_name: str = "smollm2-135m-cpu", experiment: str = "medreason") -> float | None:
-    """Training throughput of the latest finished run called `run_name`, from the MLflow store: tokens
-    trained on (TRL's cumulative `num_tokens`) between the first and the last logged step, over the time
-    between them, so that evaluations before and after training do not count. None without such a run."""
-    client = _client()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return None
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}' "
-                              "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                              max_results=1)
-    if not runs:
-        return None
-    history = sorted(client.get_metric_history(runs[0].info.run_id, "num_tokens"), key=lambda m: m.step)
-    if len(history) < 2 or history[-1].timestamp <= history[0].timestamp:
-        return None
-    first, last = history[0], history[-1]
-    return (last.value - first.value) / ((last.timestamp - first.timestamp) / 1000)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

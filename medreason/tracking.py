@@ -136,3 +136,29 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
 def run_info(run_id: str, uri: str | None = None):
     """The run's params, metrics (last values), tags and status."""
     return client(uri).get_run(run_id)
+
+
+def metric_points(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, int, float]]:
+    """(step, timestamp in ms, value) of one metric, in step order: for rates over time, such as TRL's
+    cumulative `num_tokens` (`medreason.estimates.tokens_per_second`)."""
+    return sorted((m.step, m.timestamp, m.value) for m in client(uri).get_metric_history(run_id, key))
+
+
+def find_runs(experiment: str = "medreason", run_name: str | None = None, status: str | None = None,
+              max_runs: int = 5, uri: str | None = None) -> list[dict]:
+    """The latest runs of an experiment, newest first, as plain dicts (run_id, run_name, status, start_time
+    in ms, metrics, params), optionally only those with this run name and status. [] without the experiment."""
+    store = client(uri)
+    exp = store.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    filters = []
+    if run_name is not None:
+        filters.append(f"attributes.run_name = '{run_name}'")
+    if status is not None:
+        filters.append(f"attributes.status = '{status}'")
+    runs = store.search_runs([exp.experiment_id], filter_string=" and ".join(filters),
+                             order_by=["attributes.start_time DESC"], max_results=max_runs)
+    return [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+             "start_time": r.info.start_time, "metrics": dict(r.data.metrics), "params": dict(r.data.params)}
+            for r in runs]
