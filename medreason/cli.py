@@ -5,7 +5,7 @@
     medreason data validate my.jsonl                   # check a file; exit 2 on a bad row
     medreason train --config configs/smollm2-135m-cpu.yaml [--key value ...]
     medreason chat --adapter lora_adapter/SmolLM2-135M-Instruct --compare --prompt "..."
-    medreason eval --adapter lora_adapter/SmolLM2-135M-Instruct
+    medreason eval --adapter lora_adapter/SmolLM2-135M-Instruct --mode generate
     medreason export --adapter lora_adapter/SmolLM2-135M-Instruct --out merged/
 
 Heavy libraries (torch, transformers) are imported inside the commands so that `--help` stays fast.
@@ -20,7 +20,7 @@ import re
 import sys
 
 from medreason.config import TEMPLATES
-from medreason.errors import UserError
+from medreason.errors import Terminated, UserError
 
 log = logging.getLogger("medreason")
 
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"medreason: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("medreason: stopped by SIGTERM (checkpoints kept: continue with --resume)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("medreason: interrupted", file=sys.stderr)
         return 130
@@ -130,12 +133,26 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=0)
     chat.set_defaults(func=_cmd("medreason.generate", "cli"))
 
-    ev = sub.add_parser("eval", help="held-out loss/perplexity and MCQ accuracy, base vs adapter")
+    ev = sub.add_parser("eval", help="base vs adapter on a multiple-choice benchmark: generated reasoning or option "
+                                     "log-likelihoods, paired statistics, accuracy per group")
     ev.add_argument("--adapter", default=None, help="a LoRA adapter folder (omit to evaluate the base only)")
     ev.add_argument("--model", default=None)
-    ev.add_argument("--mcq", default=None, help="an MCQ JSONL file (default: the bundled benchmark)")
-    ev.add_argument("--tasks", default="medreason_mcq", help="comma-separated lm-eval tasks (Hub tasks need network)")
-    ev.add_argument("--limit", type=at_least(1), default=None, help="evaluate at most this many questions/examples")
+    ev.add_argument("--mode", type=one_of(("generate", "loglik")), default="loglik",
+                    help="generate: the model reasons in its chat template and the chosen option is extracted; "
+                         "loglik: lm-eval scores each option label (default)")
+    ev.add_argument("--mcq", default=None,
+                    help="a benchmark file (JSONL, JSON, CSV or Parquet; 2-10 options; default: the bundled benchmark)")
+    ev.add_argument("--split", type=one_of(("heldout", "pool", "all")), default="heldout",
+                    help="which items of the bundled benchmark (ignored with --mcq); pool is GRPO's training set")
+    ev.add_argument("--limit", type=at_least(1), default=None,
+                    help="a subset of this many items, stratified by group with --seed (never the first N)")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
+    ev.add_argument("--chat", action="store_true", help="loglik mode: prompts through the chat template")
+    ev.add_argument("--no-cache", action="store_true",
+                    help="generate mode: do not reuse answers cached under results/cache/generate/")
+    ev.add_argument("--tasks", default="medreason_mcq",
+                    help="loglik mode: comma-separated lm-eval tasks (Hub tasks need network)")
     ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
     ev.add_argument("--batch-size", type=at_least(1), default=8)
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
@@ -144,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--adapter", required=True)
     export.add_argument("--out", type=folder_to_write, required=True)
     export.add_argument("--model", default=None)
+    export.add_argument("--force", action="store_true", help="replace an existing non-empty --out folder")
     export.set_defaults(func=_cmd("medreason.export", "cli"))
     return p
 

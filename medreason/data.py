@@ -437,6 +437,7 @@ def stats(dataset: str = "bundled", *, dataset_config: str = "en", model: str | 
     tokenizer = load_tokenizer(model or DEFAULT_MODEL)
     lengths = {name: token_lengths(ds, tokenizer) for name, ds in splits.items()}
     every = np.concatenate([np.asarray(v) for v in lengths.values() if len(v)])
+    fit = {name: fit_max_length(ds, tokenizer, max_length) for name, ds in splits.items()}
     total = sum(len(ds) for ds in splits.values())
     return {
         "source": report.origin,
@@ -449,9 +450,43 @@ def stats(dataset: str = "bundled", *, dataset_config: str = "en", model: str | 
         "tokens": {f"p{q}": int(np.percentile(every, q)) for q in (5, 25, 50, 75, 95, 100)},
         "max_length": max_length,
         "truncated_at_max_length": int((every > max_length).sum()),
+        # of those, the examples whose prompt alone fills max_length: TRL's SFTTrainer drops them (no loss left)
+        "dropped_at_max_length": {name: f["dropped"] for name, f in fit.items()},
         "specialties": dict(Counter(s for ds in splits.values() for s in ds["specialty"]).most_common()),
         "mcq_contamination": len(report.contamination),
     }
+
+
+def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str = "keep_start",
+                   completion_only_loss: bool | None = None) -> dict:
+    """What TRL 1.16's SFTTrainer will do with each example at `max_length`, counted before training.
+
+    The trainer tokenizes prompt and prompt+completion with the chat template (the completion starts where the
+    two diverge), keeps the first `max_length` tokens (`truncation_mode="keep_start"`) and then drops every
+    example left without a single completion token: one whose prompt alone fills `max_length` contributes no
+    loss. It does so silently, so the counts come from here. Returns {"kept", "truncated" (kept, completion
+    cut short), "dropped" (prompt >= max_length), "dropped_rows" (their indices)}.
+    """
+    from trl.data_utils import common_prefix_length
+
+    out = {"kept": 0, "truncated": 0, "dropped": 0, "dropped_rows": []}
+    # keep_end keeps the completion's end, and without completion-only loss every token has a label: nothing
+    # is dropped then
+    drops = max_length is not None and truncation_mode == "keep_start" and completion_only_loss is not False
+    for i, ex in enumerate(ds):
+        full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"]
+        if max_length is None or len(full) <= max_length:
+            out["kept"] += 1
+            continue
+        prompt = tokenizer.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True,
+                                               add_generation_prompt=True)["input_ids"]
+        if drops and common_prefix_length(prompt, full) >= max_length:
+            out["dropped"] += 1
+            out["dropped_rows"].append(i)
+        else:
+            out["kept"] += 1
+            out["truncated"] += 1
+    return out
 
 
 def token_lengths(ds, tokenizer) -> list[int]:
@@ -475,7 +510,10 @@ def cli_stats(args) -> int:
     for name, n in s["splits"].items():
         print(f"{name:<12}{n:>5}   {s['split_share'][name]:.1%}")
     print("tokens per example: " + "  ".join(f"{k}={v}" for k, v in s["tokens"].items()))
-    print(f"truncated at max_length={s['max_length']}: {s['truncated_at_max_length']}")
+    dropped = s["dropped_at_max_length"]
+    print(f"longer than max_length={s['max_length']}: {s['truncated_at_max_length']}; of those, dropped in training "
+          f"because the prompt alone fills max_length: {sum(dropped.values())} "
+          f"({', '.join(f'{k} {v}' for k, v in dropped.items())}); the rest are cut at max_length")
     print("specialties: " + ", ".join(f"{k} {v}" for k, v in s["specialties"].items()))
     print(f"contamination with the MCQ benchmark: {s['mcq_contamination']} questions")
     return 0
@@ -492,29 +530,6 @@ def cli_validate(args) -> int:
         return 2
     print(f"{path}: {len(good)} valid rows" + (f", {len(errors)} skipped" if errors else ""))
     return 0
-
-
-def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
-    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
-    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
-    import tempfile
-
-    import torch
-    import trl
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(config).to(torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
-                             disable_tqdm=True)
-        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                                 train_dataset=Dataset.from_list([example]))
-        batch = trainer.data_collator([trainer.train_dataset[0]])
-    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]
 
 
 def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:

@@ -7,3 +7,8 @@ message and exits with code 2. Anything else is a failure of the program: exit c
 
 class UserError(Exception):
     """Bad input, reported as one line and exit code 2 by the CLI."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during training, raised by the signal handler: handled like Ctrl-C (MLflow run KILLED,
+    resumable); the CLI exits 143 (128 + SIGTERM) with one line."""

@@ -13,26 +13,27 @@ import logging
 import shutil
 from pathlib import Path
 
+from medreason.adapter import read_adapter
 from medreason.errors import UserError
 from medreason.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
 
-def export(adapter: str, out: str, model: str | None = None) -> Path:
+def export(adapter: str, out: str, model: str | None = None, force: bool = False) -> Path:
     import torch
 
     from medreason.generate import load_for_inference
 
-    out_dir = Path(out)
-    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "config.json").is_file():
-        raise UserError(f"{out} exists and is not a model folder: choose an empty or new --out")
+    out_dir = check_out(out, force)
+    meta = read_adapter(adapter)  # a broken adapter folder: one line naming the file, before any weights load
+    check_not_an_input(out_dir, adapter, model or meta["base_model"])
     session = load_for_inference(adapter, model, dtype=torch.float32)
     if getattr(session.model, "is_loaded_in_4bit", False) or getattr(session.model, "is_loaded_in_8bit", False):
         raise UserError("refusing to merge into a quantized base: load the base in full precision")
     merged = session.model.merge_and_unload()
     merged.config._name_or_path = session.base_model
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir) as tmp:  # with --force, the old folder stays until the new one is complete
         merged.save_pretrained(tmp, safe_serialization=True)
         session.tokenizer.save_pretrained(tmp)
         readme = Path(adapter) / "README.md"
@@ -42,7 +43,46 @@ def export(adapter: str, out: str, model: str | None = None) -> Path:
     return out_dir
 
 
+def check_out(out: str, force: bool) -> Path:
+    """--out first: a file, or a folder with something in it (unless --force), is refused before anything loads."""
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out} is a file: choose a new folder")
+    for parent in out_dir.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"--out {out}: {parent} is a file, not a folder")
+            break
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise UserError(f"--out {out} exists and is not empty: choose a new folder, or pass --force to replace it")
+    return out_dir
+
+
+def check_not_an_input(out_dir: Path, adapter: str, base: str):
+    """The export replaces --out as a whole: it must not be, hold, or sit inside the adapter, the base model's
+    folder or a model cache, which the replacement would destroy."""
+    from medreason.models import cache_root, resolve_model
+
+    inputs = {"the adapter folder": Path(adapter), "medreason's model cache": cache_root()}
+    source = resolve_model(base)
+    if source.kind in ("local", "cache"):
+        inputs["the base model's folder"] = Path(source.path)
+    elif source.kind == "gguf":
+        inputs["the base model's GGUF folder"] = Path(source.path).parent
+    else:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        inputs["the Hugging Face cache"] = Path(HF_HUB_CACHE)
+    target = out_dir.resolve()
+    for what, folder in inputs.items():
+        folder = folder.resolve()
+        if target == folder or folder in target.parents or target in folder.parents:
+            relation = "is" if target == folder else ("is inside" if folder in target.parents else "contains")
+            raise UserError(f"--out {out_dir} {relation} {what} ({folder}): the export would overwrite its own "
+                            f"input; choose another --out")
+
+
 def cli(args) -> int:
-    path = export(args.adapter, args.out, args.model)
+    path = export(args.adapter, args.out, args.model, force=args.force)
     print(f"merged model written to {path} (load it with AutoModelForCausalLM.from_pretrained)")
     return 0

@@ -26,6 +26,7 @@ from medreason.adapter import adapter_path, read_adapter, recipe_hash, save_adap
 from medreason.config import TEMPLATES, config_dict, parse_config
 from medreason.errors import UserError
 from medreason.io import atomic_write_json
+from medreason.locks import run_locks
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ def train(argv: list[str]) -> TrainResult:
     args, sft, model_args = parse_config(argv)
     recipe = recipe_hash(config_dict(args, sft, model_args))  # before the machine adjusts anything
     check_hyperparameters(args, sft, model_args)
+    check_steps(sft)
+    check_folders(args, sft, model_args)
     output_dir = Path(sft.output_dir)
     resume_from = last_checkpoint(output_dir) if args.resume else None
     if args.resume and resume_from is None:
@@ -56,18 +59,21 @@ def train(argv: list[str]) -> TrainResult:
     elif not args.resume and last_checkpoint(output_dir) is not None:
         raise UserError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
                         f"or choose another --output_dir / --run_name")
+    if resume_from is not None:
+        check_resume(resume_from, sft, model_args)
 
     from medreason.data import load_splits
 
     # the data is read and checked before anything is written or any model loads
     splits, report = load_splits(args.dataset, **data_args(args), with_report=True)
+    splits, dropped = drop_over_long(splits, sft, model_args)
     log.info("data: %s; %s", report.source.get("description", report.origin),
              ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
-    with runtime(args, sft, model_args):
-        return _train(args, sft, model_args, splits, report, recipe, resume_from)
+    with stop_on_sigterm(), run_locks(*locks(args, sft, model_args)), runtime(args, sft, model_args):
+        return _train(args, sft, model_args, splits, report, recipe, resume_from, dropped)
 
 
-def _train(args, sft, model_args, splits, report, recipe, resume_from) -> TrainResult:
+def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=None) -> TrainResult:
     import torch
     from transformers import set_seed
     from trl import get_peft_config, get_quantization_config
@@ -89,7 +95,8 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from) -> TrainR
     set_seed(sft.seed)
     peft_config = get_peft_config(model_args)
     resolved = config_dict(args, sft, model_args)
-    provenance = {"data": data_record(args, splits, report), "model": model_source}
+    provenance = {"data": data_record(args, splits, report) | {"dropped_over_max_length": dropped or {}},
+                  "model": model_source}
 
     rank0 = int(os.environ.get("RANK", "0")) == 0
     run_id = _previous_run_id(output_dir) if resume_from else None
@@ -169,6 +176,8 @@ def flat_provenance(provenance: dict) -> dict:
                 out[f"{side}_{key}"] = record[key]
     for name, n in provenance["data"].get("rows", {}).items():
         out[f"data_rows_{name}"] = n
+    for name, n in provenance["data"].get("dropped_over_max_length", {}).items():
+        out[f"data_dropped_over_max_length_{name}"] = n
     return out
 
 
@@ -209,9 +218,9 @@ def cli(args, rest: list[str]) -> int:
 
 
 def parser_help():
-    from medreason.config import parser
+    from medreason.config import print_train_help
 
-    parser().print_help()
+    print_train_help()
 
 
 # --------------------------------------------------------------------------------------------- checks before loading
@@ -252,6 +261,121 @@ def check_hyperparameters(args, sft, model_args):
         if missing:
             raise UserError(f"lora_target_modules: {model_args.model_name_or_path} has no module named "
                             f"'{missing[0]}' (it has {', '.join(sorted(names))})")
+
+
+def check_steps(sft):
+    """A run that would take no optimizer step is refused, rather than saved as an untrained adapter."""
+    if sft.max_steps == 0:
+        raise UserError("max_steps is 0: the run would train nothing; set max_steps >= 1, or -1 to train "
+                        "for num_train_epochs")
+    if sft.max_steps < 0 and sft.num_train_epochs <= 0:
+        raise UserError(f"num_train_epochs is {sft.num_train_epochs:g} and max_steps is unset: the run would train "
+                        f"nothing; set num_train_epochs > 0 or max_steps >= 1")
+
+
+def check_folders(args, sft, model_args):
+    """Where the run writes: checked before anything loads, not when the adapter is saved after training."""
+    checks = [("output_dir", Path(sft.output_dir)), ("adapter_root", Path(args.adapter_root)),
+              ("adapter_root", adapter_path(args.adapter_root, model_args.model_name_or_path))]
+    for name, folder in checks:
+        for p in [folder, *folder.absolute().parents]:
+            if p.exists():
+                if not p.is_dir():
+                    raise UserError(f"--{name} {folder}: {p} is a file, not a folder; choose another --{name}")
+                if not os.access(p, os.W_OK | os.X_OK):
+                    raise UserError(f"--{name} {folder}: {p} is not writable; choose another --{name}")
+                break
+
+
+def locks(args, sft, model_args) -> list[tuple[Path, str]]:
+    """One run at a time per checkpoint folder and per adapter folder (rank 0 holds them for all ranks)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return []
+    adapter = adapter_path(args.adapter_root, model_args.model_name_or_path)
+    return [(Path(sft.output_dir) / ".medreason.lock", f"--output_dir {sft.output_dir}"),
+            (adapter.parent / f".{adapter.name}.lock", f"the adapter folder {adapter}")]
+
+
+@contextmanager
+def stop_on_sigterm():
+    """SIGTERM (what schedulers and containers send) raises `Terminated`, a KeyboardInterrupt: the MLflow run is
+    marked KILLED, the checkpoints stay, and `--resume` continues, exactly as after Ctrl-C."""
+    import signal
+    import threading
+
+    from medreason.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated(signum)
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+# the LoRA settings that shape the adapter's tensors or how they are used: a checkpoint only resumes into the same
+LORA_SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "use_dora": "use_dora", "use_rslora": "use_rslora",
+              "lora_target_modules": "target_modules", "lora_modules_to_save": "modules_to_save"}
+
+
+def check_resume(checkpoint: Path, sft, model_args):
+    """--resume with other LoRA settings than the checkpoint's would fail after loading with a wall of 'size
+    mismatch': compare PEFT's adapter_config.json of the checkpoint with this run's settings first. A
+    checkpoint that already reached max_steps is refused too: resuming it would train past max_steps."""
+    import json
+
+    config_file = checkpoint / "adapter_config.json"
+    if config_file.is_file():
+        saved = json.loads(config_file.read_text())
+        for ours, theirs in LORA_SHAPE.items():
+            new, old = getattr(model_args, ours, None), saved.get(theirs)
+            if ours == "lora_target_modules":
+                if new == "all-linear" or old is None:
+                    continue  # PEFT stores all-linear resolved to module names: not comparable by name
+                new, old = sorted([new] if isinstance(new, str) else new or []), sorted(old)
+            elif ours == "lora_modules_to_save":
+                new, old = sorted(new or []), sorted(old or [])
+            if new != old:
+                raise UserError(f"--resume: {checkpoint} was trained with {ours} {old}, this run has {new}; "
+                                f"resume with the checkpoint's settings, or start anew with another --output_dir")
+    state_file = checkpoint / "trainer_state.json"
+    step = json.loads(state_file.read_text()).get("global_step", 0) if state_file.is_file() else 0
+    if sft.max_steps > 0 and step >= sft.max_steps:
+        raise UserError(f"--resume: {checkpoint} has already reached max_steps {sft.max_steps} (step {step}); "
+                        f"raise --max_steps to train further, or start anew with another --output_dir")
+
+
+def drop_over_long(splits, sft, model_args):
+    """Counts, and removes, the examples TRL's SFTTrainer would drop silently at max_length (see
+    medreason.data.fit_max_length); the log and MLflow say how many. None left to train on is an error."""
+    from medreason.data import fit_max_length
+    from medreason.models import load_tokenizer
+
+    if sft.max_length is None or sft.packing:
+        return splits, {}
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
+    dropped = {}
+    for name, ds in list(splits.items()):
+        fit = fit_max_length(ds, tokenizer, sft.max_length, str(getattr(sft.truncation_mode, "value", sft.truncation_mode)),
+                             sft.completion_only_loss)
+        dropped[name] = fit["dropped"]
+        if fit["dropped"]:
+            keep = sorted(set(range(len(ds))) - set(fit["dropped_rows"]))
+            splits[name] = ds.select(keep)
+    if len(splits["train"]) == 0:
+        raise UserError(f"max_length {sft.max_length}: the prompt alone fills it in every training example, so "
+                        f"nothing would train; raise --max_length (`medreason data stats --max-length N` counts)")
+    if any(dropped.values()):
+        log.warning("max_length %d: %s examples dropped (%s), since their prompt alone fills max_length and TRL "
+                    "would train on no token of them; raise --max_length to keep them", sft.max_length,
+                    sum(dropped.values()), ", ".join(f"{k} {v}" for k, v in dropped.items()))
+    return splits, dropped
 
 
 def _model_config(name: str):

@@ -169,6 +169,10 @@ CASES = {
     "train zero steps": (lambda c: _train(c, "--max_steps", "0", "--num_train_epochs", "0"), "max_steps"),
     "train yaml max_steps 0": (lambda c: ["train", "--config", _recipe_with(c.inputs, "z", "max_steps: 0\nnum_train_epochs: 0"),
                                           "--model_name_or_path", c.model, "--max_examples", "8"], "max_steps"),
+    "train yaml max_steps 0 alone": (lambda c: ["train", "--config", _recipe_with(c.inputs, "z", "max_steps: 0"),
+                                                "--model_name_or_path", c.model, "--max_examples", "8"], "max_steps is 0"),
+    "train zero epochs": (lambda c: _train(c, "--max_steps", "-1", "--num_train_epochs", "0"), "num_train_epochs"),
+    "train output_dir under a file": (lambda c: _train(c, "--output_dir", c.a_file + "/out"), "output_dir"),
     "train output_dir is a file": (lambda c: _train(c, "--output_dir", c.a_file), "output_dir"),
     "train adapter_root is a file": (lambda c: _train(c, "--adapter_root", c.a_file), "adapter_root"),
     "train every prompt too long": (lambda c: _train(c, "--max_length", "8"), "max_length"),
@@ -208,6 +212,12 @@ CASES = {
                                       "--out"),
     "export out is the base model": (lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model,
                                                 "--out", c.model], "--out"),
+    "export out is the adapter, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter),
+                                                     "--force"], "its own input"),
+    "export out holds the adapter, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
+                                                        str(c.adapter.parent), "--force"], "contains the adapter"),
+    "export out is the base model, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model,
+                                                        "--out", c.model, "--force"], "base model"),
     "export out not empty": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
                                         str(Path(_write(c.inputs / "full" / "x.txt", "x")).parent)], "--force"),
     "export truncated weights": (lambda c: ["export", "--adapter", _broken_adapter(c, "truncated"), "--out",
@@ -215,14 +225,7 @@ CASES = {
 }
 
 
-# entry-point checks that wait for the lead's refactor of train.py / export.py (issue 11)
-PENDING = {"train zero steps", "train yaml max_steps 0", "train output_dir is a file", "train adapter_root is a file",
-           "train every prompt too long", "export out inside the adapter", "export out is the base model",
-           "export out not empty"}
-
-
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(strict=True, reason="issue 11: pending"))
-                                  if c in PENDING else c for c in CASES])
+@pytest.mark.parametrize("case", list(CASES))
 def test_bad_input(case, ctx, capsys, caplog, monkeypatch):
     from medreason.cli import main
 
