@@ -46,9 +46,11 @@ def trainer_class():
                 self._metric_prefix = "eval"
 
         def log(self, logs: dict, start_time=None):
-            if self._metric_prefix != "eval" and not self.model.training:
-                logs = _Prefixed(logs, self._metric_prefix)
-            super().log(logs, start_time)
+            if self._metric_prefix == "eval" or self.model.training:
+                return super().log(logs, start_time)
+            prefixed = _Prefixed(logs, self._metric_prefix)
+            super().log(prefixed, start_time)
+            logs.update(dict(prefixed))  # Trainer.evaluate returns this dict: TRL's additions belong in it too
 
     return MedreasonSFTTrainer
 
