@@ -5,6 +5,7 @@
     heldout = bundled_split("heldout")                 # the bundled items no training step sees
     subset = stratified_subset(heldout, 48, seed=0)    # every group in proportion, never "the first 48"
     messages = prompt_messages(subset[0], system_prompt)   # the chat prompt that lists the options
+    text = loglik_prompt(subset[0])                         # "Question: ...\\nA. ...\\nAnswer:" for lm-eval
 
 A row is a question, 2-10 options, the answer, and optional `context`, `explanation`, `group` (or `specialty`),
 `id` and `split`. Both of these shapes load:
@@ -289,3 +290,16 @@ def prompt_messages(item: MCQItem, system_prompt: str | None) -> list[dict]:
     parts.append(f'Think it through, then end with "The answer is X", where X is one of {choices}.')
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": "\n\n".join(parts)}]
+
+
+def loglik_prompt(item: MCQItem) -> str:
+    """The text log-likelihood mode scores each label after, in lm-eval's MedQA style: "Question: ...\\nA. ...
+    \\nAnswer:" (for the bundled four-option items exactly the bundled lm-eval task's prompt); free labels are
+    listed on one line; a context comes first."""
+    lines = [f"Context: {item.context}"] if item.context else []
+    lines.append(f"Question: {item.question}")
+    if item.lettered:
+        lines += [f"{label}. {text}" for label, text in item.options.items()]
+    else:
+        lines.append("Options: " + " / ".join(item.options))
+    return "\n".join(lines) + "\nAnswer:"
