@@ -29,7 +29,6 @@ is recorded so that a noisy run can be recognised.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -39,6 +38,8 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from medreason.io import atomic_write_json
 
 DEFAULT_ADAPTER = Path("lora_adapter/SmolLM2-135M-Instruct")
 DEFAULT_OUT = Path("results/benchmarks/generate_throughput.json")
@@ -274,11 +275,7 @@ def main(argv=None) -> int:
         "kv_cache": kv,
     }
     print_table(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
+    out = atomic_write_json(args.out, report)
     print(f"written to {out}")
     return 0
 

@@ -13,7 +13,7 @@ steps, it trains:
       short: accumulation does not change tokens per second;
   (b) configs/smollm2-135m-cpu.yaml as shipped: precision auto (bf16 frozen weights where the CPU has native
       bf16), no checkpointing, length-grouped batches, no LoRA dropout, and the dense LM head on CPUs
-      (`--lm_head`, see medreason.train.use_dense_lm_head).
+      (`--lm_head`, see medreason.trainer.use_dense_lm_head).
 
 It prints useful (non-padding) trained tokens per second for both (TRL's `num_tokens` over the trainer's
 `train_runtime`), their ratio, and the fraction of this machine's measured matmul peak that (b) reaches, at
@@ -24,13 +24,14 @@ N = 134.5M; LoRA adds little). Writes results/benchmarks/train_throughput.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from medreason.io import atomic_write_json
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOP_PER_TOKEN = 5.4e8
@@ -133,9 +134,7 @@ def main():
     print(f"ratio recipe/baseline:        {ratio:.2f}x (target >= 3)")
     print(f"recipe reaches {achieved:.1f} GFLOP/s = {result['fraction_of_bf16_peak']:.1%} of the measured bf16 matmul "
           f"peak and {result['fraction_of_recipe_dtype_peak']:.1%} of the {recipe_dtype} peak it computes in")
-    out = ROOT / "results/benchmarks/train_throughput.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    out = atomic_write_json(ROOT / "results/benchmarks/train_throughput.json", result)
     print(f"written to {out.relative_to(ROOT)}")
 
 
