@@ -121,7 +121,17 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
             peft_config=peft_config,
             lm_head=args.lm_head,
         )
-        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if resume_from is not None and checkpoint_step(resume_from) >= sft.max_steps > 0:
+            # Trainer.train runs one optimizer step before it checks max_steps, so a run resumed from its final
+            # checkpoint (killed while evaluating or saving) would train past it: take the checkpoint as it is
+            from transformers import TrainerState
+
+            log.info("--resume: %s already reached max_steps %d: no further training; evaluating and saving it",
+                     resume_from, sft.max_steps)
+            trainer.model.load_adapter(str(resume_from), trainer.model.active_adapter, is_trainable=True)
+            trainer.state = TrainerState.load_from_json(str(resume_from / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
         if sft.eval_strategy != "no":
             metrics.update(trainer.evaluate(splits["validation"], metric_key_prefix="eval"))
@@ -326,8 +336,7 @@ LORA_SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "use_dora": "use_dora",
 
 def check_resume(checkpoint: Path, sft, model_args):
     """--resume with other LoRA settings than the checkpoint's would fail after loading with a wall of 'size
-    mismatch': compare PEFT's adapter_config.json of the checkpoint with this run's settings first. A
-    checkpoint that already reached max_steps is refused too: resuming it would train past max_steps."""
+    mismatch': compare PEFT's adapter_config.json of the checkpoint with this run's settings first."""
     import json
 
     config_file = checkpoint / "adapter_config.json"
@@ -344,11 +353,12 @@ def check_resume(checkpoint: Path, sft, model_args):
             if new != old:
                 raise UserError(f"--resume: {checkpoint} was trained with {ours} {old}, this run has {new}; "
                                 f"resume with the checkpoint's settings, or start anew with another --output_dir")
-    state_file = checkpoint / "trainer_state.json"
-    step = json.loads(state_file.read_text()).get("global_step", 0) if state_file.is_file() else 0
-    if sft.max_steps > 0 and step >= sft.max_steps:
-        raise UserError(f"--resume: {checkpoint} has already reached max_steps {sft.max_steps} (step {step}); "
-                        f"raise --max_steps to train further, or start anew with another --output_dir")
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    import json
+
+    return int(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0))
 
 
 def drop_over_long(splits, sft, model_args):

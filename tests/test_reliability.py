@@ -1,0 +1,282 @@
+"""Faults a fair but hostile user meets (issue 11): concurrent runs, SIGTERM, stale locks, changed LoRA settings
+on --resume, resuming a finished run, examples longer than max_length, and the paths an adapter records.
+
+Everything trains the 2-layer tiny model of conftest for a few steps; the subprocess runs are the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "configs" / "smollm2-135m-cpu.yaml"
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def tiny(model_dir, work: Path, *extra: str, steps: int = 2) -> list[str]:
+    return ["--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--max_steps", str(steps),
+            "--max_examples", "24", "--max_length", "512", "--eval_strategy", "no", "--evaluate_test", "false",
+            "--save_steps", "2", "--logging_steps", "1", "--output_dir", str(work / "out"),
+            "--adapter_root", str(work / "lora"), *extra]
+
+
+def env(uri: str) -> dict:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def status(uri: str, run_id: str) -> str:
+    import mlflow
+
+    return mlflow.MlflowClient(uri).get_run(run_id).info.status
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("medreason: error:")]
+
+
+# --------------------------------------------------------------------------------------------- a long run
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory, tiny_model_dir):
+    """`medreason train` in a subprocess, far from done, with its first checkpoint written."""
+    work = tmp_path_factory.mktemp("long-run")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    proc = subprocess.Popen([sys.executable, "-m", "medreason", "train", *tiny(tiny_model_dir, work, steps=5000)],
+                            cwd=work, env=env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (work / "out" / "checkpoint-2" / "trainer_state.json").is_file():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.5)
+    yield proc, work, uri
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
+def test_second_run_on_the_same_folders_is_refused(long_run, tiny_model_dir, capsys, monkeypatch, tmp_path):
+    """Two runs on one output_dir or one adapter folder used to share checkpoints and both report success."""
+    from medreason.cli import main
+
+    proc, work, uri = long_run
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # the same output_dir (its checkpoints exist: --resume, which would otherwise continue them)
+    assert main(["train", *tiny(tiny_model_dir, work, "--adapter_root", str(tmp_path / "other"), "--resume")]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"PID {proc.pid}" in line and "--output_dir" in line
+    # another output_dir, the same adapter folder
+    assert main(["train", *tiny(tiny_model_dir, work, "--output_dir", str(tmp_path / "out"))]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert f"PID {proc.pid}" in line and "adapter folder" in line
+    assert not (tmp_path / "out").exists()  # the refused run left nothing behind
+    assert proc.poll() is None  # and the first run trains on
+
+
+def test_sigterm_is_one_line_killed_run_and_resumable(long_run, tiny_model_dir, monkeypatch, capsys):
+    """SIGTERM used to exit 143 with no word and leave the MLflow run RUNNING forever."""
+    from medreason.cli import main
+
+    proc, work, uri = long_run
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "medreason: stopped by SIGTERM (checkpoints kept: continue with --resume)"
+    assert "Traceback" not in err
+    run_id = (work / "out" / "mlflow_run_id").read_text().strip()
+    assert status(uri, run_id) == "KILLED"
+    assert not (work / "out" / ".medreason.lock").exists()
+    assert not (work / "lora" / f".{tiny_model_dir.name}.lock").exists()
+    # resumable: continue to a near step count and finish the same MLflow run
+    done = max(int(p.name.split("-")[1]) for p in (work / "out").glob("checkpoint-*")) + 2
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["train", *tiny(tiny_model_dir, work, "--resume", steps=done)]) == 0
+    assert f"({done} steps;" in capsys.readouterr().out
+    assert status(uri, run_id) == "FINISHED"
+
+
+# --------------------------------------------------------------------------------------------- locks, resume
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    from medreason.train import train
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / ".medreason.lock").write_text(f"{dead.pid} {os.uname().nodename}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with caplog.at_level("INFO"):
+        result = train(tiny(tiny_model_dir, tmp_path, "--save_strategy", "no", steps=1))
+    assert result.global_step == 1
+    assert any(f"stale lock" in r.getMessage() and str(dead.pid) in r.getMessage() for r in caplog.records)
+    assert not (tmp_path / "out" / ".medreason.lock").exists()
+
+
+def test_lock_refuses_a_live_holder_and_cleans_up(tmp_path):
+    from medreason.errors import UserError
+    from medreason.locks import run_lock
+
+    lock = tmp_path / "new" / "deeper" / ".x.lock"
+    with run_lock(lock, "the folder"):
+        holder = subprocess.run([sys.executable, "-c", f"""
+from medreason.locks import run_lock
+from medreason.errors import UserError
+try:
+    with run_lock({str(lock)!r}, "the folder"):
+        print("acquired")
+except UserError as e:
+    print(e)
+"""], capture_output=True, text=True, check=True).stdout
+        assert f"PID {os.getpid()}" in holder and "in use" in holder
+        with pytest.raises(UserError):  # the same process twice is refused too (flock is per open file)
+            with run_lock(lock, "the folder"):
+                pass
+    assert not (tmp_path / "new").exists()  # folders made only for the lock are removed again
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tiny_model_dir):
+    """A 2-step run whose last checkpoint is its final step (r=16, the recipe's)."""
+    from medreason.train import train
+
+    work = tmp_path_factory.mktemp("finished-run")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(work)
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+        result = train(tiny(tiny_model_dir, work))
+    assert (work / "out" / "checkpoint-2" / "adapter_config.json").is_file()
+    return work, result
+
+
+def test_resume_with_another_lora_rank_names_the_setting(finished_run, tiny_model_dir, capsys, monkeypatch):
+    """It used to print 29 lines of 'size mismatch' after the model had loaded."""
+    from medreason.cli import main
+
+    work, _ = finished_run
+    monkeypatch.chdir(work)
+    assert main(["train", *tiny(tiny_model_dir, work, "--resume", "--lora_r", "8")]) == 2
+    err = capsys.readouterr().err
+    (line,) = error_lines(err)
+    assert "lora_r 16" in line and "lora_r" in line and "8" in line
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_from_the_final_checkpoint_trains_no_further(finished_run, tiny_model_dir, monkeypatch):
+    """Resuming a run killed after its last checkpoint used to train one step past max_steps."""
+    import shutil
+
+    from medreason.adapter import read_adapter
+    from medreason.train import train
+
+    work, first = finished_run
+    shutil.rmtree(first.adapter_dir)  # as if killed while saving the adapter
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    again = train(tiny(tiny_model_dir, work, "--resume"))
+    assert again.global_step == 2
+    assert read_adapter(again.adapter_dir)["base_model"] == str(tiny_model_dir)
+    assert not (work / "out" / "checkpoint-3").exists()
+
+
+# --------------------------------------------------------------------------------------------- over-long examples
+
+
+def test_over_long_counts_match_what_trl_drops(tiny_model_dir):
+    """fit_max_length predicts exactly which examples TRL's SFTTrainer drops (its prompt fills max_length)."""
+    from trl import SFTConfig, SFTTrainer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medreason.data import fit_max_length, load_splits
+
+    ds = load_splits("bundled", max_examples=40)["train"]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = sorted(len(tok.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True,
+                                                 add_generation_prompt=True)["input_ids"]) for ex in ds)
+    max_length = prompts[len(prompts) // 2]  # about half the prompts fill it
+    fit = fit_max_length(ds, tok, max_length)
+    assert 0 < fit["dropped"] < len(ds) and fit["kept"] + fit["dropped"] == len(ds)
+    args = SFTConfig(output_dir="/tmp/unused", max_length=max_length, report_to=[], use_cpu=True, bf16=False)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, train_dataset=ds,
+                         processing_class=tok)
+    assert len(trainer.train_dataset) == fit["kept"]
+
+
+def _long_rows(path: Path, n: int, n_long: int) -> str:
+    """n rows of the bundled corpus; the first n_long with their question repeated 8 times (its own words, so
+    that de-duplication keeps them apart)."""
+    corpus = (ROOT / "medreason" / "resources" / "corpus.jsonl").read_text().splitlines()[:n]
+    rows = [json.loads(line) for line in corpus]
+    for row in rows[:n_long]:
+        row["Question"] = " ".join([row["Question"]] * 8)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_over_long_examples_are_counted_logged_and_tracked(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """4 of 30 prompts beyond max_length used to vanish silently (log said 'train 30', TRL trained on fewer)."""
+    import mlflow
+
+    from medreason.train import train
+
+    data = _long_rows(tmp_path / "rows.jsonl", 30, 4)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with caplog.at_level("INFO"):
+        result = train(tiny(tiny_model_dir, tmp_path, "--dataset", data, "--max_length", "300", "--save_strategy",
+                            "no", "--max_examples", "100", steps=1))
+    assert any("4 examples dropped" in r.getMessage() and "max_length" in r.getMessage() for r in caplog.records)
+    params = mlflow.MlflowClient(uri).get_run(result.mlflow_run_id).data.params
+    dropped = sum(int(v) for k, v in params.items() if k.startswith("data_dropped_over_max_length_"))
+    trained = sum(int(v) for k, v in params.items() if k.startswith("data_rows_"))
+    assert dropped == 4 and trained == 26
+
+
+def test_every_prompt_too_long_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """It used to die with `IndexError: Invalid key: 0 is out of bounds for size 0`."""
+    from medreason.cli import main
+
+    data = _long_rows(tmp_path / "rows.jsonl", 12, 12)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *tiny(tiny_model_dir, tmp_path, "--dataset", data, "--max_length", "300",
+                                  "--max_examples", "100")]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "max_length 300" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "lora").exists()
+
+
+# --------------------------------------------------------------------------------------------- paths
+
+
+def test_adapter_metadata_has_absolute_data_path_and_hash(tmp_path, tiny_model_dir, monkeypatch):
+    """An adapter trained on `in/x.jsonl` could not be evaluated from another directory."""
+    from medreason.adapter import read_adapter
+    from medreason.data import load_splits
+    from medreason.train import train
+
+    (tmp_path / "in").mkdir()
+    _long_rows(tmp_path / "in" / "x.jsonl", 30, 0)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    result = train(tiny(tiny_model_dir, tmp_path, "--dataset", "in/x.jsonl", "--save_strategy", "no",
+                          "--max_examples", "100", steps=1))
+    data = read_adapter(result.adapter_dir)["data"]
+    assert Path(data["path"]).is_absolute() and len(data["sha256"]) == 64
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    # the recorded dataset rebuilds the same split from another working directory
+    assert len(load_splits(data["dataset"], **data["args"])["train"]) == data["rows"]["train"]
