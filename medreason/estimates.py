@@ -252,6 +252,7 @@ def recipe_table(paths):
         args, sft, model = parse_config(["--config", str(path)])
         targets = model.lora_target_modules
         rows[Path(path).name] = {
+            "trainer": args.trainer,
             "model": model.model_name_or_path.split("/")[-1],
             "dataset": args.dataset if len(args.dataset) < 30 else args.dataset.split("/")[-1],
             "4-bit (QLoRA)": bool(model.load_in_4bit),
@@ -261,10 +262,12 @@ def recipe_table(paths):
             "learning rate": sft.learning_rate,
             "batch x accum": f"{sft.per_device_train_batch_size} x {sft.gradient_accumulation_steps}",
             "length": f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.num_train_epochs:g} epoch(s)",
-            "max_length": sft.max_length,
+            # GRPO's config has no max_length: its sequences are a prompt plus a generated completion
+            "max_length": getattr(sft, "max_length", None) or
+            f"{getattr(sft, 'max_completion_length', '?')} generated",
             "precision": args.precision,
             "grad. checkpointing": sft.gradient_checkpointing,
-            "packing": sft.packing,
+            "packing": getattr(sft, "packing", None),
         }
     return pd.DataFrame(rows)
 
@@ -285,7 +288,7 @@ def flop_per_token_param(lora: bool, checkpointing: bool) -> int:
 def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float, world_sizes=(1,),
                         model_params: dict[str, float] | None = None, cpu_tokens_per_second: float | None = None,
                         gpu_flops: float = 100e12):
-    """Optimizer steps, sequences and tokens per recipe and number of processes, from each recipe's batch
+    """Optimizer steps, sequences and tokens per SFT recipe and number of processes, from each recipe's batch
     settings and the training-set size of its dataset (`train_rows`: dataset -> rows). With `model_params`
     (model name -> parameters): training compute, `flop_per_token_param` (4N for LoRA, 6N with the recipe's
     gradient checkpointing) times tokens, and the time that takes at `gpu_flops` per GPU, a lower bound
@@ -298,6 +301,8 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
     rows = []
     for path in paths:
         args, sft, model = parse_config(["--config", str(path)])
+        if args.trainer != "sft":  # GRPO's cost is mostly generation: the 4N/6N training model does not apply
+            continue
         name = model.model_name_or_path.rstrip("/").split("/")[-1]
         n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
         n_params = (model_params or {}).get(name)
