@@ -131,3 +131,25 @@ def test_tracking_reader_finds_runs(tmp_path):
     points = tracking.metric_points(run.info.run_id, "num_tokens", uri=uri)
     assert [(s, v) for s, _, v in points] == [(1, 100), (2, 300)]
     assert tracking.find_runs("missing", uri=uri) == []
+
+
+def test_recipe_tables_cover_every_shipped_recipe():
+    """Every YAML in configs/ parses into the recipe table; the step estimate covers the SFT ones (GRPO's cost
+    is mostly generation) and uses 6N for the QLoRA recipe's gradient checkpointing."""
+    from pathlib import Path
+
+    recipes = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    table = estimates.recipe_table(recipes)
+    assert list(table.columns) == [p.name for p in recipes]
+    steps = estimates.step_estimate_table(recipes, {"bundled": 100, estimates_dataset(): 1000}, 500,
+                                          model_params={"SmolLM2-135M-Instruct": 1e8, "Qwen2.5-0.5B-Instruct": 5e8})
+    names = {recipe for recipe, _ in steps.index}
+    assert names == {name for name in table.columns if table.loc["trainer", name] == "sft"}
+    assert steps.loc[("qwen2.5-0.5b-qlora-gpu.yaml", 1), "FLOP / token"] == "6N"
+    assert steps.loc[("smollm2-135m-cpu.yaml", 1), "FLOP / token"] == "4N"
+
+
+def estimates_dataset():
+    from medreason.data import HUB_DATASET
+
+    return HUB_DATASET
