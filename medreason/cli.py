@@ -39,7 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
+        from medreason.train import stop_on_sigterm  # light: train.py imports torch only inside functions
+
+        with stop_on_sigterm():  # every command: SIGTERM as Ctrl-C, one line, exit 143
+            result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:
         if debug:
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"medreason: error: {e}", file=sys.stderr)
         return 2
     except Terminated:
-        print("medreason: stopped by SIGTERM (checkpoints kept: continue with --resume)", file=sys.stderr)
+        resumable = " (checkpoints kept: continue with --resume)" if getattr(args, "accepts_rest", False) else ""
+        print(f"medreason: stopped by SIGTERM{resumable}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("medreason: interrupted", file=sys.stderr)

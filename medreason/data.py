@@ -466,6 +466,8 @@ def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str =
     example left without a single completion token: one whose prompt alone fills `max_length` contributes no
     loss. It does so silently, so the counts come from here. Returns {"kept", "truncated" (kept, completion
     cut short), "dropped" (prompt >= max_length), "dropped_rows" (their indices)}.
+    TRL's one alternative, `truncation_mode="keep_end"` (keep the last tokens, so the prompt's start goes), is
+    deprecated in TRL 1.16; medreason therefore drops these examples itself and says how many (train.py).
     """
     from trl.data_utils import common_prefix_length
 

@@ -67,6 +67,9 @@ def train(argv: list[str]) -> TrainResult:
     # the data is read and checked before anything is written or any model loads
     splits, report = load_splits(args.dataset, **data_args(args), with_report=True)
     splits, dropped = drop_over_long(splits, sft, model_args)
+    if sft.eval_strategy != "no" and len(splits["validation"]) == 0:  # TRL would fail with a bare StopIteration
+        raise UserError(f"the validation split is empty ({len(splits['train'])} training rows): use more rows "
+                        f"(--max_examples) or turn evaluation off with --eval_strategy no")
     log.info("data: %s; %s", report.source.get("description", report.origin),
              ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
     with stop_on_sigterm(), run_locks(*locks(args, sft, model_args)), runtime(args, sft, model_args):

@@ -173,6 +173,7 @@ CASES = {
                                                 "--model_name_or_path", c.model, "--max_examples", "8"], "max_steps is 0"),
     "train zero epochs": (lambda c: _train(c, "--max_steps", "-1", "--num_train_epochs", "0"), "num_train_epochs"),
     "train output_dir under a file": (lambda c: _train(c, "--output_dir", c.a_file + "/out"), "output_dir"),
+    "train empty validation split": (lambda c: _train(c, "--eval_strategy", "steps"), "validation split is empty"),
     "train output_dir is a file": (lambda c: _train(c, "--output_dir", c.a_file), "output_dir"),
     "train adapter_root is a file": (lambda c: _train(c, "--adapter_root", c.a_file), "adapter_root"),
     "train every prompt too long": (lambda c: _train(c, "--max_length", "8"), "max_length"),

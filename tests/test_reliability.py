@@ -245,6 +245,15 @@ def test_over_long_examples_are_counted_logged_and_tracked(tmp_path, tiny_model_
     assert dropped == 4 and trained == 26
 
 
+def test_data_stats_counts_what_training_drops(tmp_path):
+    """`data stats` used to say 'truncated: 10' without saying that those rows would be dropped."""
+    from medreason.data import stats
+
+    s = stats(_long_rows(tmp_path / "rows.jsonl", 30, 4), max_length=300)
+    assert sum(s["dropped_at_max_length"].values()) == 4
+    assert s["truncated_at_max_length"] >= 4
+
+
 def test_every_prompt_too_long_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
     """It used to die with `IndexError: Invalid key: 0 is out of bounds for size 0`."""
     from medreason.cli import main
@@ -280,3 +289,28 @@ def test_adapter_metadata_has_absolute_data_path_and_hash(tmp_path, tiny_model_d
     monkeypatch.chdir(elsewhere)
     # the recorded dataset rebuilds the same split from another working directory
     assert len(load_splits(data["dataset"], **data["args"])["train"]) == data["rows"]["train"]
+
+
+# --------------------------------------------------------------------------------------------- export
+
+
+def test_export_writes_once_then_needs_force(finished_run, tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """`export` used to overwrite an existing model folder without a word; --force replaces it atomically."""
+    from medreason.cli import main
+
+    work, first = finished_run
+    adapter = tmp_path / "adapter"
+    import shutil
+
+    shutil.copytree(work / "out" / "checkpoint-2", adapter)  # any PEFT folder of the tiny model
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "merged"
+    assert main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out)]) == 0
+    assert (out / "config.json").is_file()
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out)]) == 2
+    assert "--force" in error_lines(capsys.readouterr().err)[0]
+    assert main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out),
+                 "--force"]) == 0
+    assert (out / "model.safetensors").stat().st_mtime_ns != before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
