@@ -314,3 +314,26 @@ def test_export_writes_once_then_needs_force(finished_run, tiny_model_dir, tmp_p
                  "--force"]) == 0
     assert (out / "model.safetensors").stat().st_mtime_ns != before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
+
+
+def test_eval_table_stays_aligned_at_large_perplexity():
+    """A perplexity >= 1e4 used to run into the test-loss column."""
+    from medreason.evaluate import table
+
+    def variant(loss):
+        import math
+
+        return {"accuracy": 0.25, "test_loss": loss, "test_perplexity": math.exp(loss),
+                "tasks": {"medreason_mcq": {"acc": 0.25, "acc_stderr": 0.04}},
+                "accuracy_by_group": {"Cardiology": {"accuracy": 0.25}}}
+
+    results = {"mode": "loglik", "variants": {"base": variant(2.5), "adapter": variant(25.0)},
+               "settings": {"chat": False}, "chance": 0.25, "n_mcq": 40, "benchmark": "bundled",
+               "groups": {"Cardiology": 4}}
+    head, base, adapter = table(results).splitlines()[:3]
+    for row in (base, adapter):
+        cells = row.split()
+        assert len(cells) == len(base.split()), row  # every number its own column
+        ppl = cells[3]
+        assert row.index(ppl) + len(ppl) == head.index("ppl") + len("ppl"), (head, row)  # right-aligned under it
+    assert float(adapter.split()[3]) == pytest.approx(__import__("math").exp(25.0), rel=1e-5)
