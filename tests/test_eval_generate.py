@@ -216,3 +216,38 @@ def test_scores_from_outputs_without_a_model():
     assert s["accuracy"] == 0.5 and s["extraction_rate"] == 0.75 and s["accuracy_when_extracted"] == pytest.approx(2 / 3)
     assert s["tokens_median"] == 7.5 and s["truncation_rate"] == 0.25
     assert s["accuracy_by_group"]["Cardiology"] == {"n": 2, "correct": 1, "accuracy": 0.5}
+
+
+def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
+    """The README's pandas lines, run on files shaped like MedQA-USMLE's US/test.jsonl and PubMedQA's
+    ori_pqal.json (made up here: nothing is downloaded), give files that load_benchmark accepts."""
+    import re
+    from pathlib import Path
+
+    from medreason.mcq import load_benchmark
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "MedQA-USMLE" in b)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "US").mkdir()
+    medqa = [{"question": "A 30-year-old has fatigue and a low ferritin. Most likely cause?",
+              "answer": "Iron deficiency", "options": {"A": "B12 deficiency", "B": "Iron deficiency",
+                                                      "C": "Thalassemia", "D": "Hemolysis", "E": "Folate deficiency"},
+              "meta_info": "step1", "answer_idx": "B"},
+             {"question": "Drug of choice for absence seizures in a child?", "answer": "Ethosuximide",
+              "options": {"A": "Phenytoin", "B": "Carbamazepine", "C": "Ethosuximide", "D": "Gabapentin",
+                          "E": "Tiagabine"}, "meta_info": "step2&3", "answer_idx": "C"}]
+    (tmp_path / "US" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in medqa))
+    pq = {"21645374": {"QUESTION": "Do statins reduce stroke recurrence?", "CONTEXTS": ["Background.", "Results."],
+                       "LABELS": ["BACKGROUND", "RESULTS"], "final_decision": "yes", "LONG_ANSWER": "They do."},
+          "16418930": {"QUESTION": "Is the score useful?", "CONTEXTS": ["Methods."], "LABELS": ["METHODS"],
+                       "final_decision": "maybe", "LONG_ANSWER": "Unclear."}}
+    (tmp_path / "ori_pqal.json").write_text(json.dumps(pq))
+    exec(compile(block, "README.md", "exec"), {})
+    five = load_benchmark(tmp_path / "medqa.jsonl")
+    assert [(i.id, list(i.options), i.answer, i.group) for i in five] == [
+        ("medqa-0", list("ABCDE"), "B", "step1"), ("medqa-1", list("ABCDE"), "C", "step2&3")]
+    ynm = load_benchmark(tmp_path / "pubmedqa.jsonl")
+    assert [(i.id, i.answer, i.context) for i in ynm] == [("21645374", "yes", "Background. Results."),
+                                                           ("16418930", "maybe", "Methods.")]
+    assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
