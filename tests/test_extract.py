@@ -103,7 +103,7 @@ def test_golden(text, options, expected):
 
 
 def test_golden_set_is_large_and_covers_both_sources():
-    assert len(GOLDEN) >= 20
+    assert len(GOLDEN) + len(REAL_BASE) >= 20
     assert sum(g[0].startswith("adapter") for g in GOLDEN) >= 8
     assert sum(g[0].startswith("base") for g in GOLDEN) >= 8
     assert {g[3] for g in GOLDEN} >= {None, "A", "C", "D", "E", "yes", "no", "maybe"} - {"A"}
@@ -125,3 +125,38 @@ def test_answer_region():
     assert answer_region("<think>a</think>b</think>c") == ("c", True)
     assert answer_region("<think>open") == ("\nopen", False)
     assert answer_region("plain") == ("plain", True)
+
+
+# Real greedy outputs of SmolLM2-135M-Instruct (the base model) on bundled heldout items, in the prompt of
+# medreason.mcq.prompt_messages, 192 new tokens (medreason.evaluate.generate_outputs); the first is truncated.
+REAL_BASE = [
+    ('mcq-014', {'A': 'Phosphodiesterase-5 inhibition', 'B': 'Prostacyclin receptor agonism', 'C': 'Endothelin receptor antagonism', 'D': 'Soluble guanylate cyclase stimulation'},
+     'A. Phosphodiesterase-5 inhibition\n\nPhosphodiesterase-5 is a phosphodiesterase enzyme that plays a role in the regulation of vascular smooth muscle contraction. It is a serine/threonine kinase that is involved in the regulation of vascular smooth muscle contraction. The mechanism of action of this enzyme is to inhibit the enzyme that regulates vascular smooth muscle contraction, which is the enzyme that is responsible for the regulation of vascular smooth muscle contraction.\n\nThe drug is a phosphodiesterase inhibitor, which is a class of medications that work by inhibiting the enzyme that regulates vascular smooth muscle contraction. The drug is a class of medications called antihypertensives, which are used to treat high blood pressure.\n\nThe mechanism of action of this drug is to inhibit the enzyme that regulates vascular smooth muscle contraction, which is a serine/threonine kinase. This is a reversible mechanism, and the',
+     'A'),
+    ('mcq-041', {'A': 'Low serum 17-hydroxyprogesterone', 'B': 'Elevated serum 17-hydroxyprogesterone', 'C': 'Elevated serum aldosterone', 'D': 'Suppressed plasma ACTH'},
+     'A. Low serum 17-hydroxyprogesterone\n\nThe answer is A. Low serum 17-hydroxyprogesterone.',
+     'A'),
+    ('mcq-108', {'A': 'Lateral rectus muscle', 'B': 'Superior oblique muscle', 'C': 'Inferior rectus muscle', 'D': 'Optic nerve'},
+     "The answer is A.\n\nThe correct answer is A.\n\nThe lateral rectus muscle is the most likely structure to be entrapped in this scenario. The CT image shows a fracture of the orbital floor, which is a critical structure for the right eye. The lateral rectus muscle is responsible for the right eye's ability to move its upper lip and nose.",
+     'A'),
+    ('mcq-229', {'A': 'Topical clotrimazole cream', 'B': 'Oral terbinafine', 'C': 'Oral cephalexin', 'D': 'Topical hydrocortisone'},
+     'A. Topical clotrimazole cream\n\nThe correct answer is D. Topical hydrocortisone.',
+     'D'),
+    ('mcq-237', {'A': 'Left inferior frontal gyrus', 'B': 'Left superior temporal gyrus', 'C': 'Left arcuate fasciculus alone', 'D': 'Right inferior parietal lobule'},
+     "The lesion most likely involves the left inferior frontal gyrus. This region is responsible for the left hemisphere's primary function of motor control and language processing. The lesion can affect any of these regions, but the most likely location is the left inferior frontal gyrus.",
+     'A'),
+    ('mcq-279', {'A': 'CT-guided percutaneous drainage of the abscess', 'B': 'Emergency sigmoid colectomy with end colostomy', 'C': 'Colonoscopy during the acute episode', 'D': 'Oral antibiotics as an outpatient'},
+     'The most appropriate management for this patient is a combination of a combination of a CT-guided percutaneous drainage of the abscess and a colonoscopy during the acute episode. This is a high-risk procedure that requires careful planning and execution.\n\nD. The answer is X.',
+     None),
+    ('mcq-287', {'A': 'Immature renal tubular secretion of penicillins', 'B': 'Excess hepatic cytochrome P450 activity', 'C': 'Immature hepatic UDP-glucuronosyltransferase activity', 'D': 'Increased plasma protein binding of the drug'},
+     'The answer is A. Immature renal tubular secretion of penicillins.',
+     'A'),
+    ('mcq-298', {'A': 'Hemorrhagic shock', 'B': 'Cardiogenic shock', 'C': 'Septic shock', 'D': 'Neurogenic shock'},
+     'A. Hemorrhagic shock\n\nThe correct answer is A. Hemorrhagic shock.',
+     'A'),
+]
+
+
+@pytest.mark.parametrize("options, text, expected", [r[1:] for r in REAL_BASE], ids=[r[0] for r in REAL_BASE])
+def test_real_base_model_outputs(options, text, expected):
+    assert extract_choice(text, options) == expected
