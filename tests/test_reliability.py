@@ -337,3 +337,41 @@ def test_eval_table_stays_aligned_at_large_perplexity():
         ppl = cells[3]
         assert row.index(ppl) + len(ppl) == head.index("ppl") + len("ppl"), (head, row)  # right-aligned under it
     assert float(adapter.split()[3]) == pytest.approx(__import__("math").exp(25.0), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- usage
+
+
+def test_train_help_lists_config_under_its_own_usage(capsys):
+    from medreason.cli import main
+
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: medreason train --config FILE")
+    assert "\n  --config FILE" in out and "--lora_r LORA_R, --lora-r LORA_R" in out
+
+
+def test_every_option_of_every_subcommand_takes_both_spellings():
+    """issue 10 item 8: `chat --max_new_tokens` used to be refused while `train --max_steps` worked."""
+    import argparse
+
+    from medreason.cli import build_parser
+
+    def parsers(p):
+        yield p
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    checked = 0
+    for p in parsers(build_parser()):
+        for action in p._actions:
+            for name in action.option_strings:
+                if name.startswith("--") and ("_" in name or "-" in name[2:]):
+                    other = "--" + (name[2:].replace("_", "-") if "_" in name else name[2:].replace("-", "_"))
+                    assert other in action.option_strings, (p.prog, name)
+                    checked += 1
+    assert checked >= 20
+    args = build_parser().parse_args(["chat", "--max_new_tokens", "7", "--repetition-penalty", "1.2"])
+    assert (args.max_new_tokens, args.repetition_penalty) == (7, 1.2)
