@@ -59,6 +59,10 @@ def train(argv: list[str]) -> TrainResult:
     elif not args.resume and last_checkpoint(output_dir) is not None:
         raise UserError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
                         f"or choose another --output_dir / --run_name")
+    if args.trainer == "grpo":  # rewards on the MCQ pool instead of the SFT corpus: medreason.grpo from here
+        from medreason.grpo import train_grpo
+
+        return train_grpo(args, sft, model_args, recipe, resume_from)
     if resume_from is not None:
         check_resume(resume_from, sft, model_args)
 
@@ -261,8 +265,9 @@ def check_hyperparameters(args, sft, model_args):
         raise UserError(f"template '{args.template}' is unknown")
     config = _model_config(model_args.model_name_or_path)
     context = getattr(config, "max_position_embeddings", None)
-    if sft.max_length is not None and context is not None and sft.max_length > context:
-        raise UserError(f"max_length {sft.max_length} is beyond the context of {model_args.model_name_or_path} ({context} tokens)")
+    max_length = getattr(sft, "max_length", None)  # SFTConfig's; GRPOConfig has max_completion_length
+    if max_length is not None and context is not None and max_length > context:
+        raise UserError(f"max_length {max_length} is beyond the context of {model_args.model_name_or_path} ({context} tokens)")
     targets = model_args.lora_target_modules
     if isinstance(targets, str) and targets != "all-linear":
         # one value on the command line (`--lora_target_modules q_proj`) arrives as a string, which PEFT

@@ -1,0 +1,259 @@
+"""GRPO: reinforcement learning with verifiable rewards on the bundled multiple-choice pool, after SFT.
+
+    medreason train --config configs/smollm2-135m-grpo-cpu.yaml             # from the SFT adapter, ~2 min on a CPU
+    medreason train --config configs/smollm2-135m-grpo-cpu.yaml --resume    # continue after an interruption
+    medreason train --config configs/qwen2.5-0.5b-grpo-gpu.yaml             # GPU scale (vLLM when installed)
+
+    from medreason.train import train
+    result = train(["--config", "configs/smollm2-135m-grpo-cpu.yaml"])   # `trainer: grpo` dispatches here
+
+Flow: recipe (TRL's GRPOConfig) -> checks that need no model -> prompts from the MCQ pool split (one prompt
+builder, `medreason.mcq.prompt_messages`, the one generative evaluation uses) -> base model, plus the SFT
+adapter loaded as trainable when `init_adapter` names one -> GRPOTrainer with `correctness_reward` and
+`format_reward` -> adapter (only the trained LoRA) saved atomically with its model card and metadata
+(trainer: grpo, the init adapter and its hash).
+
+Continuing an adapter: with `init_adapter`, the LoRA is loaded with `is_trainable=True` and no `peft_config`
+goes to the trainer. With beta > 0, TRL then copies that adapter into a frozen "ref" adapter, so the KL term
+pulls towards the SFT model, not towards the base model. Without `init_adapter` a new LoRA starts at zero
+(B = 0), and the reference is the base model with the adapter switched off.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from medreason.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# --------------------------------------------------------------------------------------------- entry point
+
+
+def train_grpo(args, cfg, model_args, recipe: str, resume_from: Path | None):
+    """Train with GRPO from a parsed recipe (MedreasonArgs, GRPOConfig, ModelConfig). `medreason.train.train`
+    calls this for `trainer: grpo` after the checks GRPO shares with SFT (hyperparameters, checkpoints to
+    resume); `recipe` is the recipe's hash. Returns a `medreason.train.TrainResult`."""
+    from medreason.locks import run_locks
+    from medreason.train import check_resume, locks, runtime, stop_on_sigterm
+
+    check_grpo(args, cfg, model_args)
+    init = read_init_adapter(args, model_args)
+    if resume_from is not None and init is None:  # a continued adapter keeps its own shape, not the recipe's
+        check_resume(resume_from, cfg, model_args)
+    dataset, pool = pool_dataset(args)  # bad data fails here, before the model loads
+    log.info("GRPO prompts: %d questions of the %s; %d completions each", len(dataset), pool["description"],
+             cfg.num_generations)
+    with stop_on_sigterm(), run_locks(*locks(args, cfg, model_args)), runtime(args, cfg, model_args):
+        return _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
+
+
+def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool):
+    import os
+
+    from transformers import set_seed
+    from trl import GRPOTrainer
+
+    from medreason.adapter import adapter_path, save_adapter
+    from medreason.config import config_dict
+    from medreason.io import atomic_write_json, atomic_write_text
+    from medreason.models import resolve_model
+    from medreason.rewards import correctness_reward, format_reward
+    from medreason.tracking import log_params, mlflow_run
+    from medreason.train import LOGGED_PARAMS, TrainResult, _previous_run_id
+
+    output_dir = Path(cfg.output_dir)
+    model, tokenizer, peft_config = load_policy(args, cfg, model_args)
+    model_source = resolve_model(model_args.model_name_or_path).provenance(model)
+    resolved = {**config_dict(args, cfg, model_args), "init_adapter_sha256": init and init["sha256"]}
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    run_id = _previous_run_id(output_dir) if resume_from else None
+    with mlflow_run(args.mlflow_experiment, run_name=cfg.run_name, run_id=run_id, enabled=rank0) as run:
+        if run is not None:
+            import mlflow
+
+            output_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(output_dir / "mlflow_run_id", run.info.run_id)
+            atomic_write_json(output_dir / "resolved_config.json", resolved)
+            if run_id is None:
+                log_params({k: v for k, v in resolved.items() if k in LOGGED_PARAMS | GRPO_PARAMS})
+                mlflow.set_tags({"trainer": "grpo", "init_adapter": init["path"] if init else "none"})
+            mlflow.log_dict(resolved, "resolved_config.json")
+            cfg.report_to = ["mlflow"]  # the trainer's callback logs rewards, KL, lengths and clip ratios here
+        set_seed(cfg.seed)  # right before a new adapter's weights are drawn, and the rollouts' sampling
+        trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=cfg,
+                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+        use_cpu_head(args, cfg, trainer)
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        metrics = final_metrics(trainer.state.log_history)
+        adapter_dir = None
+        if trainer.is_world_process_zero():
+            policy = trainer.accelerator.unwrap_model(trainer.model)
+            if "ref" in getattr(policy, "peft_config", {}):
+                policy.delete_adapter("ref")  # TRL's frozen copy of the init adapter for the KL term: not saved
+            meta = {
+                "trainer": "grpo",
+                "base_model": model_args.model_name_or_path,
+                "template": args.template,
+                "system_prompt": args.system_prompt,
+                # what `medreason eval` rebuilds its corpus test split from: the SFT adapter's data, when continued
+                "dataset": (init or {}).get("dataset") or args.dataset,
+                "data": (init or {}).get("data") or {},
+                "rl_data": pool,
+                "init_adapter": init and init["path"],
+                "init_adapter_sha256": init and init["sha256"],
+                "rewards": ["correctness_reward", "format_reward"],
+                "run_name": cfg.run_name,
+                "recipe_hash": recipe,
+                "model": model_source,
+                "metrics": metrics,
+                "config": resolved,
+            }
+            adapter_dir = save_adapter(policy, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
+                                       meta)
+            if run is not None:
+                import mlflow
+
+                mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
+                mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+    return TrainResult(adapter_dir=adapter_dir, output_dir=output_dir, metrics=metrics,
+                       mlflow_run_id=run.info.run_id if run is not None else None,
+                       global_step=trainer.state.global_step, log_history=list(trainer.state.log_history))
+
+
+GRPO_PARAMS = {"trainer", "init_adapter", "init_adapter_sha256", "num_generations", "max_completion_length", "beta",
+               "epsilon", "scale_rewards", "temperature", "num_iterations"}
+
+
+# --------------------------------------------------------------------------------------------- checks before loading
+
+
+def check_grpo(args, cfg, model_args):
+    """GRPO values that cannot train, in one line each (GRPOConfig itself checks the group divisibility)."""
+    if cfg.beta < 0:
+        raise UserError(f"beta (the KL coefficient) must be >= 0, got {cfg.beta}")
+    if cfg.max_completion_length is None or cfg.max_completion_length < 1:
+        raise UserError(f"max_completion_length must be at least 1, got {cfg.max_completion_length}")
+    if cfg.temperature <= 0:
+        raise UserError(f"temperature must be positive for sampled rollouts, got {cfg.temperature}")
+    if cfg.use_vllm:
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise UserError("use_vllm is true but vllm is not installed: `pip install vllm` (GPU only), "
+                            "or set use_vllm: false")
+    if args.template != "think":
+        raise UserError(f"template '{args.template}': the GRPO format reward checks <think>...</think> blocks: "
+                        f"use template: think")
+
+
+def read_init_adapter(args, model_args) -> dict | None:
+    """The SFT adapter to continue: validated, its base model the recipe's, and its weights' hash."""
+    if not args.init_adapter:
+        return None
+    from medreason.adapter import read_adapter
+
+    folder = Path(args.init_adapter)
+    if not folder.is_dir():
+        raise UserError(f"init_adapter {folder} does not exist: train the SFT adapter first "
+                        f"(medreason train --config configs/smollm2-135m-cpu.yaml), or remove init_adapter")
+    meta = read_adapter(folder)
+    from medreason.generate import same_model
+
+    if not same_model(meta["base_model"], model_args.model_name_or_path):
+        raise UserError(f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
+                        f"{model_args.model_name_or_path}: use the same base model")
+    return {"path": str(folder), "sha256": adapter_hash(folder), "base_model": meta["base_model"],
+            "trainer": meta.get("trainer", "sft"), "run_name": meta.get("run_name"),
+            "recipe_hash": meta.get("recipe_hash"), "dataset": meta.get("dataset"), "data": meta.get("data")}
+
+
+def adapter_hash(folder: Path) -> str:
+    """sha256 of the adapter's weights file: names exactly which SFT adapter a GRPO adapter continued."""
+    from medreason.adapter import WEIGHTS
+    from medreason.io import sha256_file
+
+    return sha256_file(Path(folder) / WEIGHTS)
+
+
+# --------------------------------------------------------------------------------------------- data and model
+
+
+def pool_dataset(args):
+    """(dataset, record): the RL prompts, every question of the bundled benchmark's pool split as the chat prompt
+    that lists its options (the one generative evaluation uses), with the `answer` and `options` columns the
+    rewards read (TRL passes a dataset's other columns to reward functions); and what it was, for the metadata.
+    The held-out split is never seen here."""
+    from datasets import Dataset
+
+    from medreason.data import bundled_path
+    from medreason.io import sha256_file
+    from medreason.mcq import bundled_split, prompt_messages
+
+    items = bundled_split("pool")
+    if args.max_examples:
+        items = items[:args.max_examples]
+    if not items:
+        raise UserError("the bundled MCQ benchmark has no 'pool' split: GRPO needs questions to train on")
+    path = bundled_path("mcq.jsonl")
+    record = {"description": "bundled MCQ benchmark, pool split", "kind": "bundled", "path": str(path),
+              "sha256": sha256_file(path), "split": "pool", "rows": {"pool": len(items)}}
+    rows = [{"prompt": prompt_messages(it, args.system_prompt), "answer": it.answer, "options": dict(it.options),
+             "id": it.id} for it in items]
+    return Dataset.from_list(rows), record
+
+
+def load_policy(args, cfg, model_args):
+    """(model, tokenizer, peft_config): the base model, with the init adapter loaded trainable (and then no
+    peft_config: GRPOTrainer refuses both) or a new LoRA described by the recipe."""
+    import torch
+    from trl import get_peft_config, get_quantization_config
+
+    from medreason.models import load_model_and_tokenizer
+
+    dtype = "auto" if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path, dtype=dtype, quantization_config=get_quantization_config(model_args),
+        attn_implementation=model_args.attn_implementation,
+    )
+    if args.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        log.info("continuing the adapter in %s (trainable; the recipe's LoRA keys are not used)", args.init_adapter)
+        return model, tokenizer, None
+    return model, tokenizer, get_peft_config(model_args)
+
+
+def use_cpu_head(args, cfg, trainer):
+    """GRPOTrainer scores completions through TRL's fused LM head, which on a CPU (no Triton) projects every
+    position, prompt and completion alike, onto the whole vocabulary, in tiles, several passes each: on the
+    tiny test model that was half of the step. SFT's dense head (medreason.trainer.use_dense_lm_head) computes
+    the same log-probabilities and entropies from the labelled positions only, the completion tokens. It has no temperature and its entropies carry no gradient: at a
+    temperature other than 1, or with an entropy bonus, TRL's head stays."""
+    from medreason.trainer import use_dense_lm_head, wants_dense_head
+
+    if not wants_dense_head(args.lm_head, trainer.model):
+        return
+    if cfg.temperature != 1.0 or cfg.entropy_coef or cfg.use_adaptive_entropy:
+        log.info("lm_head: keeping TRL's fused head (the dense head scores at temperature 1 without an entropy "
+                 "bonus; this run has temperature %g, entropy_coef %g)", cfg.temperature, cfg.entropy_coef)
+        return
+    use_dense_lm_head(trainer.model)
+
+
+# --------------------------------------------------------------------------------------------- tracking and saving
+
+
+def final_metrics(log_history: list[dict]) -> dict[str, float]:
+    """The training summary (train_runtime, train_loss, ...) plus the mean reward, KL and length over the run."""
+    metrics = {k: float(v) for k, v in log_history[-1].items() if isinstance(v, (int, float))} if log_history else {}
+    steps = [h for h in log_history if "reward" in h]
+    for key in ("reward", "rewards/correctness_reward/mean", "rewards/format_reward/mean", "kl",
+                "completions/mean_length", "completions/clipped_ratio"):
+        values = [h[key] for h in steps if key in h]
+        if values:
+            metrics[f"mean_{key.replace('/', '_')}"] = sum(values) / len(values)
+            metrics[f"last_{key.replace('/', '_')}"] = float(values[-1])
+    return metrics
