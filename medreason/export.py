@@ -25,9 +25,10 @@ def export(adapter: str, out: str, model: str | None = None, force: bool = False
 
     from medreason.generate import load_for_inference
 
-    out_dir = check_out(out, force)
+    out_dir = check_out(out)
     meta = read_adapter(adapter)  # a broken adapter folder: one line naming the file, before any weights load
     check_not_an_input(out_dir, adapter, model or meta["base_model"])
+    check_replace(out_dir, force)
     session = load_for_inference(adapter, model, dtype=torch.float32)
     if getattr(session.model, "is_loaded_in_4bit", False) or getattr(session.model, "is_loaded_in_8bit", False):
         raise UserError("refusing to merge into a quantized base: load the base in full precision")
@@ -43,8 +44,8 @@ def export(adapter: str, out: str, model: str | None = None, force: bool = False
     return out_dir
 
 
-def check_out(out: str, force: bool) -> Path:
-    """--out first: a file, or a folder with something in it (unless --force), is refused before anything loads."""
+def check_out(out: str) -> Path:
+    """--out first: a file, or a path through a file, is refused before anything is read."""
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out} is a file: choose a new folder")
@@ -53,9 +54,18 @@ def check_out(out: str, force: bool) -> Path:
             if not parent.is_dir():
                 raise UserError(f"--out {out}: {parent} is a file, not a folder")
             break
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UserError(f"--out {out} exists and is not empty: choose a new folder, or pass --force to replace it")
     return out_dir
+
+
+def check_replace(out_dir: Path, force: bool):
+    """An existing folder is replaced only when it holds an earlier export and --force says so."""
+    out = str(out_dir)
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not (out_dir / "config.json").is_file():  # someone's files, not an earlier export: never replaced
+            raise UserError(f"--out {out} exists and is not a model folder: choose a new folder (--force replaces "
+                            f"only an earlier export)")
+        if not force:
+            raise UserError(f"--out {out} already holds a model: choose a new folder, or pass --force to replace it")
 
 
 def check_not_an_input(out_dir: Path, adapter: str, base: str):

@@ -221,6 +221,8 @@ CASES = {
                                                         "--out", c.model, "--force"], "base model"),
     "export out not empty": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
                                         str(Path(_write(c.inputs / "full" / "x.txt", "x")).parent)], "--force"),
+    "export out holds a model": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
+                                            str(shutil.copytree(c.model, c.inputs / "earlier"))], "--force"),
     "export truncated weights": (lambda c: ["export", "--adapter", _broken_adapter(c, "truncated"), "--out",
                                             str(c.cwd / "m")], "adapter_model.safetensors"),
 }
