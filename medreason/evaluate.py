@@ -96,7 +96,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
             else:
                 loss = heldout_loss(session.model, session.tokenizer, test, batch_size=batch_size)
                 scored, scores = loglik_choices(session, items, name, batch_size=batch_size, chat=chat,
-                                                hub_tasks=hub_tasks)
+                                                hub_tasks=hub_tasks, limit=limit)
                 summary = {**summarize_loglik(scored), "test_loss": loss, "test_perplexity": math.exp(loss),
                            "tasks": scores}
         rows += scored
