@@ -15,7 +15,8 @@ explicit statement ("the answer is C") counts, because reasoning mentions every 
 What counts, strongest first; the first level that finds anything decides, and if what it finds disagrees
 the answer is None:
 1. an explicit statement: "The answer is (C)", "Answer: C", "Final answer: **C**", "Correct option - c)",
-   "C is correct", "The answer is bicuspid aortic valve", "Answer: no";
+   "C is correct", "The answer is bicuspid aortic valve", "Answer: no", and, for lettered options, "The most
+   likely diagnosis is acute aortic dissection, given ..." (one option named in that clause);
 2. a line that is only the choice: the first or last line of the answer is "C", "(C)", "**C.**",
    "C. Bicuspid aortic valve", or an option's text; a bold span that is one of those;
 3. only for lettered options: the answer names exactly one option's text (not for free labels such as
@@ -37,7 +38,10 @@ _QUALIFIER = r"\b(?:final|correct|right|best|most\s+likely|most\s+appropriate)\s
 _STATEMENT = re.compile(
     rf"(?:{_QUALIFIER})?\banswer\b(?:\s*\([^)]*\))?{_VERB}"
     rf"|{_QUALIFIER}(?:option|choice|response)\b{_VERB}"
-    r"|\b(?:i\s+(?:would\s+)?(?:choose|select|pick)|i'?d\s+(?:choose|select|pick|go\s+with)|i\s+will\s+go\s+with)\s+",
+    r"|\b(?:i\s+(?:would\s+)?(?:choose|select|pick)|i'?d\s+(?:choose|select|pick|go\s+with)|i\s+will\s+go\s+with)\s+"
+    # "The most likely diagnosis is ...", "the best initial treatment would be ...": how the SFT corpus answers
+    r"|\b(?:most\s+likely|most\s+appropriate|best|correct|preferred)\s+(?:[\w-]+\s+){0,4}?(?:is|would\s+be)\s+"
+    r"(?:probably\s+|likely\s+)?",
     re.I)
 # "C is correct", "(C) is the best answer", "Option c is right": the choice before the verdict, at the start
 # of a line or sentence or after "option" ("vitamin D is the most likely cause" names no option).
@@ -97,6 +101,12 @@ def _statements(region: str, options: dict[str, str], lettered: bool):
     for m in _STATEMENT.finditer(region):
         tail = region[m.end():].split("\n", 1)[0]
         label = _resolve(tail, options, lettered, prefix=True)
+        if label is None and lettered:
+            # "... is acute aortic dissection, given ...": the option named in the clause the statement opens
+            # (not for free labels: "the answer is no longer clear" names no option)
+            clause = re.split(r"[.;,:!?()]|\s(?:because|given|since|as|due|with|which|but|not)\s", tail)[0]
+            named = set() if re.search(r"\b(?:or|and/or|either)\b", clause, re.I) else _named(clause, options)
+            label = named.pop() if len(named) == 1 else None  # "X or Y" is a hedge, not a choice
         if label is not None:
             yield label
     if lettered:
@@ -120,12 +130,16 @@ def _lines(region: str, options: dict[str, str], lettered: bool):
 
 
 def _mentions(region: str, options: dict[str, str], lettered: bool):
-    """Lettered options only: the answer names one option's text (the longest, when one contains another)."""
-    body = f" {_norm(region)} "
+    """Lettered options only: the answer names one option's text; several distinct ones are a conflict."""
+    return _named(region, options)
+
+
+def _named(text: str, options: dict[str, str]) -> set[str]:
+    """Labels whose option text appears in `text` as whole words; an option contained in another named one
+    ("hypertension" inside "pulmonary hypertension") does not count separately."""
+    body = f" {_norm(text)} "
     hits = {label for label, opt in options.items() if _norm(opt) and f" {_norm(opt)} " in body}
-    # "hypertension" inside "pulmonary hypertension": keep only hits not contained in another hit
-    hits = {h for h in hits if not any(h != o and f" {_norm(options[h])} " in f" {_norm(options[o])} " for o in hits)}
-    return hits  # several distinct hits: a conflict, decided in _extract
+    return {h for h in hits if not any(h != o and f" {_norm(options[h])} " in f" {_norm(options[o])} " for o in hits)}
 
 
 # --------------------------------------------------------------------------------------------- resolving
@@ -155,17 +169,22 @@ def _resolve(fragment: str, options: dict[str, str], lettered: bool, prefix: boo
                     return label
             elif marked and _starts_with_option(rest, options[label], whole=True):
                 return label  # "C. Bicuspid aortic valve"
-    return _by_text(s, options, prefix)
+    return _by_text(s, options, prefix, lettered)
 
 
-def _by_text(s: str, options: dict[str, str], prefix: bool) -> str | None:
+def _by_text(s: str, options: dict[str, str], prefix: bool, lettered: bool = True) -> str | None:
     """The option whose text the fragment is (or starts with, for prefix); the longest wins a tie of
-    prefixes ("Hypertension" vs "Hypertension with hypokalemia") because it is the exact one."""
+    prefixes ("Hypertension" vs "Hypertension with hypokalemia") because it is the exact one. A free label
+    (yes / no / maybe: ordinary words) must end its phrase: "no." or "no, because", never "no longer"."""
     s = _ARTICLE.sub("", s.strip())
     best, best_len = None, 0
     for label, opt in options.items():
-        if _starts_with_option(s, opt, whole=not prefix) and len(_norm(opt)) > best_len:
-            best, best_len = label, len(_norm(opt))
+        if not _starts_with_option(s, opt, whole=not prefix) or len(_norm(opt)) <= best_len:
+            continue
+        if prefix and not lettered and not re.match(
+                rf"{re.escape(opt.strip())}(?:\s*(?:$|[.,;:!?)\]])|\s+(?:because|since|given|as)\b)", s, re.I):
+            continue
+        best, best_len = label, len(_norm(opt))
     return best
 
 

@@ -81,6 +81,14 @@ GOLDEN = [
     ("adapter: five options, E chosen",
      "<think>\nTearing pain radiating to the back, unequal arm pressures.\n</think>\n\nFinal answer: E",
      TAKOTSUBO, "E"),
+    ("adapter: SFT-style 'The most likely diagnosis is <text>, ...' after </think>",
+     "<think>\nTearing pain, unequal arm pressures.\n</think>\n\nThe most likely diagnosis is acute aortic dissection, "
+     "given the tearing pain radiating to the back; myocarditis would not explain it.", TAKOTSUBO, "E"),
+    ("adapter: 'The most appropriate next step is ...' names one option in its clause",
+     "The most appropriate next step is urgent pericardiocentesis to relieve the tamponade, not more fluids.",
+     {"A": "Intravenous fluids", "B": "Pericardiocentesis", "C": "Chest tube", "D": "Thoracotomy"}, "B"),
+    ("adapter: the statement's clause names two options",
+     "The most likely diagnosis is acute viral myocarditis or aortic dissection; an echo will tell.", TAKOTSUBO, None),
     # --- yes / no / maybe (label == text)
     ("ynm base: starts with 'No.'",
      "No. The trial found no difference in mortality between the groups (p = 0.41).", YNM, "no"),
@@ -91,6 +99,8 @@ GOLDEN = [
      "Answer: Yes", YNM, "yes"),
     ("ynm: 'no' as an ordinary word is not a choice",
      "There is no randomised evidence here, and the cohort is small.", YNM, None),
+    ("ynm: 'no' in the clause after 'answer is' is not a label there",
+     "The correct answer is no longer in doubt after the trial, which showed a clear benefit.", YNM, None),
     ("ynm: think left open", "<think>\nThe study says yes for adults, but no data for children, so",
      YNM, None),
     ("ynm: final line 'Yes'", "<think>\nsignificant benefit\n</think>\n\nYes", YNM, "yes"),
