@@ -100,13 +100,15 @@ def _extract(region: str, options: dict[str, str], lettered: bool, explicit_only
 def _statements(region: str, options: dict[str, str], lettered: bool):
     for m in _STATEMENT.finditer(region):
         tail = region[m.end():].split("\n", 1)[0]
+        clause = re.split(r"[.;,:!?]|\s(?:because|given|since|as|due|with|which|but|not)\s", tail)[0]
+        if re.search(r"\b(?:or|and/or|either)\b", clause, re.I):
+            continue  # "X or Y" is a hedge, not a choice
         label = _resolve(tail, options, lettered, prefix=True)
         if label is None and lettered:
             # "... is acute aortic dissection, given ...": the option named in the clause the statement opens
             # (not for free labels: "the answer is no longer clear" names no option)
-            clause = re.split(r"[.;,:!?()]|\s(?:because|given|since|as|due|with|which|but|not)\s", tail)[0]
-            named = set() if re.search(r"\b(?:or|and/or|either)\b", clause, re.I) else _named(clause, options)
-            label = named.pop() if len(named) == 1 else None  # "X or Y" is a hedge, not a choice
+            named = _named(clause, options)
+            label = named.pop() if len(named) == 1 else None
         if label is not None:
             yield label
     if lettered:
