@@ -483,7 +483,7 @@ def test_torchrun_two_processes_ddp_over_gloo(in_tmp, tiny_model_dir):
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=480)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
-    assert output.count("medreason: data: train") == 2  # both ranks ran
+    assert output.count("medreason: data: bundled corpus; train") == 2  # both ranks ran
     assert len(re.findall(r"^adapter saved to", proc.stdout, re.M)) == 1  # only rank 0 saves
     assert [p.name for p in lora.iterdir()] == [tiny_model_dir.name]
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
