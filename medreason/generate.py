@@ -148,11 +148,12 @@ def answer(session: Session, questions: list[str], sampling: Sampling | None = N
         if not q or not q.strip():
             raise UserError("empty prompt: ask a question")
     tok = session.tokenizer
-    tok.padding_side = "left"
-    prompts = [tok.apply_chat_template(
-        [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": q.strip()}],
-        tokenize=False, add_generation_prompt=True) for q in questions]
-    batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(session.model.device)
+    prompts = [prompt_text(session, q) for q in questions]
+    side, tok.padding_side = tok.padding_side, "left"  # generation continues from the right end of every row
+    try:
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(session.model.device)
+    finally:
+        tok.padding_side = side
     torch.manual_seed(sampling.seed)
     ctx = nullcontext() if use_adapter else session.adapter_off()
     with ctx, torch.inference_mode():
