@@ -141,7 +141,7 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
             trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = {k: v for k, v in trainer.state.log_history[-1].items() if isinstance(v, (int, float))}
         if sft.eval_strategy != "no":
-            metrics.update(trainer.evaluate(splits["validation"], metric_key_prefix="eval"))
+            metrics.update(final_validation(trainer, splits["validation"]))
         if args.evaluate_test and len(splits["test"]):
             metrics.update(trainer.evaluate(splits["test"], metric_key_prefix="test"))
         adapter_dir = None
@@ -168,6 +168,17 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
     return TrainResult(adapter_dir=adapter_dir, output_dir=output_dir, metrics=metrics,
                        mlflow_run_id=run.info.run_id if run else None, global_step=trainer.state.global_step,
                        log_history=list(trainer.state.log_history))
+
+
+def final_validation(trainer, validation) -> dict:
+    """Validation metrics of the final weights: the trainer's own pass at the last step when it made one (a
+    recipe whose max_steps is a multiple of eval_steps), else a pass now. Evaluating twice would cost a whole
+    validation pass for the same numbers."""
+    step = trainer.state.global_step
+    done = [e for e in trainer.state.log_history if e.get("step") == step and "eval_loss" in e]
+    if done:
+        return {k: v for k, v in done[-1].items() if k.startswith("eval_") and isinstance(v, (int, float))}
+    return trainer.evaluate(validation, metric_key_prefix="eval")
 
 
 def data_args(args) -> dict:
