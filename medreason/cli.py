@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a subset of this many items, stratified by group with --seed (never the first N)")
     ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
+    ev.add_argument("--repetition-penalty", type=above(0.0), default=1.0,
+                    help="generate mode: 1 is pure greedy (default); 1.1, as `chat` uses, breaks small models' loops")
     ev.add_argument("--chat", action="store_true", help="loglik mode: prompts through the chat template")
     ev.add_argument("--no-cache", action="store_true",
                     help="generate mode: do not reuse answers cached under results/cache/generate/")

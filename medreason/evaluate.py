@@ -55,7 +55,8 @@ CACHE_DIR = Path("results") / "cache" / "generate"
 def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str | None = None,
              split: str = "heldout", mode: str = "loglik", tasks: tuple[str, ...] = (BUNDLED_TASK,),
              limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256, chat: bool = False,
-             seed: int = 0, run_name: str | None = None, session=None, cache: bool = True) -> dict:
+             seed: int = 0, run_name: str | None = None, session=None, cache: bool = True,
+             repetition_penalty: float = 1.0) -> dict:
     """Evaluate the base model and (when given) the adapter on the same items; write results/<run>/eval.json
     and eval_items.jsonl, log to MLflow. `mcq` is a benchmark file (default: the bundled benchmark's `split`,
     'heldout', 'pool' or 'all'); `limit` draws a stratified subset with `seed`."""
@@ -69,6 +70,8 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
         raise UserError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if batch_size < 1:
         raise UserError(f"batch_size must be at least 1, got {batch_size}")
+    if not repetition_penalty > 0:
+        raise UserError(f"repetition_penalty must be above 0 (1 is none), got {repetition_penalty}")
     all_items, source = benchmark_items(mcq, split)
     items = stratified_subset(all_items, limit, seed=seed)
     hub_tasks = _hub_tasks(tasks) if mode == "loglik" else []
@@ -80,6 +83,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
                "chance": chance(items), "groups": group_counts(items), "variants": {}}
     if mode == "generate":
         results["settings"] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
+                               "repetition_penalty": repetition_penalty,
                                "system_prompt": session.system_prompt, "template": session.template}
     else:
         results["settings"] = {"chat": chat, "batch_size": batch_size}
@@ -90,7 +94,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
         with nullcontext() if use_adapter else session.adapter_off():
             if mode == "generate":
                 outputs = generate_outputs(session, items, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, cache=cache)
+                                           batch_size=batch_size, cache=cache, repetition_penalty=repetition_penalty)
                 scored = score_outputs(items, outputs, name)
                 summary = summarize_generate(scored, max_new_tokens)
             else:
@@ -153,7 +157,7 @@ def _test_split(session, limit):
 
 
 def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int = 256, batch_size: int = 8,
-                     cache: bool = True) -> list[dict]:
+                     cache: bool = True, repetition_penalty: float = 1.0) -> list[dict]:
     """{"output", "tokens", "truncated"} per item, in order: greedy, batched (similar prompt lengths together,
     left-padded, KV cache), answers already in the cache reused. The caller's adapter state is what runs:
     call it inside `session.adapter_off()` for the base model."""
@@ -163,21 +167,22 @@ def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int =
     prompts = [tok.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
                                        add_generation_prompt=True) for item in items]
     keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
-    store = GenerationCache(session, use_adapter, max_new_tokens) if cache else None
+    store = GenerationCache(session, use_adapter, max_new_tokens, repetition_penalty) if cache else None
     done = store.load() if store else {}
     todo = sorted({i for i, k in enumerate(keys) if k not in done}, key=lambda i: len(prompts[i]))
     if len(todo) < len(items):
         log.info("%d of %d answers from the cache %s", len(items) - len(todo), len(items), store.path)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start:start + batch_size]
-        for i, out in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens)):
+        for i, out in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens,
+                                                repetition_penalty)):
             done[keys[i]] = {**out, "batch_size": len(chunk)}
         if store:  # after every batch: an interrupted run resumes where it stopped
             store.save(done)
     return [done[k] for k in keys]
 
 
-def generate_batch(session, prompts: list[str], max_new_tokens: int) -> list[dict]:
+def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[dict]:
     """Greedy continuations of already-templated prompts: {"output", "tokens", "truncated"} each. `tokens` counts
     what was generated up to the end-of-turn token; `truncated` means the budget ran out first."""
     import torch
@@ -189,11 +194,12 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int) -> list[dic
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     finally:
         tok.padding_side = side
-    # pure greedy, as reference evaluations decode: a repetition penalty would also penalise the option
-    # letters the prompt lists, which the answer has to repeat
+    # pure greedy (repetition_penalty 1) by default, as reference evaluations decode. A penalty (`medreason chat`
+    # uses 1.1) breaks the loops small models fall into under pure greedy; it also penalises every option label the
+    # prompt lists, but all of them alike, so it does not favour one option
     with torch.inference_mode():
         out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, temperature=None,
-                             top_p=None, top_k=None, repetition_penalty=1.0, use_cache=True,
+                             top_p=None, top_k=None, repetition_penalty=repetition_penalty, use_cache=True,
                              pad_token_id=tok.pad_token_id)
     stop = _stop_ids(session)
     results = []
@@ -217,7 +223,7 @@ class GenerationCache:
     weights (for the adapter variant), so a retrained adapter never reads another's answers. Batch size is not
     part of the key: padding changes greedy outputs only through rounding; each row records its batch size."""
 
-    def __init__(self, session, use_adapter: bool, max_new_tokens: int):
+    def __init__(self, session, use_adapter: bool, max_new_tokens: int, repetition_penalty: float = 1.0):
         import transformers
 
         from medreason.io import sha256_file
@@ -229,6 +235,7 @@ class GenerationCache:
             weights = sha256_file(files[0]) if files else None
         self.key = {"base_model": str(session.base_model), "dtype": dtype, "adapter_sha256": weights,
                     "max_new_tokens": max_new_tokens, "decoding": "greedy",
+                    **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
                     "transformers": transformers.__version__}
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.path = CACHE_DIR / f"{digest}.jsonl"
@@ -465,7 +472,9 @@ def table(results: dict) -> str:
             accs = "   ".join(f"{s['acc']:.3f} ± {s['acc_stderr'] or 0:.3f}".rjust(len(t) + 9)
                                for t, s in v["tasks"].items())
             lines.append(f"{name:<10}{v['accuracy']:>10.3f}{v['test_loss']:>11.4f}{v['test_perplexity']:>12.6g}   {accs}")  # .6g: <= 11 chars at any size
-    how = (f"generate, greedy, {results['settings']['max_new_tokens']} new tokens" if generate
+    penalty = results["settings"].get("repetition_penalty", 1.0)
+    how = (f"generate, greedy{f' (repetition penalty {penalty:g})' if penalty != 1.0 else ''}, "
+           f"{results['settings']['max_new_tokens']} new tokens" if generate
            else "log-likelihood" + (" with the chat template" if results["settings"].get("chat") else ""))
     lines.append(f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
                  f"{results['benchmark']}; {how}")
@@ -539,7 +548,8 @@ def cli(args) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
     results = evaluate(args.adapter, model=args.model, mcq=args.mcq, split=args.split, mode=args.mode, tasks=tasks,
                        limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       chat=args.chat, seed=args.seed, run_name=args.run_name, cache=not args.no_cache)
+                       chat=args.chat, seed=args.seed, run_name=args.run_name, cache=not args.no_cache,
+                       repetition_penalty=args.repetition_penalty)
     print(table(results))
     print(f"written to {results['path']} and {results['items_path']}")
     return 0

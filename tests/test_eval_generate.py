@@ -138,6 +138,9 @@ def test_cache_reuses_answers(adapter_dir, files, monkeypatch):
     # another budget is another setting: not served from the cache
     with pytest.raises(AssertionError, match="generated although"):
         ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=5, run_name="c3")
+    with pytest.raises(AssertionError, match="generated although"):  # so is another repetition penalty
+        ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4,
+                    repetition_penalty=1.1, run_name="c4")
 
 
 def test_limit_is_stratified(adapter_dir, in_tmp):
