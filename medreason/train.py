@@ -22,10 +22,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from medreason.adapter import adapter_path, read_adapter, recipe_hash, save_adapter
+from medreason.adapter import WEIGHTS, adapter_path, read_adapter, recipe_hash, save_adapter
 from medreason.config import TEMPLATES, config_dict, parse_config
 from medreason.errors import UserError
-from medreason.io import atomic_write_json
+from medreason.io import atomic_write_json, sha256_file
 from medreason.locks import run_locks
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def train(argv: list[str]) -> TrainResult:
     """Parse a recipe plus overrides and train; the same function serves the CLI and the book."""
     _use_cpu_for_multiprocess()
     args, sft, model_args = parse_config(argv)
-    recipe = recipe_hash(config_dict(args, sft, model_args))  # before the machine adjusts anything
+    recipe = run_recipe_hash(args, sft, model_args)  # before the machine adjusts anything
     check_hyperparameters(args, sft, model_args)
     check_steps(sft)
     check_folders(args, sft, model_args)
@@ -209,13 +209,23 @@ def flat_provenance(provenance: dict) -> dict:
     return out
 
 
+def run_recipe_hash(args, sft, model_args) -> str:
+    """The hash of what decides the adapter: the resolved recipe and, for a run that continues an adapter
+    (GRPO's init_adapter), that adapter's weights, so that a retrained SFT adapter also retrains what builds on it."""
+    resolved = config_dict(args, sft, model_args)
+    init = getattr(args, "init_adapter", None)
+    if init and (Path(init) / WEIGHTS).is_file():
+        resolved["init_adapter_weights_sha256"] = sha256_file(Path(init) / WEIGHTS)
+    return recipe_hash(resolved)
+
+
 def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: list[str] = ()) -> Path:
     """The adapter a recipe produces. Reused when its folder holds an adapter trained from the same resolved
     recipe (compared by `recipe_hash`); otherwise trained now into the recipe's own folder, with a log line that
     says why. Book chapters call this so that they run in any order."""
     args, sft, model_args = parse_config(["--config", config, *overrides])
     path = adapter_path(args.adapter_root, model_args.model_name_or_path)
-    wanted = recipe_hash(config_dict(args, sft, model_args))
+    wanted = run_recipe_hash(args, sft, model_args)
     if path.is_dir():
         try:
             found = read_adapter(path).get("recipe_hash")

@@ -197,3 +197,19 @@ def test_split_is_stratified_by_specialty():
     specialties = {r["specialty"] for r in rows}
     for name in ("validation", "test"):
         assert set(Counter(r["specialty"] for r in parts[name])) == specialties, name
+
+
+def test_recipe_hash_follows_the_continued_adapters_weights(tmp_path):
+    """A GRPO adapter built on an SFT adapter is stale once the SFT adapter is retrained: the hash that
+    ensure_adapter compares covers the continued adapter's weights, not only its path."""
+    from medreason.config import parse_config
+    from medreason.train import run_recipe_hash
+
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "adapter_model.safetensors").write_bytes(b"first weights")
+    argv = ["--config", str(RECIPE.parent / "smollm2-135m-grpo-cpu.yaml"), "--init_adapter", str(sft)]
+    first = run_recipe_hash(*parse_config(argv))
+    assert run_recipe_hash(*parse_config(argv)) == first
+    (sft / "adapter_model.safetensors").write_bytes(b"retrained weights")
+    assert run_recipe_hash(*parse_config(argv)) != first
