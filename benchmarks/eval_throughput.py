@@ -101,12 +101,16 @@ def main(argv=None) -> int:
         session = load_for_inference(args.adapter, dtype=dtype)
         machine = machine_info(session)
         report["machine"] = {k: v for k, v in machine.items() if k != "dtype"}
-        results = [measure(session, items, b, use_adapter, args.max_new_tokens)
-                   for b in batch_sizes for use_adapter in (False, True)]
+        results = []
+        for b in batch_sizes:
+            for use_adapter in (False, True):
+                results.append(measure(session, items, b, use_adapter, args.max_new_tokens))
+                report["runs"][name] = {"dtype": machine["dtype"], "results": results, "complete": False}
+                atomic_write_json(args.out, report)  # what is measured so far survives an interruption
         best = max(batch_sizes, key=lambda b: sum(r["questions_per_minute"] for r in results if r["batch_size"] == b))
         whole = len(load_benchmark())
         minutes = sum(whole / r["questions_per_minute"] for r in results if r["batch_size"] == best)
-        report["runs"][name] = {"dtype": machine["dtype"], "results": results,
+        report["runs"][name] = {"dtype": machine["dtype"], "results": results, "complete": True,
                                 "projection": {"items": whole, "variants": 2, "batch_size": best,
                                                "minutes": minutes, "goal_minutes": GOAL_MINUTES,
                                                "meets_goal": minutes <= GOAL_MINUTES}}
