@@ -57,11 +57,10 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
 
     from medreason.adapter import adapter_path, save_adapter
     from medreason.config import config_dict
-    from medreason.io import atomic_write_json, atomic_write_text
     from medreason.models import resolve_model
     from medreason.rewards import correctness_reward, format_reward
     from medreason.tracking import log_params, mlflow_run
-    from medreason.train import LOGGED_PARAMS, TrainResult, _previous_run_id
+    from medreason.train import LOGGED_PARAMS, TrainResult, _previous_run_id, record_run
 
     output_dir = Path(cfg.output_dir)
     model, tokenizer, peft_config = load_policy(args, cfg, model_args)
@@ -73,9 +72,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
         if run is not None:
             import mlflow
 
-            output_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(output_dir / "mlflow_run_id", run.info.run_id)
-            atomic_write_json(output_dir / "resolved_config.json", resolved)
+            record_run(output_dir, run.info.run_id, resolved, recipe)
             if run_id is None:
                 log_params({k: v for k, v in resolved.items() if k in LOGGED_PARAMS | GRPO_PARAMS})
                 mlflow.set_tags({"trainer": "grpo", "init_adapter": init["path"] if init else "none"})

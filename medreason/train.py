@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,9 +110,7 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
     run_id = _previous_run_id(output_dir) if resume_from else None
     with mlflow_run(args.mlflow_experiment, run_name=sft.run_name, run_id=run_id, enabled=rank0) as run:
         if run is not None:
-            output_dir.mkdir(parents=True, exist_ok=True)
-            (output_dir / "mlflow_run_id").write_text(run.info.run_id)
-            atomic_write_json(output_dir / "resolved_config.json", resolved)
+            record_run(output_dir, run.info.run_id, resolved, recipe)
             if run_id is None:
                 log_params({k: v for k, v in resolved.items() if k in LOGGED_PARAMS} | flat_provenance(provenance))
             import mlflow
@@ -239,7 +238,18 @@ def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: lis
         log.info("retraining %s with %s: %s", path, config, why)
     else:
         log.info("no adapter in %s yet: training one with %s", path, config)
-    return train(["--config", config, *overrides]).adapter_dir
+    extra = []
+    output_dir = Path(sft.output_dir)
+    if last_checkpoint(output_dir) is not None:
+        recorded = output_dir / "recipe_hash"
+        if recorded.is_file() and recorded.read_text().strip() == wanted:
+            log.info("resuming the interrupted run of this recipe in %s", output_dir)
+            extra = ["--resume", "true"]
+        else:  # checkpoints of another recipe: kept, but out of the way of this one
+            aside = output_dir.with_name(f"{output_dir.name}.superseded-{time.strftime('%Y%m%d-%H%M%S')}")
+            os.replace(output_dir, aside)
+            log.info("%s held checkpoints of another recipe: moved to %s", output_dir, aside)
+    return train(["--config", config, *overrides, *extra]).adapter_dir
 
 
 def cli(args, rest: list[str]) -> int:
@@ -525,6 +535,17 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------- MLflow
+
+
+def record_run(output_dir: Path, run_id: str, resolved: dict, recipe: str):
+    """Beside the checkpoints: the MLflow run they log to (a resumed run continues it), the resolved config, and
+    the recipe hash (ensure_adapter resumes checkpoints of the same recipe and moves others aside)."""
+    from medreason.io import atomic_write_text
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output_dir / "mlflow_run_id", run_id)
+    atomic_write_json(output_dir / "resolved_config.json", resolved)
+    atomic_write_text(output_dir / "recipe_hash", recipe)
 
 
 def _previous_run_id(output_dir: Path) -> str | None:

@@ -213,3 +213,18 @@ def test_recipe_hash_follows_the_continued_adapters_weights(tmp_path):
     assert run_recipe_hash(*parse_config(argv)) == first
     (sft / "adapter_model.safetensors").write_bytes(b"retrained weights")
     assert run_recipe_hash(*parse_config(argv)) != first
+
+
+def test_ensure_adapter_moves_checkpoints_of_another_recipe_aside(in_tmp, tiny_model_dir):
+    """The book retrains when a recipe changes; the old run's checkpoints would make train() refuse
+    ("already holds checkpoints"), and resuming them would mix two recipes: they are moved aside, not deleted."""
+    from medreason.train import ensure_adapter, last_checkpoint
+
+    overrides = tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no", "--save_steps", "1", steps=1)[2:]
+    ensure_adapter(str(RECIPE), overrides)
+    out = in_tmp / "out"
+    assert last_checkpoint(out) is not None and (out / "recipe_hash").is_file()
+    ensure_adapter(str(RECIPE), [*overrides, "--lora_r", "4"])
+    aside = sorted(in_tmp.glob("out.superseded-*"))
+    assert len(aside) == 1 and last_checkpoint(aside[0]) is not None
+    assert last_checkpoint(out) is not None  # the new recipe's own run
