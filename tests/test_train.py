@@ -488,8 +488,10 @@ def test_torchrun_two_processes_ddp_over_gloo(in_tmp, tiny_model_dir):
     assert [p.name for p in lora.iterdir()] == [tiny_model_dir.name]
     state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2
-    # 32 training rows, 2 per device: with 2 processes one step is 4 rows, 1/8 of an epoch (alone: 1/16)
-    assert state["log_history"][0]["epoch"] == pytest.approx(2 * 2 / 32)
+    # 2 rows per device: with 2 processes one step takes 4 rows of the training split, so an epoch is
+    # ceil(rows / 4) steps (alone it would be ceil(rows / 2))
+    rows = json.loads((lora / tiny_model_dir.name / "medreason.json").read_text())["data"]["rows"]["train"]
+    assert state["log_history"][0]["epoch"] == pytest.approx(1 / -(-rows // 4))
 
 
 # --------------------------------------------------------------------------------------------- bad input
