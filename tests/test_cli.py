@@ -2,19 +2,16 @@
 
 import subprocess
 import sys
-import time
 
 from medreason.cli import main
 from conftest import ROOT
 
 
-def test_help_lists_subcommands_fast():
-    start = time.time()
+def test_help_lists_subcommands():
+    """Help is fast because it imports nothing heavy (checked below); timings live in benchmarks/, not tests."""
     out = subprocess.run([sys.executable, "-m", "medreason", "--help"], capture_output=True, text=True, check=True)
-    elapsed = time.time() - start
     for cmd in ("doctor", "data", "train", "chat", "eval", "export"):
         assert cmd in out.stdout
-    assert elapsed < 2.0, f"--help took {elapsed:.2f}s"
 
 
 def test_help_imports_nothing_heavy():
