@@ -41,7 +41,7 @@ COMMON = ["--eval_strategy", "no", "--evaluate_test", "false", "--save_strategy"
 BASELINE = [
     # stock TRL: fp32 weights under bf16 autocast (ModelConfig's default dtype), TRL's own LM head
     "--precision", "bf16", "--dtype", "float32", "--lm_head", "fused",
-    "--gradient_checkpointing", "true", "--loss_type", "dft",
+    "--activation_checkpointing", "true", "--loss_type", "dft",
     "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
     "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--lora_r", "16", "--lora_alpha", "32",
     "--lora_dropout", "0.05", "--train_sampling_strategy", "random", "--learning_rate", "2e-5",
@@ -53,7 +53,7 @@ BASELINE = [
 ABLATION = [
     ("+ bf16 frozen weights", ["--dtype", "bfloat16"]),
     ("+ dense LM head", ["--lm_head", "dense"]),
-    ("+ no gradient checkpointing", ["--gradient_checkpointing", "false"]),
+    ("+ no gradient checkpointing", ["--activation_checkpointing", "false"]),
 ]
 
 
