@@ -19,6 +19,10 @@ fp32. The fp32 figure here is measured on this (bf16-capable) CPU: an AVX2-only 
 is slower still, without AVX-512. The goal line extrapolates to the whole bundled benchmark (base and adapter) from
 the fastest batch size: that is a projection from n questions, not a measurement.
 
+Beside the end-to-end figures it records what one decoding step costs (milliseconds, base and adapter, at
+--step-batch-sizes, default 1, 8 and 32: --step-tokens forced new tokens after the same prompts, KV cache, median of
+two runs). That is the floor under any batch plan: a batch that runs to the budget costs max_new_tokens steps.
+
 The adapter is lora_adapter/SmolLM2-135M-Instruct (the CPU recipe's, read-only) unless --adapter names another.
 Figures go to results/benchmarks/eval_throughput.json with the machine, versions, load average and command.
 """
@@ -51,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--dtypes", default="auto,float32", help="comma-separated: auto, bfloat16, float32")
+    p.add_argument("--step-batch-sizes", default="1,8,32", help="batch sizes of the decoding-step costs ('' skips)")
+    p.add_argument("--step-tokens", type=int, default=48, help="forced new tokens per decoding-step measurement")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args(argv)
@@ -75,6 +81,45 @@ def measure(session, items, batch_size: int, use_adapter: bool, max_new_tokens: 
             "extraction_rate": sum(r["extracted"] is not None for r in rows) / len(rows)}
 
 
+def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[dict]:
+    """Milliseconds per decoding step (after the prefill) for base and adapter, forced to `new_tokens` tokens."""
+    import statistics
+
+    import torch
+
+    from medreason.mcq import prompt_messages
+
+    tok = session.tokenizer
+    prompts = [tok.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
+                                       add_generation_prompt=True) for item in items]
+    rows = []
+    for b in batch_sizes:
+        chosen = (prompts * (b // len(prompts) + 1))[:b]  # more rows than questions: the questions again
+        side, tok.padding_side = tok.padding_side, "left"
+        try:
+            batch = tok(chosen, return_tensors="pt", padding=True, add_special_tokens=False).to(session.model.device)
+        finally:
+            tok.padding_side = side
+
+        def timed(n):
+            start = time.perf_counter()
+            with torch.inference_mode():
+                session.model.generate(**batch, do_sample=False, max_new_tokens=n, min_new_tokens=n,
+                                       pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+            return time.perf_counter() - start
+
+        for use_adapter in (False, True):
+            with session.adapter_off() if not use_adapter else nullcontext():
+                timed(2)  # warm-up
+                prefill = statistics.median(timed(1) for _ in range(2))
+                total = statistics.median(timed(new_tokens) for _ in range(2))
+            rows.append({"variant": "adapter" if use_adapter else "base", "batch_size": b,
+                         "prompt_tokens": int(batch["input_ids"].shape[1]),
+                         "ms_per_step": (total - prefill) / (new_tokens - 1) * 1000,
+                         "ms_per_step_per_row": (total - prefill) / (new_tokens - 1) * 1000 / b})
+    return rows
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
@@ -94,6 +139,7 @@ def main(argv=None) -> int:
               "command": "python " + shlex.join(sys.argv),
               "adapter": args.adapter, "settings": {"n": len(items), "max_new_tokens": args.max_new_tokens,
                                                     "batch_sizes": batch_sizes, "decoding": "greedy",
+                                                    "step_tokens": args.step_tokens,
                                                     "items": "stratified subset (seed 0) of the heldout split"},
               "load_average_before": load_average(), "runs": {}}
     for name in args.dtypes.split(","):
@@ -107,10 +153,13 @@ def main(argv=None) -> int:
                 results.append(measure(session, items, b, use_adapter, args.max_new_tokens))
                 report["runs"][name] = {"dtype": machine["dtype"], "results": results, "complete": False}
                 atomic_write_json(args.out, report)  # what is measured so far survives an interruption
+        steps = [int(b) for b in args.step_batch_sizes.split(",") if b.strip()]
+        step_rows = step_costs(session, items, steps, args.step_tokens) if steps else []
         best = max(batch_sizes, key=lambda b: sum(r["questions_per_minute"] for r in results if r["batch_size"] == b))
         whole = len(load_benchmark())
         minutes = sum(whole / r["questions_per_minute"] for r in results if r["batch_size"] == best)
         report["runs"][name] = {"dtype": machine["dtype"], "results": results, "complete": True,
+                                "decoding_step_ms": step_rows,
                                 "projection": {"items": whole, "variants": 2, "batch_size": best,
                                                "minutes": minutes, "goal_minutes": GOAL_MINUTES,
                                                "meets_goal": minutes <= GOAL_MINUTES}}
@@ -132,6 +181,9 @@ def print_table(report: dict):
         for r in run["results"]:
             print(f"{run['dtype']:<10}{r['variant']:<9}{r['batch_size']:>6}{r['questions_per_minute']:>8.1f}"
                   f"{r['generated_tokens_per_s']:>8.1f}{r['truncation_rate']:>11.2f}{r['extraction_rate']:>11.2f}")
+        for r in run.get("decoding_step_ms", []):
+            print(f"  decoding step, {r['variant']:<8} batch {r['batch_size']:>3}: {r['ms_per_step']:6.0f} ms "
+                  f"({r['ms_per_step_per_row']:.1f} ms per row)")
         p = run["projection"]
         print(f"  projection ({run['dtype']}): whole bundled benchmark ({p['items']} items), base + adapter at batch "
               f"{p['batch_size']}: {p['minutes']:.1f} min (goal {p['goal_minutes']} min)")

@@ -254,3 +254,48 @@ def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
     assert [(i.id, i.answer, i.context) for i in ynm] == [("21645374", "yes", "Background. Results."),
                                                            ("16418930", "maybe", "Methods.")]
     assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
+
+
+def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp):
+    """benchmarks/eval_throughput.py on the tiny model: every (dtype, batch, variant) figure, the decoding-step
+    costs, and a projection that follows from the figures, in one JSON file."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
+    spec = importlib.util.spec_from_file_location("eval_throughput_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = in_tmp / "eval_throughput.json"
+    assert bench.main(["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "4", "--batch-sizes", "1,2",
+                       "--dtypes", "float32", "--step-batch-sizes", "1,4", "--step-tokens", "3",
+                       "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    run = report["runs"]["float32"]
+    assert run["complete"] and run["dtype"] == "float32"
+    assert {(r["variant"], r["batch_size"]) for r in run["results"]} == {
+        (v, b) for v in ("base", "adapter") for b in (1, 2)}
+    for r in run["results"]:
+        assert r["n"] == 3 and r["questions_per_minute"] == pytest.approx(3 / r["seconds"] * 60)
+        assert 0 <= r["truncation_rate"] <= 1 and 0 <= r["extraction_rate"] <= 1
+    assert {(r["variant"], r["batch_size"]) for r in run["decoding_step_ms"]} == {
+        (v, b) for v in ("base", "adapter") for b in (1, 4)}
+    assert all(r["ms_per_step"] > 0 for r in run["decoding_step_ms"])
+    p = run["projection"]
+    best = [r for r in run["results"] if r["batch_size"] == p["batch_size"]]
+    assert p["minutes"] == pytest.approx(sum(p["items"] / r["questions_per_minute"] for r in best))
+    assert p["meets_goal"] == (p["minutes"] <= 10)
+    assert report["machine"]["cpu_count"] >= 1 and report["command"].startswith("python ")
+
+
+def test_eval_throughput_benchmark_needs_an_adapter(in_tmp, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
+    spec = importlib.util.spec_from_file_location("eval_throughput_bench", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--adapter", str(in_tmp / "missing"), "--out", str(in_tmp / "x.json")]) == 2
+    assert "is not an adapter folder" in capsys.readouterr().err
+    assert not (in_tmp / "x.json").exists()
