@@ -53,6 +53,35 @@ def tiny_model_dir(tmp_path_factory, smollm2_dir):
     return out
 
 
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_model_dir):
+    """A LoRA adapter for the tiny model, saved as `medreason train` saves one, without training: LoRA's B matrices
+    start random (init_lora_weights=False), so the adapter changes the model's outputs. One per test module, so a
+    module that damages its copy leaves the others' intact."""
+    import json
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medreason.adapter import ADAPTER_META
+    from medreason.config import DEFAULT_SYSTEM_PROMPT
+
+    out = tmp_path_factory.mktemp("lora") / "adapter"
+    torch.manual_seed(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            init_lora_weights=False))
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.save_pretrained(out)
+    meta = {"base_model": str(tiny_model_dir), "vocab_size": len(tokenizer), "template": "think",
+            "system_prompt": DEFAULT_SYSTEM_PROMPT, "dataset": "bundled", "run_name": "test", "metrics": {},
+            "config": {}}
+    (out / ADAPTER_META).write_text(json.dumps(meta, indent=2))
+    return out
+
+
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
     """Run in a temporary working directory (results/, lora_adapter/ and the MLflow store land there)."""

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from medreason.cli import main
-from medreason.config import DEFAULT_SYSTEM_PROMPT
 
 FIVE = [
     {"id": f"five-{i}", "question": q, "options": dict(zip("ABCDE", opts)), "answer": a, "specialty": s}
@@ -38,31 +37,6 @@ PUBMEDQA = [
          "Does early mobilisation shorten stays?", "maybe", "surgery"),
     ], 1)
 ]
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, tiny_model_dir):
-    """A LoRA adapter for the tiny model as `medreason train` saves one; random B matrices
-    (init_lora_weights=False), so the adapter changes what the model generates."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medreason.adapter import ADAPTER_META
-
-    out = tmp_path_factory.mktemp("eval-lora") / "adapter"
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.save_pretrained(out)
-    meta = {"base_model": str(tiny_model_dir), "vocab_size": len(tokenizer), "template": "think",
-            "system_prompt": DEFAULT_SYSTEM_PROMPT, "dataset": "bundled", "run_name": "test", "metrics": {},
-            "config": {}}
-    (out / ADAPTER_META).write_text(json.dumps(meta, indent=2))
-    return out
 
 
 @pytest.fixture
@@ -256,9 +230,8 @@ def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
     assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
 
 
-def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp):
-    """benchmarks/eval_throughput.py on the tiny model: every (dtype, batch, variant) figure, the decoding-step
-    costs, and a projection that follows from the figures, in one JSON file."""
+def _benchmark_module():
+    """benchmarks/eval_throughput.py, imported from its file (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
@@ -266,6 +239,13 @@ def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp)
     spec = importlib.util.spec_from_file_location("eval_throughput_bench", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp):
+    """benchmarks/eval_throughput.py on the tiny model: every (dtype, batch, variant) figure, the decoding-step
+    costs, and a projection that follows from the figures, in one JSON file."""
+    bench = _benchmark_module()
     out = in_tmp / "eval_throughput.json"
     assert bench.main(["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "4", "--batch-sizes", "1,2",
                        "--dtypes", "float32", "--step-batch-sizes", "1,4", "--step-tokens", "3",
@@ -289,13 +269,7 @@ def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp)
 
 
 def test_eval_throughput_benchmark_needs_an_adapter(in_tmp, capsys):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
-    spec = importlib.util.spec_from_file_location("eval_throughput_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_module()
     assert bench.main(["--adapter", str(in_tmp / "missing"), "--out", str(in_tmp / "x.json")]) == 2
     assert "is not an adapter folder" in capsys.readouterr().err
     assert not (in_tmp / "x.json").exists()

@@ -32,31 +32,6 @@ FIXED_PROMPT = "Question: What is the most common cause of anaemia worldwide?\nA
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, tiny_model_dir):
-    """A LoRA adapter for the tiny model, saved as `medreason train` saves one, without training: LoRA's
-    B matrices start random (init_lora_weights=False), so the adapter changes the model's outputs."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from medreason.adapter import ADAPTER_META
-
-    out = tmp_path_factory.mktemp("lora") / "adapter"
-    torch.manual_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tokenizer.save_pretrained(out)
-    meta = {"base_model": str(tiny_model_dir), "vocab_size": len(tokenizer), "template": "think",
-            "system_prompt": DEFAULT_SYSTEM_PROMPT, "dataset": "bundled", "run_name": "test",
-            "metrics": {}, "config": {}}
-    (out / ADAPTER_META).write_text(json.dumps(meta, indent=2))
-    return out
-
-
-@pytest.fixture(scope="module")
 def session(adapter_dir):
     """The tiny base model + the adapter, as `medreason chat --adapter` loads them."""
     return load_for_inference(str(adapter_dir))
