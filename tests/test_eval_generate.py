@@ -231,13 +231,13 @@ def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
     assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
 
 
-def _benchmark_module():
-    """benchmarks/eval_throughput.py, imported from its file (benchmarks/ is not a package)."""
+def _benchmark_module(name: str = "eval_throughput"):
+    """benchmarks/<name>.py, imported from its file (benchmarks/ is not a package)."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "eval_throughput.py"
-    spec = importlib.util.spec_from_file_location("eval_throughput_bench", script)
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     return bench
@@ -280,13 +280,7 @@ def test_eval_throughput_benchmark_needs_an_adapter(in_tmp, capsys):
 
 
 def test_continuous_batching_benchmark_runs_on_the_tiny_model(adapter_dir, in_tmp):
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "continuous_batching.py"
-    spec = importlib.util.spec_from_file_location("continuous_batching_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _benchmark_module("continuous_batching")
     out = in_tmp / "cb.json"
     assert bench.main(["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "3", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
