@@ -43,9 +43,9 @@ def main(argv=None) -> int:
     import torch
     from transformers import GenerationConfig
 
-    from medreason.evaluate import generate_outputs
+    from medreason.evaluate import generate_outputs, mcq_prompts
     from medreason.generate import load_for_inference
-    from medreason.mcq import bundled_split, prompt_messages, stratified_subset
+    from medreason.mcq import bundled_split, stratified_subset
 
     if not (Path(args.adapter) / "adapter_config.json").is_file():
         print(f"{args.adapter} is not an adapter folder: train the CPU recipe first "
@@ -54,9 +54,7 @@ def main(argv=None) -> int:
     session = load_for_inference(args.adapter)
     tok = session.tokenizer
     items = stratified_subset(bundled_split("heldout"), args.n, seed=0)
-    prompts = [tok.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
-                                       add_generation_prompt=True) for item in items]
-    ids = [tok(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+    ids = [tok(prompt, add_special_tokens=False)["input_ids"] for prompt in mcq_prompts(session, items)]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.pad_token_id)
     report = {"benchmark": "continuous_batching", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -87,7 +85,7 @@ def main(argv=None) -> int:
             "generated_tokens": sum(o["tokens"] for o in padded),
             "truncation_rate": sum(o["truncated"] for o in padded) / len(padded),
             "identical_answers": sum(a["output"] == b for a, b in zip(padded, texts))})
-    report["machine"] = {k: v for k, v in machine_info(session).items()}
+    report["machine"] = machine_info(session)
     report["load_average_after"] = load_average()
     atomic_write_json(args.out, report)
     print(f"{len(items)} questions, {args.max_new_tokens} new tokens, greedy, {report['machine']['dtype']}")

@@ -87,11 +87,10 @@ def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[
 
     import torch
 
-    from medreason.mcq import prompt_messages
+    from medreason.evaluate import mcq_prompts
 
     tok = session.tokenizer
-    prompts = [tok.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
-                                       add_generation_prompt=True) for item in items]
+    prompts = mcq_prompts(session, items)
     rows = []
     for b in batch_sizes:
         chosen = (prompts * (b // len(prompts) + 1))[:b]  # more rows than questions: the questions again

@@ -161,11 +161,7 @@ def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int =
     """{"output", "tokens", "truncated"} per item, in order: greedy, batched (similar prompt lengths together,
     left-padded, KV cache), answers already in the cache reused. The caller's adapter state is what runs:
     call it inside `session.adapter_off()` for the base model."""
-    from medreason.mcq import prompt_messages
-
-    tok = session.tokenizer
-    prompts = [tok.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
-                                       add_generation_prompt=True) for item in items]
+    prompts = mcq_prompts(session, items)
     keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
     store = GenerationCache(session, use_adapter, max_new_tokens, repetition_penalty) if cache else None
     done = store.load() if store else {}
@@ -180,6 +176,15 @@ def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int =
         if store:  # after every batch: an interrupted run resumes where it stopped
             store.save(done)
     return [done[k] for k in keys]
+
+
+def mcq_prompts(session, items) -> list[str]:
+    """Each item as generate mode prompts it: the adapter's system prompt and the question with its options,
+    through the chat template, ending with the assistant header."""
+    from medreason.mcq import prompt_messages
+
+    return [session.tokenizer.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
+                                                  add_generation_prompt=True) for item in items]
 
 
 def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[dict]:
