@@ -61,7 +61,7 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
     and eval_items.jsonl, log to MLflow. `mcq` is a benchmark file (default: the bundled benchmark's `split`,
     'heldout', 'pool' or 'all'); `limit` draws a stratified subset with `seed`."""
     from medreason.generate import load_for_inference
-    from medreason.mcq import chance, group_counts, stratified_subset
+    from medreason.mcq import SPLITS, bundled_split, chance, group_counts, stratified_subset, trivial_baselines
 
     # everything about the input fails here, before any model loads
     if mode not in MODES:
@@ -81,6 +81,9 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
     results = {"mode": mode, "base_model": session.base_model, "adapter": session.adapter, "benchmark": source,
                "n_mcq": len(items), "n_benchmark": len(all_items), "limit": limit, "seed": seed,
                "chance": chance(items), "groups": group_counts(items), "variants": {}}
+    # what needs no knowledge, from the benchmark file alone; the majority label comes from the other split
+    prior = bundled_split(next(s for s in SPLITS if s != split)) if mcq is None and split in SPLITS else None
+    results["baselines"] = trivial_baselines(items, prior=prior)
     if mode == "generate":
         results["settings"] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
                                "repetition_penalty": repetition_penalty,
@@ -104,7 +107,8 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
                 summary = {**summarize_loglik(scored), "test_loss": loss, "test_perplexity": math.exp(loss),
                            "tasks": scores}
         rows += scored
-        results["variants"][name] = summary
+        results["variants"][name] = {**summary, **against_baselines(scored, results["baselines"],
+                                                                     generate=mode == "generate")}
         log.info("%s: accuracy %.3f on %d items%s", name, summary["accuracy"], len(scored),
                  f", extraction rate {summary['extraction_rate']:.3f}" if mode == "generate" else "")
     if len(variants) == 2:
@@ -297,6 +301,27 @@ def summarize_generate(rows: list[dict], max_new_tokens: int) -> dict:
     }
 
 
+def against_baselines(rows: list[dict], baselines: dict, *, generate: bool) -> dict:
+    """Accuracy with its Wilson 95 % interval, and an exact binomial test against the best rule that needs no
+    knowledge (medreason.mcq.trivial_baselines); in generate mode also accuracy among the extracted answers with
+    its interval, which separates 'cannot state an answer' from 'states a wrong one'."""
+    from medreason.stats import against_rate, proportion_ci
+
+    right = sum(bool(r["correct"]) for r in rows)
+    best = baselines["best"]
+    out = {"accuracy_ci": proportion_ci(right, len(rows)),
+           "vs_best_baseline": {"rule": best["rule"], "baseline": best["accuracy"],
+                                "diff": right / len(rows) - best["accuracy"],
+                                "p_value": against_rate(right, len(rows), best["accuracy"])}}
+    if generate:
+        extracted = [r for r in rows if r["extracted"] is not None]
+        k = sum(bool(r["correct"]) for r in extracted)
+        out["accuracy_when_extracted_ci"] = proportion_ci(k, len(extracted)) if extracted else None
+        out["vs_best_baseline"]["when_extracted_p_value"] = (against_rate(k, len(extracted), best["accuracy"])
+                                                             if extracted else None)
+    return out
+
+
 def paired_figures(rows: list[dict]) -> dict:
     """Adapter minus base on the items both answered: difference, bootstrap interval, McNemar."""
     from medreason.stats import paired_comparison
@@ -483,6 +508,18 @@ def table(results: dict) -> str:
            else "log-likelihood" + (" with the chat template" if results["settings"].get("chat") else ""))
     lines.append(f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
                  f"{results['benchmark']}; {how}")
+    if "baselines" in results:
+        lines.append(baselines_line(results["baselines"]))
+        for name, v in results["variants"].items():
+            vs = v["vs_best_baseline"]
+            low, high = v["accuracy_ci"]
+            extra = "; no answer extracted" if generate and not v.get("accuracy_when_extracted_ci") else ""
+            if v.get("accuracy_when_extracted_ci"):
+                el, eh = v["accuracy_when_extracted_ci"]
+                extra = (f"; among extracted {v['accuracy_when_extracted']:.3f} (95% {el:.3f}-{eh:.3f}), "
+                         f"p = {vs['when_extracted_p_value']:.3g}")
+            lines.append(f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), "
+                         f"{vs['diff']:+.3f} vs the best baseline, exact binomial p = {vs['p_value']:.3g}{extra}")
     if "paired" in results:
         p = results["paired"]
         lines.append(f"adapter - base: {p['diff']:+.3f} (paired bootstrap 95% interval {p['ci_low']:+.3f} to "
@@ -495,6 +532,16 @@ def table(results: dict) -> str:
         accs = "".join(f"{results['variants'][v]['accuracy_by_group'][g]['accuracy']:>10.3f}" for v in names)
         lines.append(f"{g[:35]:<36}{n:>4}{accs}")
     return "\n".join(lines)
+
+
+def baselines_line(b: dict) -> str:
+    """The trivial baselines in one line, as `medreason eval` and the book print them."""
+    return (f"no-knowledge baselines: chance {b['chance']['accuracy']:.3f}, majority label "
+            f"{b['majority_label']['label']} {b['majority_label']['accuracy']:.3f} (label from "
+            f"{b['majority_label']['label_from']}), best same label {b['same_label']['label']} "
+            f"{b['same_label']['accuracy']:.3f} (chosen after seeing the answers), longest option "
+            f"{b['longest_option']['accuracy']:.3f}; best: {b['best']['rule'].replace('_', ' ')} "
+            f"{b['best']['accuracy']:.3f}")
 
 
 def _log_mlflow(results: dict, run: str, items_path: Path):
@@ -512,6 +559,8 @@ def _log_mlflow(results: dict, run: str, items_path: Path):
                     "benchmark": results["benchmark"], "n_mcq": results["n_mcq"], "limit": results["limit"],
                     "seed": results["seed"], **{k: v for k, v in results["settings"].items() if k != "system_prompt"}})
         metrics = {"chance": results["chance"]}
+        for rule in ("majority_label", "same_label", "longest_option", "best"):
+            metrics[f"baseline_{rule}"] = results["baselines"][rule]["accuracy"]
         for name, v in results["variants"].items():
             for k in ("accuracy", "extraction_rate", "accuracy_when_extracted", "tokens_median", "tokens_p95",
                       "truncation_rate", "test_loss", "test_perplexity"):

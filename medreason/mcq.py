@@ -1,6 +1,7 @@
 """Multiple-choice benchmarks with 2 to 10 options: load any exam file, draw stratified subsets, build the prompt.
 
     from medreason.mcq import load_benchmark, bundled_split, stratified_subset, prompt_messages, chance
+    trivial_baselines(heldout, prior=bundled_split("pool"))   # majority label, same letter, longest option
     items = load_benchmark("my_exam.jsonl")            # JSONL, JSON, CSV or Parquet; None = the bundled benchmark
     heldout = bundled_split("heldout")                 # the bundled items no training step sees
     subset = stratified_subset(heldout, 48, seed=0)    # every group in proportion, never "the first 48"
@@ -265,6 +266,45 @@ def chance(items: list[MCQItem]) -> float:
     if not items:
         return float("nan")
     return sum(item.chance for item in items) / len(items)
+
+
+def trivial_baselines(items: list[MCQItem], prior: list[MCQItem] | None = None) -> dict:
+    """Accuracy on `items` of rules that need no medical knowledge, computed from the benchmark file alone: what
+    any accuracy has to beat before it says the model knows something.
+
+    - chance: guessing uniformly, 1/k per item, averaged;
+    - majority_label: always answer the label most often correct in `prior` (the benchmark's other split, e.g.
+      the pool when scoring heldout, as a majority-class baseline learns from training labels); without a prior,
+      the most common label among `items` themselves (then it is the same as the best same label);
+    - same_label: always answer one label (A, or "yes"), for each label, and the best of them: an oracle upper
+      bound on every constant answer, since it picks the label after seeing the answers;
+    - longest_option: answer the option with the most characters (a known cue of hand-written items: the right
+      answer is often the most qualified); ties share the credit (1/t when the answer is one of t tied options).
+    `best` names the highest of these rules, chance included (a tie goes to the one listed first)."""
+    if not items:
+        raise ValueError("no items")
+    n = len(items)
+    labels = list(dict.fromkeys(label for item in items for label in item.options))
+    same = {label: sum(item.answer == label for item in items) / n for label in labels}
+    best_label = max(labels, key=lambda label: (same[label], -labels.index(label)))
+    counts = Counter(item.answer for item in (prior or items))
+    top = max(counts.values())
+    majority = next(label for label in (labels + list(counts)) if counts.get(label) == top)
+    longest = 0.0
+    for item in items:
+        size = max(len(text) for text in item.options.values())
+        tied = [label for label, text in item.options.items() if len(text) == size]
+        longest += (item.answer in tied) / len(tied)
+    rules = {
+        "chance": {"accuracy": chance(items)},
+        "majority_label": {"label": majority, "accuracy": sum(item.answer == majority for item in items) / n,
+                           "label_from": f"{len(prior)} other items of the benchmark" if prior else
+                           "the scored items themselves"},
+        "same_label": {"label": best_label, "accuracy": same[best_label], "by_label": same},
+        "longest_option": {"accuracy": longest / n},
+    }
+    best = max(rules, key=lambda name: rules[name]["accuracy"])
+    return {"n": n, **rules, "best": {"rule": best, "accuracy": rules[best]["accuracy"]}}
 
 
 def group_counts(items: list[MCQItem]) -> dict[str, int]:

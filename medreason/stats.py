@@ -58,6 +58,46 @@ def paired_bootstrap_ci(a_correct: Sequence[bool], b_correct: Sequence[bool], *,
     return float(low), float(high)
 
 
+def proportion_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (good at small n and near 0 or 1, unlike k/n +- 1.96 se)."""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan"), float("nan")
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return float(ci.low), float(ci.high)
+
+
+def against_rate(k: int, n: int, rate: float) -> float:
+    """Exact two-sided binomial p-value of k right out of n against a fixed accuracy `rate` (a baseline that
+    needs no knowledge): is the model distinguishable from that rule at all?"""
+    from scipy.stats import binomtest
+
+    if n == 0:
+        return float("nan")
+    return float(binomtest(k, n, min(max(rate, 0.0), 1.0)).pvalue)
+
+
+def trend(values: Sequence[float], *, level: float = 0.95) -> dict:
+    """Least-squares slope of `values` against their index (a training curve, one point per step) with its t
+    interval, and a verdict: 'rising' or 'falling' when the interval excludes zero, else 'flat'. Steps of an RL run
+    are noisy and autocorrelated; the interval assumes independent residuals, so read a borderline verdict as
+    borderline."""
+    import numpy as np
+    from scipy import stats as st
+
+    y = np.asarray(values, dtype=float)
+    if len(y) < 3:
+        raise ValueError(f"a trend needs at least 3 points, got {len(y)}")
+    fit = st.linregress(np.arange(len(y)), y)
+    half = float(st.t.ppf(0.5 + level / 2, len(y) - 2) * fit.stderr)
+    low, high = float(fit.slope) - half, float(fit.slope) + half
+    verdict = "rising" if low > 0 else "falling" if high < 0 else "flat"
+    return {"n": len(y), "slope": float(fit.slope), "ci_low": low, "ci_high": high, "ci_level": level,
+            "p_value": float(fit.pvalue), "first_half_mean": float(y[:len(y) // 2].mean()),
+            "second_half_mean": float(y[len(y) // 2:].mean()), "verdict": verdict}
+
+
 def accuracy_by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, dict]:
     """{group: {"n", "correct", "accuracy"}}, groups sorted by name."""
     if len(groups) != len(correct):

@@ -79,6 +79,20 @@ def test_generate_mode_end_to_end(adapter_dir, files, in_tmp, capsys, name, n, c
         assert r["truncated"] == (r["tokens"] == 6)  # no end-of-turn token within the budget
     by_variant = {v: [r["output"] for r in rows if r["variant"] == v] for v in ("base", "adapter")}
     assert by_variant["base"] != by_variant["adapter"]  # the adapter is really off for the base variant
+    # every accuracy is read against the no-knowledge baselines of the file, printed and recorded
+    from medreason.mcq import load_benchmark, trivial_baselines
+
+    assert "no-knowledge baselines" in out and "vs the best baseline" in out
+    assert "among extracted" in out or "no answer extracted" in out
+    assert report["baselines"] == json.loads(json.dumps(trivial_baselines(load_benchmark(files[name]))))
+    for name_, v in report["variants"].items():
+        mine = [r for r in rows if r["variant"] == name_]
+        low, high = v["accuracy_ci"]
+        assert low <= v["accuracy"] <= high
+        assert v["vs_best_baseline"]["diff"] == pytest.approx(v["accuracy"] - report["baselines"]["best"]["accuracy"])
+        if any(r["extracted"] for r in mine):
+            low, high = v["accuracy_when_extracted_ci"]
+            assert low <= v["accuracy_when_extracted"] <= high
 
 
 def test_base_variant_is_the_plain_base_model(adapter_dir, tiny_model_dir, files):
@@ -144,6 +158,7 @@ def test_loglik_mode_any_option_count(adapter_dir, files, in_tmp, capsys):
         mine = [r["correct"] for r in rows if r["variant"] == name]
         assert v["accuracy"] == pytest.approx(sum(mine) / 4) == pytest.approx(v["tasks"]["medreason_mcq"]["acc"])
         assert v["test_loss"] > 0
+        assert "accuracy_when_extracted_ci" not in v and v["vs_best_baseline"]["rule"] in report["baselines"]
 
 
 def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):

@@ -157,3 +157,50 @@ def test_prompt_lists_the_options(tmp_path):
     assert user[0]["content"] == (
         f"Context: {PUBMEDQA['context']}\n\nQuestion: {PUBMEDQA['question']}\n\nOptions: yes / no / maybe\n\n"
         'Think it through, then end with "The answer is X", where X is one of yes, no, maybe.')
+
+
+# --------------------------------------------------------------------------------------------- trivial baselines
+# A worked example, computed by hand. Four items:
+#   1. answer A; options A "a" (1 char), B "bbbb" (4), C "cc", D "d"            -> longest is B alone (wrong)
+#   2. answer B; options A "x", B "yyyyy" (5), C "zz", D "w"                     -> longest is B alone (right: 1)
+#   3. answer C; options A "pp", B "qq", C "rr", D "ss"                           -> four-way tie, answer among them: 1/4
+#   4. answer B; options A "mmm", B "nnn", C "o", D "p"                           -> tie A/B, answer among them: 1/2
+# longest option = (0 + 1 + 1/4 + 1/2) / 4 = 0.4375. Answers A, B, C, B: always B scores 2/4 = 0.5, A and C 0.25,
+# D 0; the best same label is B (0.5). With a prior whose answers are mostly D, the majority label is D: 0 here.
+BASELINE_ITEMS = [
+    mcq.MCQItem("1", "q1", {"A": "a", "B": "bbbb", "C": "cc", "D": "d"}, "A"),
+    mcq.MCQItem("2", "q2", {"A": "x", "B": "yyyyy", "C": "zz", "D": "w"}, "B"),
+    mcq.MCQItem("3", "q3", {"A": "pp", "B": "qq", "C": "rr", "D": "ss"}, "C"),
+    mcq.MCQItem("4", "q4", {"A": "mmm", "B": "nnn", "C": "o", "D": "p"}, "B"),
+]
+
+
+def test_trivial_baselines_worked_example():
+    b = mcq.trivial_baselines(BASELINE_ITEMS)
+    assert b["chance"]["accuracy"] == pytest.approx(0.25)
+    assert b["longest_option"]["accuracy"] == pytest.approx(0.4375)
+    assert b["same_label"]["by_label"] == {"A": 0.25, "B": 0.5, "C": 0.25, "D": 0.0}
+    assert b["same_label"]["label"] == "B" and b["same_label"]["accuracy"] == 0.5
+    # no prior: the majority of the scored items themselves, the same as the best same label
+    assert b["majority_label"]["label"] == "B" and b["majority_label"]["accuracy"] == 0.5
+    # a tie goes to the rule listed first (the majority label needs no look at the answers)
+    assert b["best"] == {"rule": "majority_label", "accuracy": 0.5}
+
+
+def test_majority_label_comes_from_the_prior_when_given():
+    prior = [mcq.MCQItem(str(i), "q", {"A": "a", "B": "b", "C": "c", "D": "d"}, "D") for i in range(3)]
+    b = mcq.trivial_baselines(BASELINE_ITEMS, prior=prior)
+    assert b["majority_label"]["label"] == "D" and b["majority_label"]["accuracy"] == 0.0
+    assert "3 other items" in b["majority_label"]["label_from"]
+
+
+def test_trivial_baselines_free_labels_and_the_bundled_heldout_split():
+    ynm = [mcq.MCQItem(str(i), "q", {"yes": "yes", "no": "no", "maybe": "maybe"}, a)
+           for i, a in enumerate(["yes", "yes", "no", "maybe"])]
+    b = mcq.trivial_baselines(ynm)
+    assert b["same_label"]["label"] == "yes" and b["same_label"]["accuracy"] == 0.5
+    assert b["longest_option"]["accuracy"] == 0.25  # "maybe" is the longest label, right once
+    # the bundled heldout split: letters balanced (best same letter 32/126), the longest option a real cue
+    held = mcq.trivial_baselines(mcq.bundled_split("heldout"), prior=mcq.bundled_split("pool"))
+    assert held["same_label"]["accuracy"] == pytest.approx(32 / 126)
+    assert held["best"]["rule"] == "longest_option" and held["best"]["accuracy"] > 0.3

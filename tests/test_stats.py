@@ -69,3 +69,33 @@ def test_bad_inputs():
         paired_comparison([], [])
     with pytest.raises(ValueError, match="results"):
         accuracy_by_group(["a"], [1, 0])
+
+
+def test_wilson_interval_and_binomial_test_against_a_rate():
+    from medreason.stats import against_rate, proportion_ci
+
+    # Wilson 95 % interval of 7/10, by the formula: centre (7 + 1.96**2/2) / (10 + 1.96**2), half-width
+    # 1.96 * sqrt(7*3/10 + 1.96**2/4) / (10 + 1.96**2)
+    z = 1.959963984540054
+    centre = (7 + z * z / 2) / (10 + z * z)
+    half = z * ((7 * 3 / 10 + z * z / 4) ** 0.5) / (10 + z * z)
+    assert proportion_ci(7, 10) == pytest.approx((centre - half, centre + half))
+    # 10 of 10 against a rate of 1/2: two-sided exact p = 2 * 0.5**10
+    assert against_rate(10, 10, 0.5) == pytest.approx(2 / 1024)
+    assert against_rate(5, 10, 0.5) == pytest.approx(1.0)
+
+
+def test_trend_slope_interval_and_verdict():
+    from medreason.stats import trend
+
+    # y = 2x exactly: slope 2, a zero-width interval, rising
+    up = trend([0, 2, 4, 6, 8])
+    assert up["slope"] == pytest.approx(2) and up["ci_low"] == pytest.approx(2) and up["verdict"] == "rising"
+    assert trend([8, 6, 4, 2, 0])["verdict"] == "falling"
+    # symmetric noise around a constant: slope 0, interval around it, flat
+    flat = trend([1, 0, 1, 0, 1, 0, 1, 0])
+    assert flat["ci_low"] < 0 < flat["ci_high"] and flat["verdict"] == "flat"
+    # by hand: x = 0..3, y = [0, 1, 1, 2]: slope = sum((x-1.5)(y-1)) / sum((x-1.5)^2) = 3 / 5 = 0.6
+    assert trend([0, 1, 1, 2])["slope"] == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        trend([1, 2])
