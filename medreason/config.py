@@ -38,8 +38,10 @@ class MedreasonArgs:
 
     dataset: str = field(
         default="bundled",
-        metadata={"help": "'bundled' (the corpus shipped with medreason), a Hub dataset id, or a local "
-                  "JSON/JSONL/CSV/Parquet file with Question, Complex_CoT and Response columns."},
+        metadata={"help": "'bundled' (the open-ended corpus shipped with medreason), 'bundled-mcq' (the shipped "
+                  "multiple-choice items with short reasoning, prompted as evaluation prompts them), a Hub dataset "
+                  "id, or a local JSON/JSONL/CSV/Parquet file with Question, Complex_CoT and Response columns "
+                  "(or question, options, answer and reasoning)."},
     )
     dataset_config: str = field(default="en", metadata={"help": "Hub dataset configuration name."})
     max_examples: int | None = field(

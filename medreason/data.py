@@ -7,8 +7,9 @@
 
 Rows follow the schema of FreedomIntelligence/medical-o1-reasoning-SFT: `Question`, `Complex_CoT`,
 `Response` (plus an optional `specialty`). Sources: 'bundled' (the corpus shipped in
-medreason/resources, original teaching material), a Hub dataset id (when the Hub is reachable), or a
-local JSON/JSONL/CSV/Parquet file.
+medreason/resources, original teaching material), 'bundled-mcq' (the shipped multiple-choice items with short
+worked reasoning, rendered as the evaluation prompts them: the CPU curriculum's SFT set), a Hub dataset id (when
+the Hub is reachable), or a local JSON/JSONL/CSV/Parquet file (medical-o1 rows, or MCQ rows with `reasoning`).
 
 The split ranks rows by a hash of the normalised question, so it does not depend on row order. Exact and near duplicates (MinHash over word 3-grams) are
 removed before splitting, and every split is checked against the MCQ benchmark for contamination.
@@ -42,6 +43,9 @@ MAX_CHARS = {"Question": 8_000, "Complex_CoT": 40_000, "Response": 12_000}
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 NEAR_DUP_THRESHOLD = 0.8  # Jaccard similarity of word 3-grams
 MCQ_LETTERS = ("A", "B", "C", "D")
+# The CPU curriculum's SFT set: multiple-choice items with short worked reasoning (see DATASHEET.md)
+BUNDLED_MCQ = "bundled-mcq"
+MCQ_REASONING_FILE = "mcq_reasoning.jsonl"
 
 
 @dataclass
@@ -120,9 +124,12 @@ def read_rows(dataset: str, dataset_config: str = "en") -> tuple[list, str, dict
     if dataset == "bundled":
         path = bundled_path("corpus.jsonl")
         return read_file(path), "bundled corpus", _file_source("bundled", path)
+    if dataset == BUNDLED_MCQ:
+        path = bundled_path(MCQ_REASONING_FILE)
+        return mcq_reasoning_rows(path), "bundled MCQ reasoning set", _file_source("bundled", path)
     path = Path(dataset).expanduser()
     if path.suffix.lower() in READERS or path.exists():
-        return read_file(path), str(path), _file_source("file", path)
+        return as_sft_rows(path, read_file(path)), str(path), _file_source("file", path)
     from medreason.models import hub_reachable
 
     if not hub_reachable():
@@ -231,6 +238,33 @@ def _text(path: Path) -> str:
 READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
+def as_sft_rows(path: Path, rows: list) -> list:
+    """Rows of the medical-o1 schema as they are; a file of MCQ items with `reasoning` (its first row has
+    `options` and `reasoning`) converted by mcq_reasoning_rows."""
+    if rows and isinstance(rows[0], dict) and {"options", "reasoning"} <= set(rows[0]):
+        return mcq_reasoning_rows(path, rows)
+    return rows
+
+
+def mcq_reasoning_rows(path: Path, rows: list | None = None) -> list[dict]:
+    """Multiple-choice items with a short worked reasoning (`question`, `options`, `answer`, `reasoning`, and
+    optional `specialty`, `id`) as rows of the medical-o1 schema, so that SFT teaches exactly what generate-mode
+    evaluation asks for: `Question` is the user message that evaluation and GRPO send (medreason.mcq.prompt_messages:
+    the question, its options and "end with The answer is X"), `Complex_CoT` the reasoning, and `Response`
+    "The answer is X." `stem` keeps the bare question for the contamination check. A bad row is a UserError naming it."""
+    from medreason.mcq import parse_row, prompt_messages
+
+    out = []
+    for n, row in enumerate(read_file(path) if rows is None else rows, 1):
+        item = parse_row(row, n, path)
+        reasoning = row.get("reasoning")
+        if not isinstance(reasoning, str) or not reasoning.strip():
+            raise UserError(f'{path} row {n}: field "reasoning" is {"missing" if reasoning is None else "empty"}')
+        out.append({"Question": prompt_messages(item, None)[0]["content"], "Complex_CoT": reasoning.strip(),
+                    "Response": f"The answer is {item.answer}.", "specialty": item.group, "stem": item.question})
+    return out
+
+
 @dataclass
 class _Unparseable:
     line: int
@@ -254,6 +288,8 @@ def validate_rows(rows: list, origin: str) -> tuple[list[dict], list[RowError]]:
         else:
             clean = {k: row[k].strip() for k in FIELDS}
             clean["specialty"] = str(row.get("specialty") or "unspecified").strip()
+            if isinstance(row.get("stem"), str):  # the bare question of an MCQ reasoning row (mcq_reasoning_rows)
+                clean["stem"] = row["stem"]
             good.append(clean)
     return good, errors
 
@@ -381,8 +417,9 @@ def contamination(parts: dict[str, list[dict]], mcq: list[dict], threshold: floa
     hits = []
     for name, rows in parts.items():
         for row in rows:
-            for mid in lsh.query(_minhash(row["Question"])):
-                if _jaccard(row["Question"], by_id[mid]["question"]) >= threshold:
+            question = row.get("stem") or row["Question"]  # an MCQ row's question without its options
+            for mid in lsh.query(_minhash(question)):
+                if _jaccard(question, by_id[mid]["question"]) >= threshold:
                     hits.append((name, mid))
     return hits
 
@@ -523,7 +560,7 @@ def cli_stats(args) -> int:
 
 def cli_validate(args) -> int:
     path = Path(args.file)
-    rows = read_file(path)
+    rows = as_sft_rows(path, read_file(path))
     good, errors = validate_rows(rows, str(path))
     for e in errors:
         print(e)

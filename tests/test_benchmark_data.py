@@ -38,6 +38,13 @@ def corpus_rows():
     return rows
 
 
+@pytest.fixture(scope="module")
+def mcq_sft_rows():
+    """The CPU curriculum's SFT set (bundled-mcq) as the pipeline reads it; `stem` is the bare question."""
+    rows, _ = data.load_clean_rows(data.BUNDLED_MCQ)
+    return rows
+
+
 def _letters(items) -> Counter:
     return Counter(m["answer"] for m in items)
 
@@ -127,6 +134,29 @@ def test_sft_corpus_does_not_overlap_pool_or_heldout(corpus_rows, parts):
     assert data.contamination(sft, parts["heldout"]) == []
 
 
+def test_mcq_reasoning_set_does_not_overlap_pool_or_heldout(mcq_sft_rows, parts):
+    """The SFT curriculum's multiple-choice items are new questions: none is a benchmark question, in any of the
+    pipeline's train/validation/test splits."""
+    sft = data.split_rows(mcq_sft_rows)
+    assert sum(map(len, sft.values())) == len(mcq_sft_rows) and all("stem" in r for r in mcq_sft_rows)
+    assert data.contamination(sft, parts["pool"]) == []
+    assert data.contamination(sft, parts["heldout"]) == []
+    # and the check reads the bare question: a heldout question copied in with its options is caught
+    leaked = dict(mcq_sft_rows[0], stem=parts["heldout"][3]["question"])
+    assert data.contamination({"train": [leaked]}, parts["heldout"]) == [("train", parts["heldout"][3]["id"])]
+
+
+def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
+    """An SFT item may share a correct answer with a heldout item (a common drug or diagnosis) only when the
+    questions have little in common: it must not teach the answer to that heldout question."""
+    from medreason.mcq import load_benchmark
+
+    for item in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE)):
+        for m in parts["heldout"]:
+            if data.normalize(m["options"][m["answer"]]) == data.normalize(item.options[item.answer]):
+                assert data._jaccard(item.question, m["question"]) < 0.2, (item.id, m["id"])
+
+
 def test_pool_does_not_overlap_heldout(parts):
     assert data.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"]) == []
 
@@ -137,9 +167,10 @@ def test_the_overlap_check_would_catch_a_leak(parts):
     assert data.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"] + [leaked]) == [("pool", "leaked")]
 
 
-def test_no_exact_normalised_question_is_shared(corpus_rows, parts):
+def test_no_exact_normalised_question_is_shared(corpus_rows, mcq_sft_rows, parts):
     texts = {
         "corpus": {data.normalize(r["Question"]) for r in corpus_rows},
+        "mcq_sft": {data.normalize(r["stem"]) for r in mcq_sft_rows},
         **{name: {data.normalize(m["question"]) for m in items} for name, items in parts.items()},
     }
     assert len(texts["pool"]) == len(parts["pool"]) and len(texts["heldout"]) == len(parts["heldout"])
@@ -148,11 +179,12 @@ def test_no_exact_normalised_question_is_shared(corpus_rows, parts):
 
 
 @pytest.fixture(scope="module")
-def highest_similarity(corpus_rows, parts) -> dict[str, float]:
+def highest_similarity(corpus_rows, mcq_sft_rows, parts) -> dict[str, float]:
     """The highest word-3-gram Jaccard similarity between any two questions of two different sets, for each
     pair of sets, computed over every pair of questions (no LSH)."""
     shingled = {
         "corpus": [data._shingles(r["Question"]) for r in corpus_rows],
+        "mcq_sft": [data._shingles(r["stem"]) for r in mcq_sft_rows],
         **{name: [data._shingles(m["question"]) for m in items] for name, items in parts.items()},
     }
     return {f"{a}/{b}": max(len(sa & sb) / max(1, len(sa | sb)) for sa in shingled[a] for sb in shingled[b])
@@ -162,7 +194,8 @@ def highest_similarity(corpus_rows, parts) -> dict[str, float]:
 def test_no_pair_reaches_the_contamination_threshold_exhaustively(highest_similarity, parts):
     """contamination() finds candidates with MinHash LSH; this checks every pair across the three sets with the
     exact word-3-gram Jaccard, so a pair LSH happened to miss would still fail here."""
-    assert set(highest_similarity) == {"corpus/pool", "corpus/heldout", "pool/heldout"}
+    assert set(highest_similarity) == {"corpus/mcq_sft", "corpus/pool", "corpus/heldout", "mcq_sft/pool",
+                                       "mcq_sft/heldout", "pool/heldout"}
     assert all(j < 0.5 for j in highest_similarity.values()), highest_similarity
     one = parts["pool"][0]["question"]
     assert data._jaccard(one, one) == 1.0  # the measure reaches 1 on identical text, so the maxima mean something
