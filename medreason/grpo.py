@@ -105,6 +105,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
                 "recipe_hash": recipe,
                 "model": model_source,
                 "metrics": metrics,
+                "signal": signal_summary(trainer.state.log_history),
                 "config": resolved,
             }
             adapter_dir = save_adapter(policy, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
@@ -254,3 +255,31 @@ def final_metrics(log_history: list[dict]) -> dict[str, float]:
             metrics[f"mean_{key.replace('/', '_')}"] = sum(values) / len(values)
             metrics[f"last_{key.replace('/', '_')}"] = float(values[-1])
     return metrics
+
+
+SERIES = {"reward": "reward", "correctness": "rewards/correctness_reward/mean", "format": "rewards/format_reward/mean",
+          "kl": "kl", "truncated": "completions/clipped_ratio", "mean_length": "completions/mean_length"}
+
+
+def signal_summary(log_history: list[dict]) -> dict:
+    """What the run had to learn from: per step, the rewards, the share of groups whose completions did not all
+    earn the same reward (`groups_with_signal` = 1 - TRL's `frac_reward_zero_std`: a group with one reward for all
+    its completions has zero advantages and teaches nothing), the KL to the reference and the share of completions
+    cut at max_completion_length; over the run, their means and the trend of the reward with a 95 % interval
+    (medreason.stats.trend: rising, flat or falling)."""
+    from medreason.stats import trend
+
+    steps = [h for h in log_history if "reward" in h]
+    per_step = {name: [float(h[key]) for h in steps if key in h] for name, key in SERIES.items()}
+    per_step["groups_with_signal"] = [1.0 - float(h["frac_reward_zero_std"]) for h in steps
+                                      if "frac_reward_zero_std" in h]
+    per_step["step"] = [int(h.get("step", i + 1)) for i, h in enumerate(steps)]
+    out = {"steps": len(steps), "per_step": per_step}
+    for name in ("groups_with_signal", "truncated", "correctness", "format", "reward", "kl"):
+        if per_step[name]:
+            out[f"mean_{name}"] = sum(per_step[name]) / len(per_step[name])
+    for name in ("reward", "correctness"):
+        if len(per_step[name]) >= 3:
+            out[f"{name}_trend"] = trend(per_step[name])
+    return out
+
