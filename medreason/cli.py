@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 
 from medreason.config import TEMPLATES
 from medreason.errors import Terminated, UserError
+from medreason.progress import ENV as PROGRESS_ENV
 
 log = logging.getLogger("medreason")
 
@@ -30,6 +32,17 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     if debug:
         argv.remove("--debug")
+    if "--quiet" in argv:  # progress as log lines every 10 %, not bars (medreason.progress), for this call only
+        argv.remove("--quiet")
+        before = os.environ.get(PROGRESS_ENV)
+        os.environ[PROGRESS_ENV] = "lines"
+        try:
+            return main(argv + (["--debug"] if debug else []))
+        finally:
+            if before is None:
+                os.environ.pop(PROGRESS_ENV, None)
+            else:
+                os.environ[PROGRESS_ENV] = before
     parser = build_parser()
     setup_logging(debug)
     try:
@@ -87,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="medreason",
         description="Fine-tune small language models for medical reasoning with TRL and LoRA "
         "(for teaching; not for clinical use).",
-        epilog="Add --debug to any command to see a traceback on errors.",
+        epilog="Add --debug to any command to see a traceback on errors, --quiet for progress as a log line every "
+        "10 %% instead of bars (also MEDREASON_PROGRESS=lines|off).",
     )
     sub = p.add_subparsers(title="commands", metavar="COMMAND")
 

@@ -285,11 +285,13 @@ def flop_per_token_param(lora: bool, checkpointing: bool) -> int:
     return FLOP_PER_TOKEN["lora" if lora else "full"] + (RECOMPUTE_FLOP if checkpointing else 0)
 
 
-def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float, world_sizes=(1,),
+def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float | dict[str, float],
+                        world_sizes=(1,),
                         model_params: dict[str, float] | None = None, cpu_tokens_per_second: float | None = None,
                         gpu_flops: float = 100e12):
     """Optimizer steps, sequences and tokens per SFT recipe and number of processes, from each recipe's batch
-    settings and the training-set size of its dataset (`train_rows`: dataset -> rows). With `model_params`
+    settings and the training-set size of its dataset (`train_rows`: dataset -> rows), and the mean tokens per
+    example (one figure, or dataset -> figure like `train_rows`). With `model_params`
     (model name -> parameters): training compute, `flop_per_token_param` (4N for LoRA, 6N with the recipe's
     gradient checkpointing) times tokens, and the time that takes at `gpu_flops` per GPU, a lower bound
     (perfect scaling over `processes` GPUs). With `cpu_tokens_per_second` (measured): the time on that CPU,
@@ -305,6 +307,8 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
             continue
         name = model.model_name_or_path.rstrip("/").split("/")[-1]
         n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
+        per_example = (tokens_per_example.get(args.dataset, tokens_per_example.get("bundled"))
+                       if isinstance(tokens_per_example, dict) else tokens_per_example)
         n_params = (model_params or {}).get(name)
         per_token = flop_per_token_param(bool(model.use_peft), bool(sft.gradient_checkpointing))
         for world in world_sizes:
@@ -313,7 +317,7 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
                 steps = sft.max_steps
             else:
                 steps = math.ceil(math.ceil(n_train / per_step) * sft.num_train_epochs)
-            tokens = steps * per_step * min(tokens_per_example, sft.max_length or tokens_per_example)
+            tokens = steps * per_step * min(per_example, sft.max_length or per_example)
             row = {"recipe": Path(path).name, "dataset": args.dataset.split("/")[-1], "processes": world,
                    "train rows": n_train, "sequences / step": per_step, "optimizer steps": steps,
                    "epochs": round(steps * per_step / n_train, 2), "tokens (M)": round(tokens / 1e6, 2)}

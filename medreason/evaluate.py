@@ -39,6 +39,7 @@ from pathlib import Path
 
 from medreason.errors import UserError
 from medreason.io import atomic_open, atomic_write_json
+from medreason.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -172,13 +173,15 @@ def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int =
     todo = sorted({i for i, k in enumerate(keys) if k not in done}, key=lambda i: len(prompts[i]))
     if len(todo) < len(items):
         log.info("%d of %d answers from the cache %s", len(items) - len(todo), len(items), store.path)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        for i, out in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens,
-                                                repetition_penalty)):
-            done[keys[i]] = {**out, "batch_size": len(chunk)}
-        if store:  # after every batch: an interrupted run resumes where it stopped
-            store.save(done)
+    with progress(total=len(todo), desc=f"generate ({'adapter' if use_adapter else 'base'})", unit="q") as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            for i, out in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens,
+                                                    repetition_penalty)):
+                done[keys[i]] = {**out, "batch_size": len(chunk)}
+            if store:  # after every batch: an interrupted run resumes where it stopped
+                store.save(done)
+            bar.update(len(chunk))
     return [done[k] for k in keys]
 
 
@@ -361,9 +364,10 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     # inside disable_adapter())
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     decoder, head = base.base_model, base.get_output_embeddings()
-    with torch.inference_mode():
+    with torch.inference_mode(), progress(total=len(examples), desc="held-out loss", unit="ex") as bar:
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
+            bar.update(len(chunk))
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)

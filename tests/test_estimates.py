@@ -147,6 +147,11 @@ def test_recipe_tables_cover_every_shipped_recipe():
     assert names == {name for name in table.columns if table.loc["trainer", name] == "sft"}
     assert steps.loc[("qwen2.5-0.5b-qlora-gpu.yaml", 1), "FLOP / token"] == "6N"
     assert steps.loc[("smollm2-135m-cpu.yaml", 1), "FLOP / token"] == "4N"
+    # tokens per example per dataset: the CPU recipe (bundled-mcq, 27 steps of 4) at 300 tokens an example
+    per_dataset = estimates.step_estimate_table(recipes, {"bundled-mcq": 108, "bundled": 180, estimates_dataset(): 1000},
+                                                {"bundled-mcq": 300, "bundled": 600, estimates_dataset(): 600})
+    cpu = per_dataset.loc[("smollm2-135m-cpu.yaml", 1)]
+    assert cpu["train rows"] == 108 and cpu["tokens (M)"] == round(27 * 4 * 300 / 1e6, 2) and cpu["epochs"] == 1.0
 
 
 def estimates_dataset():

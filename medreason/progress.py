@@ -1,0 +1,107 @@
+"""Progress of long work: a tqdm bar (done/total, rate, ETA) on a terminal, a log line every 10 % elsewhere.
+
+    from medreason.progress import progress
+    with progress(total=len(items), desc="generate (adapter)", unit="q") as bar:
+        for chunk in batches:
+            ...
+            bar.update(len(chunk))
+
+Where it goes, decided once per bar:
+- stderr is a terminal: a tqdm bar on stderr;
+- stderr is not a terminal (a pipe, a log file, CI), or `MEDREASON_PROGRESS=lines`: one log line (logger
+  `medreason.progress`, INFO) at every 10 % and at the end, with the same count, rate and ETA;
+- `MEDREASON_PROGRESS=off` or `TQDM_DISABLE=1` (the book sets it, so executed chapters stay clean): nothing.
+The CLI's `--quiet` sets `MEDREASON_PROGRESS=lines` for its own process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import contextmanager
+
+log = logging.getLogger(__name__)
+ENV = "MEDREASON_PROGRESS"  # bar | lines | off (default: bar on a terminal, lines elsewhere)
+STEP = 0.10  # a line every 10 % when there is no bar
+
+
+def mode() -> str:
+    """'bar', 'lines' or 'off' for a bar made now."""
+    wanted = os.environ.get(ENV, "").strip().lower()
+    if wanted == "off" or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
+        return "off"
+    if wanted == "lines":
+        return "lines"
+    return "bar" if wanted == "bar" or _isatty(sys.stderr) else "lines"
+
+
+def _width(stream) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+@contextmanager
+def progress(total: int, desc: str, unit: str = "it"):
+    """A counter for `total` units of work; `.update(n)` after each piece. See the module docstring."""
+    how = mode()
+    if how == "bar":
+        from tqdm.auto import tqdm
+
+        # a terminal that reports no size (a bare pseudo-terminal: 0 x 0) makes tqdm 4.70 hide the bar as
+        # "below the last row": give it 100 columns and 24 rows then
+        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True,
+                   **({"dynamic_ncols": True} if _width(sys.stderr) else {"ncols": 100, "nrows": 24}))
+        try:
+            yield bar
+        finally:
+            bar.close()
+        return
+    counter = _Lines(total, desc, unit, quiet=how == "off")
+    yield counter
+    counter.close()
+
+
+class _Lines:
+    """The bar's stand-in without a terminal: a line at each 10 % crossed, and one at the end."""
+
+    def __init__(self, total: int, desc: str, unit: str, quiet: bool):
+        self.total, self.desc, self.unit, self.quiet = max(int(total), 0), desc, unit, quiet
+        self.n, self.start, self.next_mark, self.said_end = 0, time.monotonic(), STEP, False
+
+    def update(self, n: int = 1):
+        self.n += n
+        if self.quiet or not self.total:
+            return
+        while self.next_mark <= 1 + 1e-9 and self.n >= self.next_mark * self.total:
+            self.next_mark += STEP
+            self._say()
+
+    def close(self):
+        if not self.quiet and self.total and not self.said_end and self.n > 0:
+            self._say()
+
+    def _say(self):
+        elapsed = time.monotonic() - self.start
+        rate = self.n / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.n) / rate if rate > 0 else float("nan")
+        self.said_end = self.n >= self.total
+        log.info("%s: %d/%d %s (%.0f%%), %.2f %s/s, ETA %s", self.desc, self.n, self.total, self.unit,
+                 100 * self.n / self.total, rate, self.unit, _duration(left))
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # nan: no rate yet
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"

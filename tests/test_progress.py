@@ -1,0 +1,96 @@
+"""medreason.progress: a bar with a total on a terminal, percentage lines when stderr is piped, nothing in the
+book; `medreason eval --mode generate` shows them (issue: minutes of silence after the model loaded)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pty
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medreason import progress
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_mode_follows_the_terminal_and_the_environment(monkeypatch):
+    monkeypatch.delenv(progress.ENV, raising=False)
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr(progress.sys, "stderr", open(os.devnull, "w"))  # not a terminal
+    assert progress.mode() == "lines"
+    monkeypatch.setenv(progress.ENV, "bar")
+    assert progress.mode() == "bar"
+    monkeypatch.setenv(progress.ENV, "off")
+    assert progress.mode() == "off"
+    monkeypatch.setenv(progress.ENV, "")
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what the book's chapters set
+    assert progress.mode() == "off"
+
+
+def test_lines_every_ten_percent_with_rate_and_eta(monkeypatch, caplog):
+    monkeypatch.setenv(progress.ENV, "lines")
+    with caplog.at_level(logging.INFO, logger="medreason.progress"):
+        with progress.progress(total=40, desc="generate (base)", unit="q") as bar:
+            for _ in range(10):
+                bar.update(4)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10, lines  # 10 %, 20 %, ... 100 %, once each
+    assert lines[0].startswith("generate (base): 4/40 q (10%)") and "q/s, ETA" in lines[0]
+    assert lines[-1].startswith("generate (base): 40/40 q (100%)")
+
+
+def test_off_says_nothing(monkeypatch, caplog):
+    monkeypatch.setenv(progress.ENV, "off")
+    with caplog.at_level(logging.INFO, logger="medreason.progress"):
+        with progress.progress(total=3, desc="x") as bar:
+            bar.update(3)
+    assert not caplog.records
+
+
+def _eval_cmd(adapter_dir, mcq_file):
+    return [sys.executable, "-m", "medreason", "eval", "--adapter", str(adapter_dir), "--mode", "generate",
+            "--mcq", str(mcq_file), "--max-new-tokens", "4", "--batch-size", "2", "--no-cache", "--run-name", "p"]
+
+
+@pytest.fixture()
+def mcq_file(tmp_path):
+    import json
+
+    rows = [{"question": f"Question {i} about a patient?", "answer": "A",
+             "options": {"A": "one", "B": "two", "C": "three", "D": "four"}} for i in range(4)]
+    path = tmp_path / "b.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop(progress.ENV, None)
+    env.pop("TQDM_DISABLE", None)
+    # stderr on a pseudo-terminal: tqdm's bar, with the total
+    leader, follower = pty.openpty()
+    proc = subprocess.run(_eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=follower, timeout=600)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    text = screen.decode(errors="replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert "generate (base)" in text and "4/4" in text and ("q/s" in text or "s/q" in text), text[-2000:]
+    # stderr piped: percentage lines instead of a bar
+    proc = subprocess.run(_eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "generate (adapter): 4/4 q (100%)" in proc.stderr and "\r" not in proc.stderr
