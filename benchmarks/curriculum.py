@@ -62,8 +62,9 @@ def paired(rows_a: list[dict], rows_b: list[dict], a: str, b: str) -> dict:
     right_b = {r["id"]: r["correct"] for r in rows_b}
     ids = [i for i in right_a if i in right_b]
     out = paired_comparison([right_a[i] for i in ids], [right_b[i] for i in ids])
-    return {"a": a, "b": b, **{k: out[k] for k in ("n", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value",
-                                                    "b", "c")}}
+    # b and c are McNemar's discordant counts (a right only, b right only), as medreason.stats names them
+    return {"variant_a": a, "variant_b": b, **{k: out[k] for k in ("n", "acc_a", "acc_b", "diff", "ci_low", "ci_high",
+                                                                   "p_value", "b", "c")}}
 
 
 def read_rows(path: str, variant: str) -> list[dict]:

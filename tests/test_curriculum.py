@@ -120,3 +120,38 @@ def test_a_local_mcq_reasoning_file_trains_and_a_bad_row_names_itself(tmp_path, 
     assert main(["data", "validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'row 2: field "reasoning" is empty' in err[0]
+
+
+def test_curriculum_script_pairs_by_id_and_the_committed_table_is_complete():
+    """benchmarks/curriculum.py pairs two variants' answers by question id (B minus A, McNemar's b = A right only,
+    c = B right only), and results/benchmarks/curriculum.json holds every field the chapters read, measured with
+    the recipes in configs/ (their sha256)."""
+    import json
+
+    from test_eval_generate import _benchmark_module
+
+    from medreason.io import sha256_file
+
+    script = _benchmark_module("curriculum")
+    a = [{"id": i, "correct": ok} for i, ok in enumerate([1, 1, 0, 0, 1])]
+    b = [{"id": i, "correct": ok} for i, ok in reversed(list(enumerate([1, 0, 1, 1, 1])))]  # another order
+    p = script.paired(a, b, "base", "sft")
+    assert (p["variant_a"], p["variant_b"], p["b"], p["c"], p["n"]) == ("base", "sft", 1, 2, 5)
+    assert p["diff"] == pytest.approx(0.2)
+
+    report = json.loads((ROOT / "results" / "benchmarks" / "curriculum.json").read_text())
+    assert report["recipe_sha256"] == {name: sha256_file(ROOT / path) for name, path in report["recipes"].items()}
+    assert report["n_items"] == 126 and set(report["generate"]["variants"]) == {"base", "sft", "grpo"}
+    for v in report["generate"]["variants"].values():
+        assert set(v) >= {"accuracy", "accuracy_ci", "extraction_rate", "truncation_rate", "accuracy_when_extracted",
+                          "accuracy_when_extracted_ci", "tokens_median", "tokens_p95", "vs_best_baseline"}
+    for mode in ("generate", "loglik_chat"):
+        assert set(report[mode]["pairs"]) == {"sft_vs_base", "grpo_vs_sft"}
+        for pair in report[mode]["pairs"].values():
+            assert pair["ci_low"] <= pair["diff"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
+    assert {"majority_label", "same_label", "longest_option", "best"} <= set(report["baselines"])
+    grpo = report["grpo"]
+    assert grpo["steps"] == len(grpo["per_step"]["reward"]) and grpo["reward_trend"]["verdict"] in ("rising", "flat",
+                                                                                                      "falling")
+    assert report["machine"]["cpu_native_bf16"] in (True, False) and report["command"].startswith("python ")
+    print(script.table(report))
