@@ -54,7 +54,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         from medreason.train import stop_on_sigterm  # light: train.py imports torch only inside functions
 
-        with stop_on_sigterm():  # every command: SIGTERM as Ctrl-C, one line, exit 143
+        from medreason.compat import quiet_library_warnings
+
+        with stop_on_sigterm(), quiet_library_warnings():  # SIGTERM as Ctrl-C (exit 143); libraries' inner noise
             result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:

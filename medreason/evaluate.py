@@ -540,11 +540,13 @@ def table(results: dict) -> str:
 
 def baselines_line(b: dict) -> str:
     """The trivial baselines in one line, as `medreason eval` and the book print them."""
+    from medreason.mcq import BASELINE_NAMES
+
     return (f"no-knowledge baselines: chance {b['chance']['accuracy']:.3f}, majority label "
             f"{b['majority_label']['label']} {b['majority_label']['accuracy']:.3f} (label from "
             f"{b['majority_label']['label_from']}), best same label {b['same_label']['label']} "
             f"{b['same_label']['accuracy']:.3f} (chosen after seeing the answers), longest option "
-            f"{b['longest_option']['accuracy']:.3f}; best: {b['best']['rule'].replace('_', ' ')} "
+            f"{b['longest_option']['accuracy']:.3f}; best: {BASELINE_NAMES[b['best']['rule']]} "
             f"{b['best']['accuracy']:.3f}")
 
 

@@ -268,6 +268,11 @@ def chance(items: list[MCQItem]) -> float:
     return sum(item.chance for item in items) / len(items)
 
 
+# how the rules of trivial_baselines read in prose and tables
+BASELINE_NAMES = {"chance": "chance", "majority_label": "majority label", "same_label": "best same label",
+                  "longest_option": "longest option"}
+
+
 def trivial_baselines(items: list[MCQItem], prior: list[MCQItem] | None = None) -> dict:
     """Accuracy on `items` of rules that need no medical knowledge, computed from the benchmark file alone: what
     any accuracy has to beat before it says the model knows something.

@@ -94,3 +94,57 @@ def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_fi
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "generate (adapter): 4/4 q (100%)" in proc.stderr and "\r" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- library noise
+
+
+def _stray_warnings(stderr: str) -> list[str]:
+    """Lines that carry a warning medreason did not write (its own lines start with "medreason:")."""
+    return [line for line in stderr.splitlines()
+            if "warning" in line.lower() and not line.startswith("medreason:")]
+
+
+def test_subcommands_print_no_library_warning(adapter_dir, tiny_model_dir, mcq_file, tmp_path):
+    """data, train, eval, chat and export on the tiny model: stderr holds no Warning line of a library's
+    (medreason.compat.LIBRARY_NOISE drops the known ones; anything new fails here and is looked at)."""
+    import json
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.ENV: "lines"}
+    env.pop("PYTHONWARNINGS", None)
+    data_file = tmp_path / "sft.jsonl"
+    data_file.write_text("".join(json.dumps({"Question": f"Question {i}: which drug treats condition {i}?",
+                                             "Complex_CoT": "Think about the mechanism and the evidence first.",
+                                             "Response": f"Drug {i}.", "specialty": "s"}) + "\n" for i in range(20)))
+    recipe = ROOT / "configs" / "smollm2-135m-cpu.yaml"
+    commands = {
+        "data": ["data", "validate", str(data_file)],
+        "train": ["train", "--config", str(recipe), "--model_name_or_path", str(tiny_model_dir), "--dataset",
+                  str(data_file), "--max_steps", "2", "--max_length", "128", "--eval_strategy", "no",
+                  "--save_strategy", "no", "--evaluate_test", "false", "--output_dir", str(tmp_path / "out"),
+                  "--adapter_root", str(tmp_path / "lora")],
+        "eval": ["eval", "--adapter", str(adapter_dir), "--mode", "generate", "--mcq", str(mcq_file),
+                 "--max-new-tokens", "4", "--batch-size", "4", "--no-cache", "--run-name", "w"],
+        "chat": ["chat", "--adapter", str(adapter_dir), "--prompt", "What is anemia?", "--max-new-tokens", "4"],
+        "export": ["export", "--adapter", str(adapter_dir), "--out", str(tmp_path / "merged")],
+    }
+    for name, argv in commands.items():
+        proc = subprocess.run([sys.executable, "-m", "medreason", *argv], cwd=tmp_path, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, (name, proc.stderr[-3000:])
+        assert not _stray_warnings(proc.stderr), (name, _stray_warnings(proc.stderr))
+
+
+def test_the_noise_filter_is_exact_and_leaves_other_warnings_alone():
+    import warnings
+
+    from medreason.compat import LIBRARY_NOISE, quiet_library_warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with quiet_library_warnings():
+            warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+            warnings.warn("something the user should read", UserWarning)
+        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
+    assert [str(w.message).split()[0] for w in seen] == ["something", "`is_gradient_checkpointing`"]
+    assert all(noise.checked and noise.why for noise in LIBRARY_NOISE)
