@@ -24,7 +24,7 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 ENV = "MEDREASON_PROGRESS"  # bar | lines | off (default: bar on a terminal, lines elsewhere)
-STEP = 0.10  # a line every 10 % when there is no bar
+MARKS = 10  # a line at every tenth of the work when there is no bar
 
 
 def mode() -> str:
@@ -77,14 +77,15 @@ class _Lines:
 
     def __init__(self, total: int, desc: str, unit: str, quiet: bool):
         self.total, self.desc, self.unit, self.quiet = max(int(total), 0), desc, unit, quiet
-        self.n, self.start, self.next_mark, self.said_end = 0, time.monotonic(), STEP, False
+        self.n, self.start, self.next_mark, self.said_end = 0, time.monotonic(), 1, False
 
     def update(self, n: int = 1):
         self.n += n
         if self.quiet or not self.total:
             return
-        while self.next_mark <= 1 + 1e-9 and self.n >= self.next_mark * self.total:
-            self.next_mark += STEP
+        crossed = min(MARKS, self.n * MARKS // self.total)  # whole tenths done, in integers (no float drift)
+        if crossed >= self.next_mark:
+            self.next_mark = crossed + 1  # one line however many marks a large piece crossed
             self._say()
 
     def close(self):

@@ -41,6 +41,12 @@ def test_lines_every_ten_percent_with_rate_and_eta(monkeypatch, caplog):
     assert len(lines) == 10, lines  # 10 %, 20 %, ... 100 %, once each
     assert lines[0].startswith("generate (base): 4/40 q (10%)") and "q/s, ETA" in lines[0]
     assert lines[-1].startswith("generate (base): 40/40 q (100%)")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medreason.progress"):
+        with progress.progress(total=10, desc="x", unit="q") as bar:
+            bar.update(5)  # one piece crossing five marks: one line, not five
+            bar.update(5)
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["x: 5/10 q", "x: 10/10 q"]
 
 
 def test_off_says_nothing(monkeypatch, caplog):
