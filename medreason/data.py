@@ -388,15 +388,19 @@ def deduplicate(rows: list[dict]) -> tuple[list[dict], int, int]:
     exact = len(rows) - len(unique)
     # LSH only proposes candidates; at the threshold itself it misses about half of the true pairs, so
     # it runs at half the threshold and the exact Jaccard below decides.
+    from medreason.progress import progress
+
     lsh = MinHashLSH(threshold=NEAR_DUP_THRESHOLD / 2, num_perm=128)
     kept = []
-    for i, row in enumerate(unique):
-        m = _minhash(row["Question"])
-        candidates = lsh.query(m)
-        if any(_jaccard(row["Question"], unique[j]["Question"]) >= NEAR_DUP_THRESHOLD for j in candidates):
-            continue
-        lsh.insert(i, m)
-        kept.append(row)
+    with progress(total=len(unique), desc="near-duplicates", unit="rows") as bar:
+        for i, row in enumerate(unique):
+            bar.update(1)
+            m = _minhash(row["Question"])
+            candidates = lsh.query(m)
+            if any(_jaccard(row["Question"], unique[j]["Question"]) >= NEAR_DUP_THRESHOLD for j in candidates):
+                continue
+            lsh.insert(i, m)
+            kept.append(row)
     return kept, exact, len(unique) - len(kept)
 
 
@@ -413,14 +417,18 @@ def contamination(parts: dict[str, list[dict]], mcq: list[dict], threshold: floa
     lsh = MinHashLSH(threshold=threshold / 2, num_perm=128)  # candidates only, as in deduplicate()
     for item in mcq:
         lsh.insert(item["id"], _minhash(item["question"]))
+    from medreason.progress import progress
+
     by_id = {item["id"]: item for item in mcq}
     hits = []
-    for name, rows in parts.items():
-        for row in rows:
-            question = row.get("stem") or row["Question"]  # an MCQ row's question without its options
-            for mid in lsh.query(_minhash(question)):
-                if _jaccard(question, by_id[mid]["question"]) >= threshold:
-                    hits.append((name, mid))
+    with progress(total=sum(map(len, parts.values())), desc="contamination check", unit="rows") as bar:
+        for name, rows in parts.items():
+            for row in rows:
+                bar.update(1)
+                question = row.get("stem") or row["Question"]  # an MCQ row's question without its options
+                for mid in lsh.query(_minhash(question)):
+                    if _jaccard(question, by_id[mid]["question"]) >= threshold:
+                        hits.append((name, mid))
     return hits
 
 

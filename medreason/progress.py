@@ -11,6 +11,7 @@ Where it goes, decided once per bar:
 - stderr is not a terminal (a pipe, a log file, CI), or `MEDREASON_PROGRESS=lines`: one log line (logger
   `medreason.progress`, INFO) at every 10 % and at the end, with the same count, rate and ETA;
 - `MEDREASON_PROGRESS=off` or `TQDM_DISABLE=1` (the book sets it, so executed chapters stay clean): nothing.
+Work that ends within `MEDREASON_PROGRESS_DELAY` seconds (default 2) shows neither bar nor lines.
 The CLI's `--quiet` sets `MEDREASON_PROGRESS=lines` for its own process.
 """
 
@@ -25,6 +26,7 @@ from contextlib import contextmanager
 log = logging.getLogger(__name__)
 ENV = "MEDREASON_PROGRESS"  # bar | lines | off (default: bar on a terminal, lines elsewhere)
 MARKS = 10  # a line at every tenth of the work when there is no bar
+DELAY_ENV = "MEDREASON_PROGRESS_DELAY"  # seconds before the first line or bar (default 2): quick work stays quiet
 
 
 def mode() -> str:
@@ -35,6 +37,13 @@ def mode() -> str:
     if wanted == "lines":
         return "lines"
     return "bar" if wanted == "bar" or _isatty(sys.stderr) else "lines"
+
+
+def _delay() -> float:
+    try:
+        return max(0.0, float(os.environ.get(DELAY_ENV, "2")))
+    except ValueError:
+        return 2.0
 
 
 def _width(stream) -> int:
@@ -60,7 +69,7 @@ def progress(total: int, desc: str, unit: str = "it"):
 
         # a terminal that reports no size (a bare pseudo-terminal: 0 x 0) makes tqdm 4.70 hide the bar as
         # "below the last row": give it 100 columns and 24 rows then
-        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True,
+        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True, delay=_delay(),
                    **({"dynamic_ncols": True} if _width(sys.stderr) else {"ncols": 100, "nrows": 24}))
         try:
             yield bar
@@ -78,6 +87,7 @@ class _Lines:
     def __init__(self, total: int, desc: str, unit: str, quiet: bool):
         self.total, self.desc, self.unit, self.quiet = max(int(total), 0), desc, unit, quiet
         self.n, self.start, self.next_mark, self.said_end = 0, time.monotonic(), 1, False
+        self.delay = _delay()
 
     def update(self, n: int = 1):
         self.n += n
@@ -94,6 +104,8 @@ class _Lines:
 
     def _say(self):
         elapsed = time.monotonic() - self.start
+        if elapsed < self.delay:  # work that finishes within the delay says nothing
+            return
         rate = self.n / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.n) / rate if rate > 0 else float("nan")
         self.said_end = self.n >= self.total

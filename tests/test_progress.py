@@ -33,6 +33,7 @@ def test_mode_follows_the_terminal_and_the_environment(monkeypatch):
 
 def test_lines_every_ten_percent_with_rate_and_eta(monkeypatch, caplog):
     monkeypatch.setenv(progress.ENV, "lines")
+    monkeypatch.setenv(progress.DELAY_ENV, "0")
     with caplog.at_level(logging.INFO, logger="medreason.progress"):
         with progress.progress(total=40, desc="generate (base)", unit="q") as bar:
             for _ in range(10):
@@ -49,7 +50,14 @@ def test_lines_every_ten_percent_with_rate_and_eta(monkeypatch, caplog):
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == ["x: 5/10 q", "x: 10/10 q"]
 
 
-def test_off_says_nothing(monkeypatch, caplog):
+def test_quick_work_and_off_say_nothing(monkeypatch, caplog):
+    monkeypatch.setenv(progress.ENV, "lines")  # the default delay: 2 s
+    monkeypatch.delenv(progress.DELAY_ENV, raising=False)
+    with caplog.at_level(logging.INFO, logger="medreason.progress"):
+        with progress.progress(total=3, desc="x") as bar:
+            bar.update(3)
+    assert not caplog.records
+    monkeypatch.setenv(progress.DELAY_ENV, "0")
     monkeypatch.setenv(progress.ENV, "off")
     with caplog.at_level(logging.INFO, logger="medreason.progress"):
         with progress.progress(total=3, desc="x") as bar:
@@ -74,7 +82,7 @@ def mcq_file(tmp_path):
 
 
 def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_file, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
     env.pop(progress.ENV, None)
     env.pop("TQDM_DISABLE", None)
     # stderr on a pseudo-terminal: tqdm's bar, with the total
