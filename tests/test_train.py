@@ -42,9 +42,10 @@ NO_EVAL_NO_SAVE = ("--eval_strategy", "no", "--save_strategy", "no")
 
 
 def tiny_args(model_dir: Path, work: Path, *extra: str, steps: int = 4) -> list[str]:
-    """The recipe on the tiny model, shortened; later `extra` options override earlier ones."""
+    """The recipe on the tiny model, shortened, on the open-ended bundled corpus (12 rows per specialty, so 40 rows
+    still leave a validation split; the recipe's own bundled-mcq has 8); later `extra` options override earlier ones."""
     return [
-        "--config", str(RECIPE), "--model_name_or_path", str(model_dir),
+        "--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--dataset", "bundled",
         "--max_steps", str(steps), "--max_examples", "40", "--max_length", "256",
         "--eval_steps", "2", "--eval_on_start", "false", "--save_steps", "2", "--logging_steps", "1",
         "--evaluate_test", "false",
@@ -479,7 +480,8 @@ def test_torchrun_two_processes_ddp_over_gloo(in_tmp, tiny_model_dir):
     out, lora = in_tmp / "out", in_tmp / "lora"
     env = offline_env(f"sqlite:///{in_tmp / 'mlflow.db'}")
     cmd = [*launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "medreason", "train", *tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no", steps=2)]
+           "-m", "medreason", "train", *tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no",
+                                                  "--per_device_train_batch_size", "2", steps=2)]
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=480)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
