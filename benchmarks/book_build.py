@@ -99,7 +99,7 @@ def chapter_times(cache_dir: Path) -> dict[str, float]:
 def machine() -> dict:
     import torch
 
-    from medreason.doctor import cpu_supports_bf16
+    from medreason.compat import cpu_supports_bf16
 
     return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "native_bf16": cpu_supports_bf16(), "torch": torch.__version__,

@@ -182,7 +182,7 @@ def machine_info(session) -> dict:
     import torch
     import transformers
 
-    from medreason.doctor import cpu_supports_bf16
+    from medreason.compat import cpu_supports_bf16
 
     cpu_model = None
     try:

@@ -64,10 +64,10 @@ def build_trainer(args, work: Path):
     from medreason.config import parse_config
     from medreason.grpo import check_grpo, load_policy, pool_dataset, read_init_adapter, use_cpu_head
     from medreason.rewards import correctness_reward, format_reward
-    from medreason.train import check_hyperparameters, configure_runtime
+    from medreason.run import check_hyperparameters, physical_cores
 
     argv = ["--config", args.config, "--max_steps", str(args.steps), "--output_dir", str(work),
-            "--save_strategy", "no", "--logging_steps", "1"]
+            "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none"]
     if args.init_adapter is not None:
         argv += ["--init_adapter", args.init_adapter]
     argv += args.overrides
@@ -75,10 +75,9 @@ def build_trainer(args, work: Path):
     check_hyperparameters(margs, cfg, model_args)
     check_grpo(margs, cfg, model_args)
     init = read_init_adapter(margs, model_args)
-    configure_runtime(margs, cfg, model_args)
-    cfg.report_to = []
+    torch.set_num_threads(margs.num_threads or physical_cores())
     dataset, _ = pool_dataset(margs)
-    model, tokenizer, peft_config = load_policy(margs, cfg, model_args)
+    model, tokenizer, peft_config, _ = load_policy(margs, model_args)
     timings = {"step": [], "rollout": [], "generation": [], "generated_tokens": [], "prompts": []}
 
     class TimedGRPOTrainer(GRPOTrainer):
@@ -141,7 +140,7 @@ def machine_info(model) -> dict:
     import transformers
     import trl
 
-    from medreason.doctor import cpu_supports_bf16
+    from medreason.compat import cpu_supports_bf16
 
     cpu = None
     try:

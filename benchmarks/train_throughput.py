@@ -13,7 +13,7 @@ steps, it trains:
       short: accumulation does not change tokens per second;
   (b) configs/smollm2-135m-cpu.yaml as shipped: precision auto (bf16 frozen weights where the CPU has native
       bf16), no checkpointing, length-grouped batches, no LoRA dropout, and the dense LM head on CPUs
-      (`--lm_head`, see medreason.trainer.use_dense_lm_head).
+      (`--lm_head`, see medreason.compat.use_dense_lm_head).
 
 It prints useful (non-padding) trained tokens per second for both (TRL's `num_tokens` over the trainer's
 `train_runtime`), their ratio, and the fraction of this machine's measured matmul peak that (b) reaches, at
@@ -98,7 +98,7 @@ def main():
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/bench.db")
     import torch
 
-    from medreason.doctor import cpu_supports_bf16
+    from medreason.compat import cpu_supports_bf16
 
     peaks = {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
     print(f"matmul peak: bf16 {peaks['bf16']:.1f} GFLOP/s, fp32 {peaks['fp32']:.1f} GFLOP/s "

@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 
 from medreason.errors import UserError
-from medreason.io import atomic_dir, sha256_file  # noqa: F401  (sha256_file: part of this module's API)
+from medreason.io import atomic_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,42 @@ def recipe_hash(resolved: dict) -> str:
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def weights_sha256(folder: str | Path) -> str | None:
+    """sha256 of the adapter's weights file (None when the folder has none): names exactly which adapter a run
+    continued, which answers an evaluation cached, and enters the recipe hash of a run built on it."""
+    path = Path(folder) / WEIGHTS
+    return sha256_file(path) if path.is_file() else None
+
+
 # --------------------------------------------------------------------------------------------- writing
 
 
-def save_adapter(model, tokenizer, folder: str | Path, meta: dict) -> Path:
-    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically."""
+def training_meta(trainer: str, args, model_args, *, recipe: str, resolved: dict, model: dict, metrics: dict,
+                  **fields) -> dict:
+    """medreason.json of a trained adapter, the one schema both recipes write and `read_adapter` reads back:
+    the method, base model, prompt format (template, system prompt), data and model provenance, final metrics,
+    the resolved recipe and its hash; a recipe adds its own fields (GRPO: rl_data, init_adapter, signal)."""
+    return {
+        "trainer": trainer,
+        "base_model": model_args.model_name_or_path,
+        "template": args.template,
+        "system_prompt": args.system_prompt,
+        "dataset": args.dataset,
+        "run_name": resolved.get("run_name"),
+        "recipe_hash": recipe,
+        "model": model,
+        **fields,
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "config": resolved,
+    }
+
+
+def save_adapter(model, tokenizer, folder: str | Path, meta: dict, state_dict: dict | None = None) -> Path:
+    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically. `state_dict`: the full
+    weights when the model's own are sharded (gathered on every rank first; see medreason.run.finish)."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
         tokenizer.save_pretrained(tmp)
         meta = {**meta, "vocab_size": len(tokenizer)}
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        from medreason.train import stop_on_sigterm  # light: train.py imports torch only inside functions
+        from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
 
         from medreason.compat import quiet_library_warnings
 
@@ -275,9 +275,9 @@ def _cmd(module: str, name: str):
 
 def _train(args, rest):
     if args.help:  # every key of the recipe's classes: the trainer a `--trainer` override names, else SFT
-        from medreason.config import _trainer_override, print_train_help
+        from medreason.config import print_train_help, trainer_override
 
-        print_train_help(_trainer_override(rest) or "sft")
+        print_train_help(trainer_override(rest) or "sft")
         return 0
     return _cmd("medreason.train", "cli")(args, rest)
 

@@ -1,21 +1,37 @@
-"""Where medreason meets its libraries' rough edges, in one place: warnings a user cannot act on.
+"""Every place where medreason reaches into a library's private or undocumented behaviour, in one module.
 
-    from medreason.compat import quiet_library_warnings
-    with quiet_library_warnings():      # what `medreason <command>` runs inside
+    from medreason import compat
+    compat.REACHES                      # each reach: what it touches, the versions it was checked against
+    with compat.quiet_library_warnings():   # what `medreason <command>` runs inside
         ...
 
-Warnings are for the person running a command to act on. The ones below come from inside the libraries, fire on
-every run whatever the user does, and say nothing about the user's input; each is silenced by its exact message
-(never by category or module alone), names the versions it was checked against, and says why it is safe to drop.
-`catch_warnings` restores the caller's filters on exit, so a library user's own filters are left as they were.
-Anything else still reaches the user.
+A reach is guarded: on a version it was not checked against it either falls back to documented behaviour with
+one log line, or raises one clear line, never a traceback from inside the library. tests/test_compat.py tests
+each one. Nothing else in medreason touches a private name of transformers, TRL, PEFT, torch or argparse.
+
+| reach | library | checked | on other versions |
+|---|---|---|---|
+| dense LM head: wraps TRL's fused-head forward, builds `FusedCausalLMOutput` | TRL | 1.16 | TRL's fused head, logged |
+| SFT metric names: TRL's `SFTTrainer.log` adds `eval_*` with `logs.update` | TRL | 1.16 | unprefixed names, logged |
+| `Trainer.state` replaced by a checkpoint's (resumed at max_steps) | transformers | 5.24 | documented `TrainerState.load_from_json` |
+| TRL's frozen `"ref"` adapter deleted before saving (GRPO, init_adapter) | TRL | 1.16 | nothing to delete |
+| `argparse.ArgumentParser._actions` (float fields of a recipe) | argparse | 3.11-3.14 | no conversion: argparse checks |
+| argparse's error text ("invalid int value") reworded | argparse | 3.11-3.14 | argparse's own words |
+| `config._commit_hash` (the Hub revision a model loaded from) | transformers | 5.24 | revision not recorded, logged |
+| `config._name_or_path` (the id PEFT writes into adapter_config.json) | transformers | 5.24 | raises one line |
+| `torch.ops.mkldnn._is_mkldnn_bf16_supported` (native bf16 CPU) | torch | 2.13 | False: fp32, logged |
+| warnings silenced by exact message (`LIBRARY_NOISE`) | transformers, PEFT, TRL, torch | listed | shown |
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,3 +65,231 @@ def quiet_library_warnings():
         for noise in LIBRARY_NOISE:
             warnings.filterwarnings("ignore", message=noise.message, category=noise.category)
         yield
+
+
+# --------------------------------------------------------------------------------------------- versions
+
+
+@dataclass(frozen=True)
+class Reach:
+    name: str
+    library: str  # the distribution whose version is checked
+    checked: tuple[str, ...]  # release prefixes it was verified on ("1.16" covers 1.16.x)
+
+
+REACHES = {
+    "dense_lm_head": Reach("dense LM head over TRL's fused-head forward", "trl", ("1.16",)),
+    "sft_metric_prefix": Reach("SFTTrainer.log's eval_* metrics renamed to the evaluated split", "trl", ("1.16",)),
+    "trainer_state": Reach("Trainer.state replaced by a checkpoint's TrainerState", "transformers", ("5.24",)),
+    "grpo_ref_adapter": Reach("TRL's frozen 'ref' adapter dropped before saving", "trl", ("1.16",)),
+    "argparse_actions": Reach("argparse.ArgumentParser._actions and its error text", "python", ("3.11", "3.12", "3.13", "3.14")),
+    "commit_hash": Reach("config._commit_hash: the Hub revision a model loaded from", "transformers", ("5.24",)),
+    "name_or_path": Reach("config._name_or_path: the model id PEFT records", "transformers", ("5.24",)),
+    "mkldnn_bf16": Reach("torch.ops.mkldnn._is_mkldnn_bf16_supported", "torch", ("2.13",)),
+}
+
+
+def version_of(library: str) -> str:
+    if library == "python":
+        import platform
+
+        return platform.python_version()
+    from importlib.metadata import version
+
+    return version(library)
+
+
+def verified(reach: str, installed: str | None = None) -> bool:
+    """Whether the installed library is a release the reach was checked against."""
+    r = REACHES[reach]
+    installed = installed if installed is not None else version_of(r.library)
+    return any(installed == v or installed.startswith(v + ".") for v in r.checked)
+
+
+def _unverified(reach: str, fallback: str):
+    r = REACHES[reach]
+    log.info("%s: checked on %s %s, this is %s %s: %s", r.name, r.library, ", ".join(r.checked), r.library,
+             version_of(r.library), fallback)
+
+
+# --------------------------------------------------------------------------------------------- torch
+
+
+def cpu_supports_bf16() -> bool:
+    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 training pays off. torch has no
+    public query for it; its oneDNN op is private (checked on torch 2.13). Missing: False (fp32), with a log line."""
+    import torch
+
+    query = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    if query is None or not torch.backends.mkldnn.is_available():
+        if query is None:
+            _unverified("mkldnn_bf16", "no such op: assuming no native bf16 (fp32 is the fast path)")
+        return False
+    try:
+        return bool(query())
+    except RuntimeError:
+        return False
+
+
+# --------------------------------------------------------------------------------------------- transformers
+
+
+def hub_revision(model) -> str | None:
+    """The commit a Hub model's files came from; transformers keeps it on the config as `_commit_hash`."""
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if revision is None and model is not None and not verified("commit_hash"):
+        _unverified("commit_hash", "the Hub revision is not recorded")
+    return revision
+
+
+def set_name_or_path(model, name: str):
+    """Record `name` (a Hub id) as where the model came from: PEFT writes `config._name_or_path` into
+    adapter_config.json as base_model_name_or_path, and export writes it into the merged config."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "_name_or_path"):
+        raise RuntimeError(f"this transformers ({version_of('transformers')}) has no config._name_or_path: "
+                           f"medreason cannot record the base model's id (checked on transformers 5.24)")
+    config._name_or_path = name
+    if hasattr(model, "name_or_path"):
+        model.name_or_path = name
+
+
+def load_trainer_state(trainer, checkpoint):
+    """Take a checkpoint's TrainerState as the trainer's own (a run resumed from its final checkpoint is not
+    trained one step further: Trainer.train would take a step before it checks max_steps). `trainer.state` is a
+    plain attribute in transformers 5.24; on other versions the state is still loaded the documented way."""
+    from pathlib import Path
+
+    from transformers import TrainerState
+
+    if not verified("trainer_state"):
+        _unverified("trainer_state", "replacing trainer.state anyway (TrainerState.load_from_json is public)")
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+
+
+# --------------------------------------------------------------------------------------------- TRL
+
+
+def drop_reference_adapter(model):
+    """GRPO continuing an adapter: TRL 1.16 copies it into a frozen adapter named "ref" for the KL term. It is not
+    part of the trained adapter, so it is deleted before saving. Other versions: deleted if present, logged."""
+    if "ref" in getattr(model, "peft_config", {}):
+        if not verified("grpo_ref_adapter"):
+            _unverified("grpo_ref_adapter", "deleting an adapter named 'ref' before saving, as on 1.16")
+        model.delete_adapter("ref")
+
+
+class PrefixedLogs(dict):
+    """The logs dict TRL's `SFTTrainer.log` adds its `eval_*` metrics to (with `update`), renaming them to
+    `<prefix>_*`: evaluating the test split then reports `test_mean_token_accuracy`, not an `eval_*` figure that
+    overwrites the validation one. Depends on TRL 1.16 calling `logs.update`; see `prefixed_log`."""
+
+    def __init__(self, logs: dict, prefix: str):
+        super().__init__(logs)
+        self.prefix = prefix
+
+    def update(self, other=(), **kw):
+        items = dict(other, **kw).items()
+        super().update({(f"{self.prefix}_{k[5:]}" if k.startswith("eval_") else k): v for k, v in items})
+
+
+def prefixed_log(log_method, logs: dict, prefix: str, start_time=None):
+    """Call SFTTrainer.log so that the metrics TRL adds take the evaluated split's prefix; returns nothing, and
+    `logs` receives TRL's additions (Trainer.evaluate returns that dict). Unverified TRL: plain log, logged."""
+    if not verified("sft_metric_prefix"):
+        _unverified("sft_metric_prefix", f"TRL's own metric names during the {prefix} evaluation")
+        return log_method(logs, start_time)
+    prefixed = PrefixedLogs(logs, prefix)
+    log_method(prefixed, start_time)
+    logs.update(dict(prefixed))
+
+
+def wants_dense_head(lm_head: str, model) -> bool:
+    if lm_head == "auto":
+        return next(model.parameters()).device.type == "cpu"
+    return lm_head == "dense"
+
+
+# --------------------------------------------------------------------------------------------- argparse
+
+
+def float_fields(parser) -> set[str]:
+    """The dests of a parser's float options; argparse keeps them only in the private `_actions` list
+    (Python 3.11-3.14). Elsewhere: none, so YAML values are left to argparse and the recipe's type check."""
+    actions = getattr(parser, "_actions", None)
+    if actions is None:
+        _unverified("argparse_actions", "recipe floats such as 2e-5 are left as YAML read them")
+        return set()
+    return {a.dest for a in actions if a.type is float}
+
+
+TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
+
+
+def bad_option_message(message: str) -> str:
+    """argparse's error text, reworded as a recipe's type check words it: "argument --lora_r/--lora-r: invalid int
+    value: '8.5'" -> "--lora_r must be an integer, got 8.5". Text of another shape is kept as argparse wrote it."""
+    m = re.match(r"argument --([\w.]+)[^:]*: invalid (int|float) value: '(.*)'$", message)
+    if m:
+        return f"--{m[1]} must be {TYPE_WORDS[m[2]]}, got {m[3]}"
+    return f"bad option: {message} (see `medreason train --help`)"
+
+
+def use_dense_lm_head(model):
+    """Replace TRL's fused LM head with a dense one for the forward passes that compute the loss.
+
+    TRL's SFTTrainer patches the model so that `model(..., fused_lm_head=True)` returns per-token
+    log-probabilities, entropy and top-1 hits computed in vocabulary tiles, never building the full logits. On
+    a GPU a Triton kernel does that in one pass; on a CPU it falls back to torch code that walks each tile
+    several times in fp32. Here (SmolLM2-135M, 1,200 tokens, bf16) that fallback takes 1.8 s per step against
+    0.5 s for the plain logits of the labelled positions and one log-softmax: a third of the whole step.
+    This computes the same fields (in fp32, from bf16 logits) from the logits of the positions that carry a
+    label only, and leaves every other call (generation, plain forwards) to the original forward. Models whose
+    head scales or soft-caps its logits, or that add a router loss, keep TRL's head.
+    """
+    import functools
+
+    import torch
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    if not verified("dense_lm_head"):
+        _unverified("dense_lm_head", "keeping TRL's fused head")
+        return
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = base.config.get_text_config()
+    special = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+               "logits_scaling", "output_router_logits")
+    if any(getattr(config, name, None) for name in special):
+        log.info("lm_head: %s scales its logits or adds a router loss: keeping TRL's fused head",
+                 config.model_type)
+        return
+    fused_forward = base.forward  # TRL's patched forward, kept for every call this does not handle
+
+    @functools.wraps(type(base).forward)
+    def forward(*args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        if not fused_lm_head or labels is None or shift_labels is not None:
+            return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                                 num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = base.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        labels = labels[:, 1:].to(hidden.device)
+        mask = labels != -100
+        targets = labels[mask]
+        log_softmax = torch.log_softmax(base.get_output_embeddings()(hidden[mask]).float(), dim=-1)
+        token_log_probs = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(log_softmax.exp() * log_softmax).sum(-1)
+            is_top1 = log_softmax.argmax(-1) == targets
+
+        def per_position(values):  # zero where the label is -100, like TRL's head
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        log_probs = per_position(token_log_probs)
+        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-log_probs.sum() / denominator, log_probs=log_probs,
+                                   entropy=per_position(entropy), is_top1=per_position(is_top1), label_mask=mask)
+
+    forward.dense_lm_head = True  # lets callers (and tests) see which head is in place
+    base.forward = forward
+    log.info("lm_head: dense (the logits of labelled positions; TRL's chunked head is for GPUs)")

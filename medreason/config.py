@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from medreason.compat import TYPE_WORDS
 from medreason.errors import UserError
 
 # LoRA target presets: the original notebook adapted the attention projections only.
@@ -114,8 +115,8 @@ class MedreasonArgs:
 def parser(trainer: str = "sft", parents: tuple = ()):
     p = _recipe_parser_class()(_classes(trainer), prog="medreason train", parents=list(parents))
     # SFTConfig defaults to bf16=True, which TrainingArguments refuses on a CPU without bf16 support.
-    # medreason decides from `precision` (auto by default) once the hardware is known, in train.py.
-    # ModelConfig's dtype defaults to float32; None lets train.py derive it from the precision (bf16 frozen
+    # medreason decides from `precision` (auto by default) once the hardware is known: `settle`.
+    # ModelConfig's dtype defaults to float32; None lets `settle` derive it from the precision (bf16 frozen
     # weights under an adapter) while an explicit --dtype is kept as given.
     p.set_defaults(bf16=False, dtype=None)
     p.error = _bad_option  # argparse would print its whole usage text and exit; we want one line
@@ -123,11 +124,9 @@ def parser(trainer: str = "sft", parents: tuple = ()):
 
 
 def _bad_option(message: str):
-    # argparse: "argument --lora_r/--lora-r: invalid int value: '8.5'" -> the same words as a recipe's type check
-    m = re.match(r"argument --([\w.]+)[^:]*: invalid (int|float) value: '(.*)'$", message)
-    if m:
-        raise UserError(f"--{m[1]} must be {_TYPE_WORDS[m[2]]}, got {m[3]}")
-    raise UserError(f"bad option: {message} (see `medreason train --help`)")
+    from medreason.compat import bad_option_message
+
+    raise UserError(bad_option_message(message))
 
 
 def print_train_help(trainer: str = "sft"):
@@ -149,11 +148,13 @@ def _recipe_parser_class():
     float without a decimal point as a string, which argparse would have converted on the command line."""
     from trl import TrlParser
 
+    from medreason.compat import float_fields
+
     class RecipeParser(TrlParser):
         def set_defaults_with_config(self, **kwargs):
-            kinds = {a.dest: a.type for a in self._actions}
+            floats = float_fields(self)
             for key, value in kwargs.items():
-                if kinds.get(key) is float and isinstance(value, (str, int)) and not isinstance(value, bool):
+                if key in floats and isinstance(value, (str, int)) and not isinstance(value, bool):
                     kwargs[key] = float(value)  # _check_yaml has already refused what does not parse
             return super().set_defaults_with_config(**kwargs)
 
@@ -161,10 +162,16 @@ def _recipe_parser_class():
 
 
 def parse_config(argv: list[str]):
-    """(MedreasonArgs, SFTConfig or GRPOConfig, ModelConfig) from `--config FILE` plus `--key value` overrides.
-    The recipe's `trainer` key (or `--trainer`) picks TRL's config class, so each recipe is checked against
-    the fields of the trainer it is for."""
-    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
+    """(MedreasonArgs, SFTConfig or GRPOConfig, ModelConfig) from `--config FILE` plus `--key value` overrides,
+    settled for this machine (`settle`): what a run trains with."""
+    return settle(argv, *parse_recipe(argv))
+
+
+def parse_recipe(argv: list[str]):
+    """The recipe as written: `--config FILE` plus `--key value` overrides, nothing decided by the machine yet
+    (its hash names the adapter it produces on any machine). The recipe's `trainer` key (or `--trainer`) picks
+    TRL's config class, so each recipe is checked against the fields of the trainer it is for."""
+    argv = _split_config_arg(argv)
     trainer = "sft"
     if "--config" in argv:
         i = argv.index("--config")
@@ -173,18 +180,66 @@ def parse_config(argv: list[str]):
         path = Path(argv[i + 1])
         if not path.is_file():
             raise UserError(f"config file {path} does not exist (recipes live in configs/)")
-        trainer = _check_yaml(path, _trainer_override(argv))
+        trainer = _check_yaml(path, trainer_override(argv))
     else:
-        trainer = _trainer_override(argv) or trainer
+        trainer = trainer_override(argv) or trainer
     try:
-        args, sft, model = parser(trainer).parse_args_and_config(argv)
+        return tuple(parser(trainer).parse_args_and_config(argv))
     except ValueError as e:  # TRL and HfArgumentParser report unknown keys as ValueError
         raise UserError(_unknown_key_message(str(e), argv)) from e
+
+
+def settle(argv: list[str], args, cfg, model):
+    """The recipe with what this machine decides, parsed once more with those decisions as overrides, so that
+    TRL's classes validate the final values (nothing is patched into a parsed config afterwards):
+    - precision `auto`: bf16 on GPUs with bf16 and on CPUs with native bf16 matmul, else fp16 on GPUs, fp32 on
+      CPUs (SFTConfig's bf16/fp16, from which TrainingArguments derives the Accelerator's mixed precision);
+    - dtype unset: bf16 frozen base weights under an adapter trained in bf16 and for QLoRA (as in the QLoRA
+      paper), fp32 otherwise;
+    - use_cpu without CUDA when training in bf16 (TrainingArguments refuses bf16 on a CPU otherwise) or with
+      several processes (torchrun / accelerate launch: DDP over gloo instead of each process training alone);
+    - run_name: the output folder's name; eval_on_start off without evaluation; report_to mlflow on rank 0
+      (medreason owns the MLflow run, medreason.run.tracked; the trainer's callback logs into it), none elsewhere,
+      unless the command line names report_to;
+    - lora_preset: the target modules it stands for."""
+    import os
+
+    import torch
+
+    from medreason.compat import cpu_supports_bf16
+
+    argv = _split_config_arg(argv)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    on_gpu = cuda and not cfg.use_cpu
+    precision = args.precision
+    if precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_supports_bf16()
+        precision = "bf16" if bf16 else ("fp16" if on_gpu else "fp32")  # medreason.run.session logs it
+    decided = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    # TrainingArguments accepts bf16 without CUDA only with use_cpu; several processes need it for gloo
+    if not cuda and not cfg.use_cpu and (world > 1 or precision != "fp32"):
+        decided["use_cpu"] = True
+    if not any(a.startswith(("--report_to", "--report-to")) for a in argv):  # a caller's own choice stays
+        decided["report_to"] = "mlflow" if int(os.environ.get("RANK", "0")) == 0 else "none"
+    if model.dtype is None:
+        frozen_bf16 = model.use_peft and precision == "bf16"
+        decided["dtype"] = "bfloat16" if frozen_bf16 or model.load_in_4bit else "float32"
+    if not cfg.run_name and model.model_name_or_path:
+        decided["run_name"] = Path(cfg.output_dir).name
+    if cfg.eval_strategy == "no" and getattr(cfg, "eval_on_start", False):
+        decided["eval_on_start"] = False
+    overrides = []
+    for key, value in decided.items():
+        overrides += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
     if args.lora_preset is not None:
-        model.lora_target_modules = LORA_PRESETS[args.lora_preset]
-    elif model.lora_target_modules == ["all-linear"]:
-        model.lora_target_modules = "all-linear"
-    return args, sft, model
+        preset = LORA_PRESETS[args.lora_preset]
+        overrides += ["--lora_target_modules", *([preset] if isinstance(preset, str) else preset)]
+    return parse_recipe(argv + overrides)
+
+
+def _split_config_arg(argv: list[str]) -> list[str]:
+    return [part for a in argv for part in (a.split("=", 1) if a.startswith("--config=") else [a])]
 
 
 def config_dict(*dataclass_objs) -> dict:
@@ -204,7 +259,7 @@ def config_dict(*dataclass_objs) -> dict:
     return out
 
 
-def _trainer_override(argv: list[str]) -> str | None:
+def trainer_override(argv: list[str]) -> str | None:
     for i, a in enumerate(argv):
         if a == "--trainer" and i + 1 < len(argv):
             return argv[i + 1]
@@ -240,7 +295,6 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
     return trainer
 
 
-_TYPE_WORDS = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}
 
 
 def _check_types(path: Path, data: dict, classes):
@@ -292,9 +346,9 @@ def _type_problem(kind, value) -> str | None:
             return f"a list of {plural[inner]}"
         return None
     if kind is bool:
-        return None if isinstance(value, bool) else _TYPE_WORDS["bool"]
+        return None if isinstance(value, bool) else TYPE_WORDS["bool"]
     if kind is int:
-        return None if isinstance(value, int) and not isinstance(value, bool) else _TYPE_WORDS["int"]
+        return None if isinstance(value, int) and not isinstance(value, bool) else TYPE_WORDS["int"]
     if kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return None
@@ -304,9 +358,9 @@ def _type_problem(kind, value) -> str | None:
                 return None
             except ValueError:
                 pass
-        return _TYPE_WORDS["float"]
+        return TYPE_WORDS["float"]
     if kind is str:
-        return None if isinstance(value, str) else _TYPE_WORDS["str"] + " (quote it)"
+        return None if isinstance(value, str) else TYPE_WORDS["str"] + " (quote it)"
     return None
 
 

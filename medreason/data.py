@@ -514,8 +514,6 @@ def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str =
     TRL's one alternative, `truncation_mode="keep_end"` (keep the last tokens, so the prompt's start goes), is
     deprecated in TRL 1.16; medreason therefore drops these examples itself and says how many (train.py).
     """
-    from trl.data_utils import common_prefix_length
-
     out = {"kept": 0, "truncated": 0, "dropped": 0, "dropped_rows": []}
     # keep_end keeps the completion's end, and without completion-only loss every token has a label: nothing
     # is dropped then
@@ -534,6 +532,16 @@ def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str =
             out["kept"] += 1
             out["truncated"] += 1
     return out
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens two sequences share: where TRL's SFTTrainer starts the completion."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def token_lengths(ds, tokenizer) -> list[int]:

@@ -18,6 +18,7 @@ PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "m
 def report(model: str | None = None) -> dict:
     import torch
 
+    from medreason.compat import cpu_supports_bf16
     from medreason.errors import UserError
     from medreason.models import DEFAULT_MODEL, cache_root, resolve_model
 
@@ -43,16 +44,6 @@ def report(model: str | None = None) -> dict:
         },
         "model": {"id": model, "source": source, "cache": str(cache_root())},
     }
-
-
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16 training pays off."""
-    import torch
-
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def run(args) -> int:

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from medreason.adapter import read_adapter
+from medreason.compat import set_name_or_path
 from medreason.errors import UserError
 from medreason.io import atomic_dir
 
@@ -33,7 +34,7 @@ def export(adapter: str, out: str, model: str | None = None, force: bool = False
     if getattr(session.model, "is_loaded_in_4bit", False) or getattr(session.model, "is_loaded_in_8bit", False):
         raise UserError("refusing to merge into a quantized base: load the base in full precision")
     merged = session.model.merge_and_unload()
-    merged.config._name_or_path = session.base_model
+    set_name_or_path(merged, session.base_model)
     with atomic_dir(out_dir) as tmp:  # with --force, the old folder stays until the new one is complete
         merged.save_pretrained(tmp, safe_serialization=True)
         session.tokenizer.save_pretrained(tmp)

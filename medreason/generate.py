@@ -88,7 +88,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     """The base model (+ the adapter, if given), ready to generate. Checks the adapter fits the base."""
     import torch
 
-    from medreason.doctor import cpu_supports_bf16
+    from medreason.compat import cpu_supports_bf16
     from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer
 
     meta = read_adapter_meta(adapter) if adapter else {}

@@ -5,7 +5,7 @@
     medreason train --config configs/qwen2.5-0.5b-grpo-gpu.yaml             # GPU scale (vLLM when installed)
 
     from medreason.train import train
-    result = train(["--config", "configs/smollm2-135m-grpo-cpu.yaml"])   # `trainer: grpo` dispatches here
+    result = train(["--config", "configs/smollm2-135m-grpo-cpu.yaml"])   # `trainer: grpo` picks this recipe
 
 Flow: recipe (TRL's GRPOConfig) -> checks that need no model -> prompts from the MCQ pool split (one prompt
 builder, `medreason.mcq.prompt_messages`, the one generative evaluation uses) -> base model, plus the SFT
@@ -24,6 +24,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from medreason import run
+from medreason.adapter import read_adapter, training_meta, weights_sha256
+from medreason.config import config_dict
 from medreason.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -31,93 +34,53 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------- entry point
 
 
-def train_grpo(args, cfg, model_args, recipe: str, resume_from: Path | None):
-    """Train with GRPO from a parsed recipe (MedreasonArgs, GRPOConfig, ModelConfig). `medreason.train.train`
-    calls this for `trainer: grpo` after the checks GRPO shares with SFT (hyperparameters, checkpoints to
-    resume); `recipe` is the recipe's hash. Returns a `medreason.train.TrainResult`."""
-    from medreason.locks import run_locks
-    from medreason.train import check_resume, locks, runtime, stop_on_sigterm
-
+def train_grpo(args, cfg, model_args, recipe: str) -> run.TrainResult:
+    """Train with GRPO from a settled recipe (MedreasonArgs, GRPOConfig, ModelConfig); `recipe` is its hash.
+    `medreason.train.train` calls this for `trainer: grpo` after the checks every run shares."""
     check_grpo(args, cfg, model_args)
     init = read_init_adapter(args, model_args)
+    resume_from = run.resume_point(args, cfg)
     if resume_from is not None and init is None:  # a continued adapter keeps its own shape, not the recipe's
-        check_resume(resume_from, cfg, model_args)
+        run.check_resume(resume_from, model_args)
     dataset, pool = pool_dataset(args)  # bad data fails here, before the model loads
     log.info("GRPO prompts: %d questions of the %s; %d completions each", len(dataset), pool["description"],
              cfg.num_generations)
-    with stop_on_sigterm(), run_locks(*locks(args, cfg, model_args)), runtime(args, cfg, model_args):
+    with run.session(args, cfg, model_args):
         return _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
 
 
-def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool):
-    import os
-
+def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool) -> run.TrainResult:
     from transformers import set_seed
     from trl import GRPOTrainer
 
-    from medreason.adapter import adapter_path, save_adapter
-    from medreason.config import config_dict
-    from medreason.models import resolve_model
+    from medreason import compat
     from medreason.rewards import correctness_reward, format_reward
-    from medreason.tracking import log_params, mlflow_run
-    from medreason.train import LOGGED_PARAMS, TrainResult, _previous_run_id, record_run
 
-    output_dir = Path(cfg.output_dir)
-    model, tokenizer, peft_config = load_policy(args, cfg, model_args)
-    model_source = resolve_model(model_args.model_name_or_path).provenance(model)
+    model, tokenizer, peft_config, model_source = load_policy(args, model_args)
     resolved = {**config_dict(args, cfg, model_args), "init_adapter_sha256": init and init["sha256"]}
-    rank0 = int(os.environ.get("RANK", "0")) == 0
-    run_id = _previous_run_id(output_dir) if resume_from else None
-    with mlflow_run(args.mlflow_experiment, run_name=cfg.run_name, run_id=run_id, enabled=rank0) as run:
-        if run is not None:
-            import mlflow
-
-            record_run(output_dir, run.info.run_id, resolved, recipe)
-            if run_id is None:
-                log_params({k: v for k, v in resolved.items() if k in LOGGED_PARAMS | GRPO_PARAMS})
-                mlflow.set_tags({"trainer": "grpo", "init_adapter": init["path"] if init else "none"})
-            mlflow.log_dict(resolved, "resolved_config.json")
-            cfg.report_to = ["mlflow"]  # the trainer's callback logs rewards, KL, lengths and clip ratios here
+    tags = {"trainer": "grpo", "init_adapter": init["path"] if init else "none"}
+    with run.tracked(args, cfg, resolved, recipe, resumed=resume_from is not None,
+                     params=run.logged_params(resolved, GRPO_PARAMS), tags=tags) as tracking:
         set_seed(cfg.seed)  # right before a new adapter's weights are drawn, and the rollouts' sampling
         trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=cfg,
                               train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
         use_cpu_head(args, cfg, trainer)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = final_metrics(trainer.state.log_history)
-        adapter_dir = None
-        if trainer.is_world_process_zero():
-            policy = trainer.accelerator.unwrap_model(trainer.model)
-            if "ref" in getattr(policy, "peft_config", {}):
-                policy.delete_adapter("ref")  # TRL's frozen copy of the init adapter for the KL term: not saved
-            meta = {
-                "trainer": "grpo",
-                "base_model": model_args.model_name_or_path,
-                "template": args.template,
-                "system_prompt": args.system_prompt,
-                # what `medreason eval` rebuilds its corpus test split from: the SFT adapter's data, when continued
-                "dataset": (init or {}).get("dataset") or args.dataset,
-                "data": (init or {}).get("data") or {},
-                "rl_data": pool,
-                "init_adapter": init and init["path"],
-                "init_adapter_sha256": init and init["sha256"],
-                "rewards": ["correctness_reward", "format_reward"],
-                "run_name": cfg.run_name,
-                "recipe_hash": recipe,
-                "model": model_source,
-                "metrics": metrics,
-                "signal": signal_summary(trainer.state.log_history),
-                "config": resolved,
-            }
-            adapter_dir = save_adapter(policy, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
-                                       meta)
-            if run is not None:
-                import mlflow
-
-                mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items()})
-                mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
-    return TrainResult(adapter_dir=adapter_dir, output_dir=output_dir, metrics=metrics,
-                       mlflow_run_id=run.info.run_id if run is not None else None,
-                       global_step=trainer.state.global_step, log_history=list(trainer.state.log_history))
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        compat.drop_reference_adapter(policy)  # TRL's frozen copy of the init adapter for the KL term: not saved
+        meta = training_meta(
+            "grpo", args, model_args, recipe=recipe, resolved=resolved, model=model_source, metrics=metrics,
+            # what `medreason eval` rebuilds its corpus test split from: the SFT adapter's data, when continued
+            dataset=(init or {}).get("dataset") or args.dataset,
+            data=(init or {}).get("data") or {},
+            rl_data=pool,
+            init_adapter=init and init["path"],
+            init_adapter_sha256=init and init["sha256"],
+            rewards=["correctness_reward", "format_reward"],
+            signal=signal_summary(trainer.state.log_history),
+        )
+        return run.finish(trainer, policy, tokenizer, args, model_args, meta, metrics, tracking)
 
 
 GRPO_PARAMS = {"trainer", "init_adapter", "init_adapter_sha256", "num_generations", "max_completion_length", "beta",
@@ -150,8 +113,6 @@ def read_init_adapter(args, model_args) -> dict | None:
     """The SFT adapter to continue: validated, its base model the recipe's, and its weights' hash."""
     if not args.init_adapter:
         return None
-    from medreason.adapter import read_adapter
-
     folder = Path(args.init_adapter)
     if not folder.is_dir():
         raise UserError(f"init_adapter {folder} does not exist: train the SFT adapter first "
@@ -162,17 +123,9 @@ def read_init_adapter(args, model_args) -> dict | None:
     if not same_model(meta["base_model"], model_args.model_name_or_path):
         raise UserError(f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
                         f"{model_args.model_name_or_path}: use the same base model")
-    return {"path": str(folder), "sha256": adapter_hash(folder), "base_model": meta["base_model"],
+    return {"path": str(folder), "sha256": weights_sha256(folder), "base_model": meta["base_model"],
             "trainer": meta.get("trainer", "sft"), "run_name": meta.get("run_name"),
             "recipe_hash": meta.get("recipe_hash"), "dataset": meta.get("dataset"), "data": meta.get("data")}
-
-
-def adapter_hash(folder: Path) -> str:
-    """sha256 of the adapter's weights file: names exactly which SFT adapter a GRPO adapter continued."""
-    from medreason.adapter import WEIGHTS
-    from medreason.io import sha256_file
-
-    return sha256_file(Path(folder) / WEIGHTS)
 
 
 # --------------------------------------------------------------------------------------------- data and model
@@ -202,35 +155,26 @@ def pool_dataset(args):
     return Dataset.from_list(rows), record
 
 
-def load_policy(args, cfg, model_args):
-    """(model, tokenizer, peft_config): the base model, with the init adapter loaded trainable (and then no
-    peft_config: GRPOTrainer refuses both) or a new LoRA described by the recipe."""
-    import torch
-    from trl import get_peft_config, get_quantization_config
-
-    from medreason.models import load_model_and_tokenizer
-
-    dtype = "auto" if model_args.dtype == "auto" else getattr(torch, model_args.dtype)
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path, dtype=dtype, quantization_config=get_quantization_config(model_args),
-        attn_implementation=model_args.attn_implementation,
-    )
+def load_policy(args, model_args):
+    """(model, tokenizer, peft_config, provenance): the base model, with the init adapter loaded trainable (and
+    then no peft_config: GRPOTrainer refuses both) or a new LoRA described by the recipe."""
+    model, tokenizer, source = run.load_base(model_args)
     if args.init_adapter:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
         log.info("continuing the adapter in %s (trainable; the recipe's LoRA keys are not used)", args.init_adapter)
-        return model, tokenizer, None
-    return model, tokenizer, get_peft_config(model_args)
+        return model, tokenizer, None, source
+    return model, tokenizer, run.peft_config(model_args), source
 
 
 def use_cpu_head(args, cfg, trainer):
     """GRPOTrainer scores completions through TRL's fused LM head, which on a CPU (no Triton) projects every
     position, prompt and completion alike, onto the whole vocabulary, in tiles, several passes each: on the
-    tiny test model that was half of the step. SFT's dense head (medreason.trainer.use_dense_lm_head) computes
+    tiny test model that was half of the step. SFT's dense head (medreason.compat.use_dense_lm_head) computes
     the same log-probabilities and entropies from the labelled positions only, the completion tokens. It has no temperature and its entropies carry no gradient: at a
     temperature other than 1, or with an entropy bonus, TRL's head stays."""
-    from medreason.trainer import use_dense_lm_head, wants_dense_head
+    from medreason.compat import use_dense_lm_head, wants_dense_head
 
     if not wants_dense_head(args.lm_head, trainer.model):
         return

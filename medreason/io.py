@@ -91,3 +91,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def first_existing(path: str | Path) -> Path:
+    """The path itself when it exists, else its nearest existing parent: what decides whether a folder can be
+    created there (a file on the way, or no write permission)."""
+    path = Path(path)
+    return next(p for p in [path, *path.absolute().parents] if p.exists())

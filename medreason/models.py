@@ -61,7 +61,9 @@ class ModelSource:
         and the Hub revision or a sha256 of the weights."""
         out = {"kind": self.kind, "path": self.path, "description": self.describe()}
         if self.kind in ("hub", "hf-cache"):
-            out["revision"] = getattr(getattr(model, "config", None), "_commit_hash", None)
+            from medreason.compat import hub_revision
+
+            out["revision"] = hub_revision(model)
         elif self.kind in ("gguf", "cache"):
             out.update(gguf_provenance(Path(self.path)))
         elif self.kind == "local":
@@ -114,8 +116,9 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, dtype=None, **mo
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", local_files_only=local_only, **model_kwargs)
     if source.kind in ("cache", "gguf"):
         # record the Hub id, not the cache folder: PEFT writes it into adapter_config.json
-        model.config._name_or_path = name_or_path
-        model.name_or_path = name_or_path
+        from medreason.compat import set_name_or_path
+
+        set_name_or_path(model, name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -170,10 +173,13 @@ def plain_copy(model):
     so rebuild the same architecture from its config and copy the (already dense) state dict in."""
     from transformers import AutoModelForCausalLM
 
+    from medreason.compat import set_name_or_path
+
     config = model.config
-    config.__dict__.pop("quantization_config", None)
-    config._name_or_path = DEFAULT_MODEL
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     plain = AutoModelForCausalLM.from_config(config, dtype=model.dtype)
+    set_name_or_path(plain, DEFAULT_MODEL)
     plain.load_state_dict(model.state_dict(), strict=True)
     plain.generation_config = model.generation_config
     return plain

@@ -147,7 +147,7 @@ def grpo_run(tmp_path_factory, tiny_model_dir, sft_adapter):
 
 def test_two_steps_save_a_grpo_adapter(grpo_run, sft_adapter, tiny_model_dir):
     from medreason.adapter import read_adapter
-    from medreason.grpo import adapter_hash
+    from medreason.adapter import weights_sha256 as adapter_hash
 
     work, _, first, meta, _ = grpo_run
     assert first.global_step == 2

@@ -203,7 +203,7 @@ def test_recipe_hash_follows_the_continued_adapters_weights(tmp_path):
     """A GRPO adapter built on an SFT adapter is stale once the SFT adapter is retrained: the hash that
     ensure_adapter compares covers the continued adapter's weights, not only its path."""
     from medreason.config import parse_config
-    from medreason.train import run_recipe_hash
+    from medreason.run import recipe_hash_of as run_recipe_hash
 
     sft = tmp_path / "sft"
     sft.mkdir()

@@ -582,12 +582,13 @@ def test_single_target_module_becomes_a_list(tiny_model_dir):
     """`--lora_target_modules q_proj` arrives from the parser as a string, which PEFT would take as a regex
     over full module paths (matching nothing): the checks turn it into a list of one name."""
     from medreason.config import parse_config
-    from medreason.train import check_hyperparameters
+    from medreason.run import check_hyperparameters, lora_targets, peft_config
 
     args, sft, model_args = parse_config(["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir),
                                           "--lora_target_modules", "q_proj"])
     check_hyperparameters(args, sft, model_args)
-    assert model_args.lora_target_modules == ["q_proj"]
+    assert lora_targets(model_args) == ["q_proj"]
+    assert peft_config(model_args).target_modules == {"q_proj"}
 
 
 # --------------------------------------------------------------------------------------------- shipped recipes
@@ -658,10 +659,8 @@ def test_precision_reaches_the_accelerator_and_the_weights(argv, precision, dtyp
     """Regression: bf16 set after parsing never reached TrainingArguments.mixed_precision, and TRL's default
     dtype kept fp32 weights, so a 'bf16' run silently trained in fp32 at a third of the speed."""
     from medreason.config import parse_config
-    from medreason.train import configure_runtime
 
     args, sft, model_args = parse_config(["--config", str(RECIPE), "--precision", precision, *argv])
-    configure_runtime(args, sft, model_args)
     assert sft.bf16 is (precision == "bf16")
     assert sft.mixed_precision == ("bf16" if precision == "bf16" else "no")
     assert model_args.dtype == dtype
@@ -676,7 +675,7 @@ def test_dense_lm_head_matches_trls_fused_head(loss_outputs, tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.trainer import use_dense_lm_head
+    from medreason.compat import use_dense_lm_head
 
     def model(dense: bool):
         torch.manual_seed(0)
@@ -717,7 +716,7 @@ def test_dense_lm_head_leaves_generation_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.trainer import use_dense_lm_head
+    from medreason.compat import use_dense_lm_head
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     ids = torch.tensor([[1, 2, 3, 4]])
