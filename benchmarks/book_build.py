@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def main() -> int:
                                                                                    "ATEN_CPU_CAPABILITY")
                                                    if k in os.environ), ".venv/bin/python", "benchmarks/book_build.py",
                              *sys.argv[1:]]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "exit_code": done.returncode,
         "total_seconds": round(total, 1),
         "chapter_seconds": chapters,

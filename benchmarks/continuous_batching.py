@@ -20,7 +20,7 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ids = [tok(prompt, add_special_tokens=False)["input_ids"] for prompt in mcq_prompts(session, items)]
     config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
                               pad_token_id=tok.pad_token_id)
-    report = {"benchmark": "continuous_batching", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"benchmark": "continuous_batching", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python " + shlex.join(sys.argv), "adapter": args.adapter,
               "settings": {"n": len(items), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
                            "padded_batch_size": len(items),

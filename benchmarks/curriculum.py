@@ -27,7 +27,7 @@ import argparse
 import shlex
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
     from medreason.train import ensure_adapter
 
     started = time.time()
-    report = {"benchmark": "curriculum", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"benchmark": "curriculum", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python " + shlex.join(sys.argv), "load_average_before": load_average(),
               "recipes": {"sft": args.sft_recipe, "grpo": args.grpo_recipe},
               "recipe_sha256": {name: sha256_file(path) for name, path in (("sft", args.sft_recipe),

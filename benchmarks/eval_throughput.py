@@ -34,7 +34,7 @@ import shlex
 import sys
 import time
 from contextlib import nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -100,7 +100,7 @@ def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[
         finally:
             tok.padding_side = side
 
-        def timed(n):
+        def timed(n, batch=batch):
             start = time.perf_counter()
             with torch.inference_mode():
                 session.model.generate(**batch, do_sample=False, max_new_tokens=n, min_new_tokens=n,
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     items = stratified_subset(bundled_split("heldout"), args.n, seed=0)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    report = {"benchmark": "eval_throughput", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    report = {"benchmark": "eval_throughput", "date": datetime.now(UTC).isoformat(timespec="seconds"),
               "command": "python " + shlex.join(sys.argv),
               "adapter": args.adapter, "settings": {"n": len(items), "max_new_tokens": args.max_new_tokens,
                                                     "batch_sizes": batch_sizes, "decoding": "greedy",
@@ -176,7 +176,7 @@ def print_table(report: dict):
     print(f"\ngenerate-mode evaluation, {s['n']} questions, {s['max_new_tokens']} new tokens, greedy; "
           f"{m['cpu']} ({m['cpus_usable']} cores, native bf16: {m['cpu_native_bf16']}, {m['torch_threads']} threads)")
     print(f"{'dtype':<10}{'variant':<9}{'batch':>6}{'q/min':>8}{'tok/s':>8}{'truncated':>11}{'extracted':>11}")
-    for name, run in report["runs"].items():
+    for run in report["runs"].values():
         for r in run["results"]:
             print(f"{run['dtype']:<10}{r['variant']:<9}{r['batch_size']:>6}{r['questions_per_minute']:>8.1f}"
                   f"{r['generated_tokens_per_s']:>8.1f}{r['truncation_rate']:>11.2f}{r['extraction_rate']:>11.2f}")

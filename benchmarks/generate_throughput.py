@@ -36,7 +36,7 @@ import shlex
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from medreason.io import atomic_write_json
@@ -259,7 +259,7 @@ def main(argv=None) -> int:
 
     report = {
         "benchmark": "generate_throughput",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", sys.argv[0], *argv]),
         "model": session.base_model,
         "adapter": adapter_desc,

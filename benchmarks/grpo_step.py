@@ -37,7 +37,7 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 DEFAULT_CONFIG = "configs/smollm2-135m-grpo-cpu.yaml"
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
     plain_rate = sum(tok for _, tok in plain) / sum(s for s, _ in plain)
     report = {
         "benchmark": "grpo_step",
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["python", sys.argv[0], *argv]),
         "recipe": args.config,
         "model": model_args.model_name_or_path,

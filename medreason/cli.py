@@ -20,9 +20,9 @@ import os
 import re
 import sys
 
-from medreason.config import TEMPLATES
 from medreason.errors import Terminated, UserError
 from medreason.progress import ENV as PROGRESS_ENV
+from medreason.template import TEMPLATES
 
 log = logging.getLogger("medreason")
 
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
-
         from medreason.compat import quiet_library_warnings
+        from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
 
         with stop_on_sigterm(), quiet_library_warnings():  # SIGTERM as Ctrl-C (exit 143); libraries' inner noise
             result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
@@ -198,7 +197,7 @@ def at_least(low, kind=int):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
         return value
@@ -255,11 +254,11 @@ def folder_to_write(text: str) -> str:
 
 
 def _parent_is_a_folder(path, text: str):
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise argparse.ArgumentTypeError(f"cannot be created: {parent} is a file, not a folder (got {text})")
-            return
+    from medreason.io import first_existing
+
+    parent = first_existing(path.absolute().parent)
+    if not parent.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot be created: {parent} is a file, not a folder (got {text})")
 
 
 def _cmd(module: str, name: str):

@@ -252,6 +252,8 @@ def use_dense_lm_head(model):
     import torch
     from trl.trainer.utils import FusedCausalLMOutput
 
+    from medreason.scoring import labelled_log_softmax
+
     if not verified("dense_lm_head"):
         _unverified("dense_lm_head", "keeping TRL's fused head")
         return
@@ -272,11 +274,7 @@ def use_dense_lm_head(model):
             return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
                                  num_items_in_batch=num_items_in_batch, **kwargs)
         kwargs["use_cache"] = False
-        hidden = base.base_model(*args, **kwargs).last_hidden_state[:, :-1]
-        labels = labels[:, 1:].to(hidden.device)
-        mask = labels != -100
-        targets = labels[mask]
-        log_softmax = torch.log_softmax(base.get_output_embeddings()(hidden[mask]).float(), dim=-1)
+        log_softmax, targets, mask = labelled_log_softmax(base, labels, *args, **kwargs)
         token_log_probs = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
         with torch.no_grad():
             entropy = -(log_softmax.exp() * log_softmax).sum(-1)

@@ -17,15 +17,12 @@ from pathlib import Path
 
 from medreason.compat import TYPE_WORDS
 from medreason.errors import UserError
+from medreason.template import TEMPLATES
 
 # LoRA target presets: the original notebook adapted the attention projections only.
 LORA_PRESETS = {
     "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "all-linear": "all-linear",  # PEFT's own shorthand: every linear layer but the output head
-}
-TEMPLATES = {
-    "think": "<think>\n{Complex_CoT}\n</think>\n\n{Response}",
-    "huatuo": "## Thinking\n\n{Complex_CoT}\n\n## Final Response\n\n{Response}",
 }
 DEFAULT_SYSTEM_PROMPT = (
     "You are a medical reasoning assistant for education. Think through the question step by step, "

@@ -17,20 +17,20 @@ removed before splitting, and every split is checked against the MCQ benchmark f
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
 import json
 import logging
 import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 
-from medreason.config import DEFAULT_SYSTEM_PROMPT, TEMPLATES
+from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
+from medreason.readers import READERS, Unparseable, bundled_path
+from medreason.readers import read_file as read_rows_file
+from medreason.template import render
 
 log = logging.getLogger(__name__)
 
@@ -160,82 +160,17 @@ def _hub_revision(dataset: str) -> str | None:
 
 
 def read_file(path: Path) -> list:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: file not found")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise UserError(f"{path}: unsupported file type '{path.suffix}' (use .jsonl, .json, .csv or .parquet)")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: file is empty")
-    return reader(path)
+    """The rows of a JSON/JSONL/CSV/Parquet file of the medical-o1 schema (medreason.readers; a CSV's header must
+    name its columns); an unparseable line stays in place as a row that validation reports."""
+    return read_rows_file(path, csv_header=_csv_header_problem)
 
 
-def _read_jsonl(path: Path) -> list:
-    rows = []
-    for line in _text(path).splitlines():
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            # keep the row's position: validation reports it with the others
-            rows.append(_Unparseable(len(rows) + 1, f"not valid JSON ({e.msg})"))
-    return rows
+def _csv_header_problem(header: list[str]) -> str | None:
+    if not set(FIELDS) & set(header):
+        return f"not a CSV with a header row naming {', '.join(FIELDS)}"
+    return None
 
 
-def _read_json(path: Path) -> list:
-    try:
-        data = json.loads(_text(path))
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}); for one object per line use .jsonl") from e
-    if isinstance(data, dict):  # {"train": [...]} or {"data": [...]}, as some exports write
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise UserError(f"{path}: expected a JSON list of rows")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise UserError(f"{path}: expected a JSON list of rows")
-    return data
-
-
-def _read_csv(path: Path) -> list:
-    text = _text(path)
-    reader = csv.DictReader(io.StringIO(text))
-    if not reader.fieldnames or not set(FIELDS) & set(reader.fieldnames):
-        raise UserError(f"{path}: not a CSV with a header row naming {', '.join(FIELDS)}")
-    rows = []
-    for row in reader:
-        if None in row:  # more cells than header columns
-            rows.append(_Unparseable(len(rows) + 1, "has more cells than the header"))
-        else:
-            rows.append(row)
-    return rows
-
-
-def _read_parquet(path: Path) -> list:
-    with open(path, "rb") as f:
-        if f.read(4) != b"PAR1":
-            raise UserError(f"{path}: not a Parquet file (its first bytes are not the Parquet magic)")
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow's own errors for a truncated or corrupt file
-        raise UserError(f"{path}: unreadable Parquet file ({str(e).splitlines()[0]})") from e
-
-
-def _text(path: Path) -> str:
-    data = path.read_bytes()
-    if data[:4] == b"PAR1" or b"\x00" in data[:1024]:
-        raise UserError(f"{path}: binary content, not text as its extension '{path.suffix}' says")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from e
-
-
-READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
 
 
 def as_sft_rows(path: Path, rows: list) -> list:
@@ -265,16 +200,6 @@ def mcq_reasoning_rows(path: Path, rows: list | None = None) -> list[dict]:
     return out
 
 
-@dataclass
-class _Unparseable:
-    line: int
-    problem: str
-
-
-def bundled_path(name: str) -> Path:
-    return Path(str(resources.files("medreason") / "resources" / name))
-
-
 # --------------------------------------------------------------------------------------------- validation
 
 
@@ -295,7 +220,7 @@ def validate_rows(rows: list, origin: str) -> tuple[list[dict], list[RowError]]:
 
 
 def validate_row(row, n: int, origin: str) -> RowError | None:
-    if isinstance(row, _Unparseable):
+    if isinstance(row, Unparseable):
         return RowError(origin, row.line, None, row.problem)
     if not isinstance(row, dict):
         return RowError(origin, n, None, f"is a {type(row).__name__}, not an object with {', '.join(FIELDS)}")
@@ -322,7 +247,7 @@ def validate_row(row, n: int, origin: str) -> RowError | None:
 
 def format_example(row: dict, template: str = "think", system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> dict:
     """One row in TRL's conversational prompt-completion form: the loss covers only the completion."""
-    completion = TEMPLATES[template].format(Complex_CoT=row["Complex_CoT"], Response=row["Response"])
+    completion = render(row["Complex_CoT"], row["Response"], template)
     return {
         "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": row["Question"]}],
         "completion": [{"role": "assistant", "content": completion}],
@@ -436,35 +361,13 @@ def contamination(parts: dict[str, list[dict]], mcq: list[dict], threshold: floa
 
 
 def load_mcq(path: str | Path | None = None) -> list[dict]:
-    """The four-option benchmark (bundled by default); a bad row is a UserError naming it."""
-    path = Path(path) if path else bundled_path("mcq.jsonl")
-    items = []
-    for n, row in enumerate(read_file(path), 1):
-        problem = _mcq_problem(row)
-        if problem:
-            raise UserError(f"{path} row {getattr(row, 'line', n)}: {problem}")
-        items.append({**row, "id": str(row.get("id") or f"row-{n}")})
-    return items
+    """The benchmark's items (bundled by default) as plain dicts (id, question, options, answer, explanation,
+    specialty, split), read and checked by medreason.mcq.load_benchmark, the one MCQ loader; a bad row is a
+    UserError."""
+    from medreason.mcq import load_benchmark
 
-
-def _mcq_problem(row) -> str | None:
-    if isinstance(row, _Unparseable):
-        return row.problem
-    if not isinstance(row, dict):
-        return "not an object"
-    for key in ("question", "options", "answer"):
-        if key not in row:
-            return f'field "{key}" is missing'
-    if not isinstance(row["question"], str) or not row["question"].strip():
-        return 'field "question" is empty'
-    options = row["options"]
-    if not isinstance(options, dict) or sorted(options) != list(MCQ_LETTERS):
-        return 'field "options" must map exactly A, B, C and D to text'
-    if any(not isinstance(v, str) or not v.strip() for v in options.values()):
-        return 'field "options" has an empty option'
-    if row["answer"] not in MCQ_LETTERS:
-        return f'field "answer" is {row["answer"]!r}, not one of A, B, C, D'
-    return None
+    return [{"id": it.id, "question": it.question, "options": dict(it.options), "answer": it.answer,
+             "explanation": it.explanation, "specialty": it.group, "split": it.split} for it in load_benchmark(path)]
 
 
 # --------------------------------------------------------------------------------------------- stats

@@ -197,36 +197,13 @@ def mcq_prompts(session, items) -> list[str]:
 def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[dict]:
     """Greedy continuations of already-templated prompts: {"output", "tokens", "truncated"} each. `tokens` counts
     what was generated up to the end-of-turn token; `truncated` means the budget ran out first."""
-    import torch
+    from medreason.generate import generate
 
-    tok, model = session.tokenizer, session.model
-    side = tok.padding_side
-    tok.padding_side = "left"  # generation continues from the right end of every row
-    try:
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    finally:
-        tok.padding_side = side
     # pure greedy (repetition_penalty 1) by default, as reference evaluations decode. A penalty (`medreason chat`
     # uses 1.1) breaks the loops small models fall into under pure greedy; it also penalises every option label the
     # prompt lists, but all of them alike, so it does not favour one option
-    with torch.inference_mode():
-        out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens, temperature=None,
-                             top_p=None, top_k=None, repetition_penalty=repetition_penalty, use_cache=True,
-                             pad_token_id=tok.pad_token_id)
-    stop = _stop_ids(session)
-    results = []
-    for row in out[:, batch["input_ids"].shape[1]:].tolist():
-        end = next((j for j, t in enumerate(row) if t in stop), None)
-        ids = row if end is None else row[:end]
-        results.append({"output": tok.decode(ids, skip_special_tokens=True).strip(), "tokens": len(ids),
-                        "truncated": end is None})
-    return results
-
-
-def _stop_ids(session) -> set[int]:
-    eos = getattr(getattr(session.model, "generation_config", None), "eos_token_id", None)
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    return ids | {session.tokenizer.eos_token_id}
+    return generate(session, prompts, do_sample=False, max_new_tokens=max_new_tokens, temperature=None, top_p=None,
+                    top_k=None, repetition_penalty=repetition_penalty)
 
 
 class GenerationCache:
@@ -349,6 +326,8 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     """Mean negative log-likelihood per completion token (prompt tokens masked, as in training)."""
     import torch
 
+    from medreason.scoring import labelled_log_softmax
+
     examples = []
     for ex in dataset:
         prompt_ids = tokenizer.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=True,
@@ -360,10 +339,6 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device
     model.eval()
-    # PEFT injects LoRA into the base model's own layers, so its decoder answers with the adapter on (and off
-    # inside disable_adapter())
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder, head = base.base_model, base.get_output_embeddings()
     with torch.inference_mode(), progress(total=len(examples), desc="held-out loss", unit="ex") as bar:
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
@@ -376,14 +351,10 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
                 input_ids[j, :len(ids)] = torch.tensor(ids)
                 attention[j, :len(ids)] = 1
                 labels[j, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
-            # the logits of the labelled positions only, as training's dense head computes them: the full
-            # [batch, length, vocabulary] logits would be ~50x larger and dominate the time on a CPU
-            hidden = decoder(input_ids=input_ids.to(device), attention_mask=attention.to(device)).last_hidden_state
-            shift_labels = labels[:, 1:].to(device)
-            mask = shift_labels != -100
-            logits = head(hidden[:, :-1][mask]).float()
-            nll = torch.nn.functional.cross_entropy(logits, shift_labels[mask], reduction="sum")
-            total_nll += nll.item()
+            # as training's dense head computes them (medreason.scoring)
+            log_softmax, targets, mask = labelled_log_softmax(model, labels, input_ids=input_ids.to(device),
+                                                              attention_mask=attention.to(device))
+            total_nll -= log_softmax.gather(-1, targets[:, None]).sum().item()
             total_tokens += int(mask.sum())
     return total_nll / max(1, total_tokens)
 
@@ -459,7 +430,7 @@ def mcq_task_config(mcq_path: str | None = None) -> dict:
     four-option file as the lm_eval command line reads it."""
     import yaml
 
-    from medreason.data import bundled_path
+    from medreason.readers import bundled_path
 
     config = yaml.safe_load(bundled_path("lm_eval/medreason_mcq.yaml").read_text())
     data = str(Path(mcq_path).resolve()) if mcq_path else str(bundled_path("mcq.jsonl"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from medreason.adapter import read_adapter
 from medreason.compat import set_name_or_path
 from medreason.errors import UserError
-from medreason.io import atomic_dir
+from medreason.io import atomic_dir, first_existing
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,9 @@ def check_out(out: str) -> Path:
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out} is a file: choose a new folder")
-    for parent in out_dir.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UserError(f"--out {out}: {parent} is a file, not a folder")
-            break
+    parent = first_existing(out_dir.absolute().parent)
+    if not parent.is_dir():
+        raise UserError(f"--out {out}: {parent} is a file, not a folder")
     return out_dir
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from medreason.template import answer_region, without_tags
+
 __all__ = ["extract_choice", "answer_region"]
 
 _MARKUP = re.compile(r"[*_`#>]+")
@@ -63,19 +65,8 @@ def extract_choice(text: str | None, options: dict[str, str]) -> str | None:
     if found is _CONFLICT:
         return None
     if found is None and closed:  # the answer after </think> says nothing: the reasoning may have
-        found = _extract(_strip_think_tags(text), options, lettered, explicit_only=True)
+        found = _extract(without_tags(text), options, lettered, explicit_only=True)
     return None if found is _CONFLICT else found
-
-
-def answer_region(text: str) -> tuple[str, bool]:
-    """(the text after the last </think> or `## Final Response`, True), or (the whole text, False)."""
-    for marker in ("</think>", "## Final Response"):
-        at = text.rfind(marker)
-        if at >= 0:
-            return text[at + len(marker):], True
-    if "<think>" in text:  # left open: the budget ran out while thinking
-        return _strip_think_tags(text), False
-    return text, True
 
 
 # --------------------------------------------------------------------------------------------- levels
@@ -207,10 +198,6 @@ def _starts_with_option(s: str, option: str, whole: bool) -> bool:
 
 def _is_lettered(options: dict[str, str]) -> bool:
     return all(len(k) == 1 and "A" <= k <= "J" for k in options)
-
-
-def _strip_think_tags(text: str) -> str:
-    return text.replace("<think>", "\n").replace("</think>", "\n")
 
 
 def _norm(text: str) -> str:

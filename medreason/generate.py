@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -147,26 +146,42 @@ def answer(session: Session, questions: list[str], sampling: Sampling | None = N
     for q in questions:
         if not q or not q.strip():
             raise UserError("empty prompt: ask a question")
-    tok = session.tokenizer
     prompts = [prompt_text(session, q) for q in questions]
-    side, tok.padding_side = tok.padding_side, "left"  # generation continues from the right end of every row
-    try:
-        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(session.model.device)
-    finally:
-        tok.padding_side = side
     torch.manual_seed(sampling.seed)
     ctx = nullcontext() if use_adapter else session.adapter_off()
-    with ctx, torch.inference_mode():
-        out = session.model.generate(**batch, **sampling.kwargs(), streamer=streamer, use_cache=True,
-                                     pad_token_id=tok.pad_token_id)
-    new = out[:, batch["input_ids"].shape[1]:]
+    with ctx:
+        outputs = generate(session, prompts, streamer=streamer, **sampling.kwargs())
     answers = []
-    for q, row in zip(questions, new):
-        n = int((row != tok.pad_token_id).sum())
-        text = tok.decode(row, skip_special_tokens=True).strip()
-        reasoning, final = split_reasoning(text, session.template)
-        answers.append(Answer(q, text, reasoning, final, n, "adapter" if use_adapter and session.adapter else "base"))
+    for q, out in zip(questions, outputs):
+        reasoning, final = split_reasoning(out["output"], session.template)
+        answers.append(Answer(q, out["output"], reasoning, final, out["tokens"],
+                              "adapter" if use_adapter and session.adapter else "base"))
     return answers
+
+
+def generate(session: Session, prompts: list[str], *, streamer=None, **generation) -> list[dict]:
+    """Continuations of already-templated prompts in one left-padded batch with the KV cache on:
+    {"output", "tokens", "truncated"} each. `tokens` counts what was generated up to the end-of-turn token;
+    `truncated` means max_new_tokens ran out first. `generation`: model.generate's own keywords."""
+    import torch
+
+    tok, model = session.tokenizer, session.model
+    side, tok.padding_side = tok.padding_side, "left"  # generation continues from the right end of every row
+    try:
+        batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    finally:
+        tok.padding_side = side
+    with torch.inference_mode():
+        out = model.generate(**batch, **generation, streamer=streamer, use_cache=True, pad_token_id=tok.pad_token_id)
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []) | {tok.eos_token_id}
+    results = []
+    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+        end = next((j for j, t in enumerate(row) if t in stop), None)
+        ids = row if end is None else row[:end]
+        results.append({"output": tok.decode(ids, skip_special_tokens=True).strip(), "tokens": len(ids),
+                        "truncated": end is None})
+    return results
 
 
 def compare(session: Session, questions: list[str], sampling: Sampling | None = None) -> list[tuple[Answer, Answer]]:
@@ -179,19 +194,10 @@ def compare(session: Session, questions: list[str], sampling: Sampling | None = 
 
 
 def split_reasoning(text: str, template: str = "think") -> tuple[str, str]:
-    """(reasoning, final answer) from a completion in the adapter's template; no reasoning block found
-    means the whole text is the answer."""
-    if template == "huatuo":
-        m = re.search(r"##\s*Thinking\s*(.*?)\s*##\s*Final Response\s*(.*)", text, re.S)
-        if m:
-            return m.group(1).strip(), m.group(2).strip()
-        return "", text.strip()
-    m = re.search(r"<think>\s*(.*?)\s*</think>\s*(.*)", text, re.S)
-    if m:
-        return m.group(1).strip(), m.group(2).strip()
-    if "<think>" in text:  # ran out of tokens while thinking
-        return text.split("<think>", 1)[1].strip(), ""
-    return "", text.strip()
+    """(reasoning, final answer) from a completion in the adapter's template (medreason.template.split)."""
+    from medreason.template import split
+
+    return split(text, template)
 
 
 # --------------------------------------------------------------------------------------------- CLI

@@ -138,9 +138,9 @@ def pool_dataset(args):
     The held-out split is never seen here."""
     from datasets import Dataset
 
-    from medreason.data import bundled_path
     from medreason.io import sha256_file
     from medreason.mcq import bundled_split, prompt_messages
+    from medreason.readers import bundled_path
 
     items = bundled_split("pool")
     if args.max_examples:

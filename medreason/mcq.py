@@ -22,8 +22,6 @@ A bad row is a `UserError` naming the file, the row and the field.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import string
@@ -32,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.readers import Unparseable, bundled_path, read_file
 
 LETTERS = tuple(string.ascii_uppercase[:10])  # A..J
 MIN_OPTIONS, MAX_OPTIONS = 2, 10
@@ -68,10 +67,10 @@ class MCQItem:
 
 def load_benchmark(path: str | Path | None = None) -> list[MCQItem]:
     """Every item of a benchmark file (the bundled one by default); the first bad row is a UserError."""
-    from medreason.data import bundled_path
-
     path = Path(path).expanduser() if path else bundled_path("mcq.jsonl")
-    rows = _read_csv(path) if path.suffix.lower() == ".csv" and path.is_file() else _read(path)
+    rows = read_file(path, csv_header=_csv_header_problem)
+    if path.suffix.lower() == ".csv":
+        rows = [_csv_row(row) for row in rows]
     items, seen = [], set()
     for n, row in enumerate(rows, 1):
         item = parse_row(row, n, path)
@@ -96,9 +95,7 @@ def bundled_split(name: str) -> list[MCQItem]:
 
 def parse_row(row, n: int, origin) -> MCQItem:
     """One row as an MCQItem; a problem is a UserError 'FILE row N: field "x" ...'."""
-    from medreason.data import _Unparseable
-
-    if isinstance(row, _Unparseable):
+    if isinstance(row, Unparseable):
         raise UserError(f"{origin} row {row.line}: {row.problem}")
     if not isinstance(row, dict):
         raise UserError(f"{origin} row {n}: is {_kind(row)}, not an object with question, options, answer")
@@ -195,35 +192,25 @@ def _kind(value) -> str:
         type(value), f"a {type(value).__name__}")
 
 
-def _read(path: Path) -> list:
-    from medreason.data import read_file
-
-    return read_file(path)
-
-
-def _read_csv(path: Path) -> list:
+def _csv_header_problem(header: list[str]) -> str | None:
     """A header naming question and answer, and options as a JSON cell `options` or columns A, B, ..."""
-    from medreason.data import _text as read_text, _Unparseable
+    if "question" not in header or "answer" not in header or not ("options" in header or set(LETTERS) & set(header)):
+        return ("not a CSV with a header row naming question, answer and options (a JSON cell) or option "
+                "columns A, B, ...")
+    return None
 
-    reader = csv.DictReader(io.StringIO(read_text(path)))
-    header = [h.strip() for h in reader.fieldnames or []]
-    letter_columns = [c for c in LETTERS if c in header]
-    if "question" not in header or "answer" not in header or not ("options" in header or letter_columns):
-        raise UserError(f"{path}: not a CSV with a header row naming question, answer and options "
-                        f"(a JSON cell) or option columns A, B, ...")
-    rows = []
-    for raw in reader:
-        if None in raw:  # more cells than header columns
-            rows.append(_Unparseable(len(rows) + 1, "has more cells than the header"))
-            continue
-        row = {k.strip(): v for k, v in raw.items()}
-        if "options" not in header:
-            row["options"] = {c: row.pop(c) for c in letter_columns if (row.get(c) or "").strip()}
-        for key in ("context", "explanation", "group", "specialty", "split", "id"):
-            if key in row and not (row[key] or "").strip():
-                row[key] = None  # an empty cell is an absent field
-        rows.append(row)
-    return rows
+
+def _csv_row(row):
+    """A CSV row as a JSON row would be: options from columns A, B, ... when there is no `options` cell, and an
+    empty cell an absent field."""
+    if isinstance(row, Unparseable):
+        return row
+    if "options" not in row:
+        row["options"] = {c: row.pop(c) for c in LETTERS if c in row and (row.get(c) or "").strip()}
+    for key in ("context", "explanation", "group", "specialty", "split", "id"):
+        if key in row and not (row[key] or "").strip():
+            row[key] = None
+    return row
 
 
 # --------------------------------------------------------------------------------------------- subsets, chance

@@ -228,26 +228,3 @@ def text_table(frame):
 # --------------------------------------------------------------------------------------------- evaluation
 
 
-def eval_bar(results: dict, task: str = "medreason_mcq"):
-    """MCQ accuracy per variant with ±1 standard error, the chance line, and held-out perplexity beside it."""
-    import matplotlib.pyplot as plt
-
-    names = list(results["variants"])
-    accs = [results["variants"][n]["tasks"][task]["acc"] for n in names]
-    errs = [results["variants"][n]["tasks"][task]["acc_stderr"] or 0 for n in names]
-    ppl = [results["variants"][n]["test_perplexity"] for n in names]
-    colors = ["#9db4d0", "#4c8c4a"][:len(names)]
-    fig, (ax, ax_ppl) = plt.subplots(1, 2, figsize=(9, 3.8))
-    ax.bar(names, accs, yerr=errs, capsize=8, color=colors)
-    ax.axhline(results["chance"], color="crimson", linestyle="--", label=f"chance ({results['chance']:.2f})")
-    ax.set_ylim(0, max(0.5, max(a + e for a, e in zip(accs, errs)) + 0.05))
-    ax.set_ylabel("accuracy (± 1 s.e.)")
-    ax.set_title(f"{task}: {results['n_mcq']} questions")
-    ax.legend(loc="upper right")
-    ax_ppl.bar(names, ppl, color=colors)
-    ax_ppl.set_ylabel("perplexity (lower is better)")
-    ax_ppl.set_title(f"held-out test split: {results['n_test']} examples")
-    for x, v in enumerate(ppl):
-        ax_ppl.text(x, v, f"{v:.2f}", ha="center", va="bottom")
-    fig.tight_layout()
-    return fig

@@ -18,9 +18,7 @@ with: the reward the policy is trained on and the accuracy it is evaluated on ar
 
 from __future__ import annotations
 
-import re
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from medreason.template import well_formed
 
 
 def correctness_reward(completions: list, answer: list[str], options: list[dict], **kw) -> list[float]:
@@ -40,14 +38,6 @@ def format_reward(completions: list, **kw) -> list[float]:
     (some non-blank text); 0.0 otherwise. A block left open is what truncated or rambling reasoning looks like,
     and an empty answer after it leaves nothing to grade."""
     return [1.0 if well_formed(completion_text(c)) else 0.0 for c in completions]
-
-
-def well_formed(text: str) -> bool:
-    text = text.strip()
-    if not text.startswith(THINK_OPEN) or text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
-        return False
-    reasoning, _, answer = text[len(THINK_OPEN):].partition(THINK_CLOSE)
-    return bool(reasoning.strip()) and bool(re.search(r"\w", answer))
 
 
 def completion_text(completion) -> str:

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.adapter import adapter_path, recipe_hash, save_adapter, weights_sha256
-from medreason.config import TEMPLATES, config_dict
+from medreason.config import config_dict
 from medreason.errors import UserError
 from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
+from medreason.template import TEMPLATES
 
 log = logging.getLogger(__name__)
 

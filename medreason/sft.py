@@ -15,6 +15,7 @@ split (both reaches into TRL live in medreason.compat).
 from __future__ import annotations
 
 import logging
+
 from medreason import run
 from medreason.adapter import training_meta
 from medreason.config import config_dict

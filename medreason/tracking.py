@@ -133,11 +133,6 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
     return sorted((m.step, m.value) for m in client(uri).get_metric_history(run_id, key))
 
 
-def run_info(run_id: str, uri: str | None = None):
-    """The run's params, metrics (last values), tags and status."""
-    return client(uri).get_run(run_id)
-
-
 def metric_points(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, int, float]]:
     """(step, timestamp in ms, value) of one metric, in step order: for rates over time, such as TRL's
     cumulative `num_tokens` (`medreason.estimates.tokens_per_second`)."""

@@ -17,8 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real SmolLM2-135M-Instruct checkpoint (converted from the bundled GGUF on first use)."""
-    from medreason.models import DEFAULT_MODEL, resolve_model, convert_gguf_to_cache
     from pathlib import Path as P
+
+    from medreason.models import DEFAULT_MODEL, convert_gguf_to_cache, resolve_model
 
     source = resolve_model(DEFAULT_MODEL)
     return convert_gguf_to_cache(P(source.path)) if source.kind == "gguf" else P(source.path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from browser import PATH_NAMES, Chromium, ChromiumError, find_chromium
 
 sync_api = pytest.importorskip("playwright.sync_api")

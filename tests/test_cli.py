@@ -3,8 +3,9 @@
 import subprocess
 import sys
 
-from medreason.cli import main
 from conftest import ROOT
+
+from medreason.cli import main
 
 
 def test_help_lists_subcommands():

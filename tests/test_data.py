@@ -482,11 +482,11 @@ def test_bundled_mcq_shape(mcq, corpus_rows):
 @pytest.mark.parametrize("corrupt, expected", [
     (lambda rows: rows[2].update(answer="E"), "row 3: field \"answer\" is 'E', not one of A, B, C, D"),
     (lambda rows: rows[1].pop("options"), 'row 2: field "options" is missing'),
-    (lambda rows: rows[3]["options"].pop("D"), 'row 4: field "options" must map exactly A, B, C and D to text'),
-    (lambda rows: rows[0]["options"].update(B="  "), 'row 1: field "options" has an empty option'),
+    (lambda rows: rows[0]["options"].update(B="  "), 'row 1: field "options" option B is empty'),
     (lambda rows: rows.__setitem__(4, "{not json"), "row 5: not valid JSON ("),
-], ids=["answer-letter", "missing-options", "three-options", "empty-option", "invalid-json"])
+], ids=["answer-letter", "missing-options", "empty-option", "invalid-json"])
 def test_load_mcq_names_the_bad_row(tmp_path, mcq, corrupt, expected):
+    """The contamination check reads the benchmark with medreason.mcq's loader, the one evaluation uses."""
     rows = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in m.items()} for m in mcq[:6]]
     corrupt(rows)
     path = tmp_path / "mcq.jsonl"

@@ -164,7 +164,7 @@ def test_loglik_mode_any_option_count(adapter_dir, files, in_tmp, capsys):
 def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     from medreason.evaluate import evaluate
 
-    plain = evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), run_name="p", batch_size=3)
+    evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), run_name="p", batch_size=3)
     chat = evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), chat=True, run_name="q",
                     batch_size=3)
     assert chat["settings"]["chat"] is True

@@ -116,9 +116,8 @@ def test_config_loads_the_local_extension():
 
 
 def test_toc_order_reads_training_before_its_users():
-    from sphinx_external_toc.parsing import parse_toc_yaml
-
     import medreason_sphinx
+    from sphinx_external_toc.parsing import parse_toc_yaml
 
     order = medreason_sphinx.toc_order(parse_toc_yaml(BOOK / "_toc.yml"))
     assert order[0] == "intro"

@@ -121,7 +121,7 @@ def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, tiny_model_dir, mo
     with caplog.at_level("INFO"):
         result = train(tiny(tiny_model_dir, tmp_path, "--save_strategy", "no", steps=1))
     assert result.global_step == 1
-    assert any(f"stale lock" in r.getMessage() and str(dead.pid) in r.getMessage() for r in caplog.records)
+    assert any("stale lock" in r.getMessage() and str(dead.pid) in r.getMessage() for r in caplog.records)
     assert not (tmp_path / "out" / ".medreason.lock").exists()
 
 
@@ -196,8 +196,8 @@ def test_resume_from_the_final_checkpoint_trains_no_further(finished_run, tiny_m
 
 def test_over_long_counts_match_what_trl_drops(tiny_model_dir):
     """fit_max_length predicts exactly which examples TRL's SFTTrainer drops (its prompt fills max_length)."""
-    from trl import SFTConfig, SFTTrainer
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
 
     from medreason.data import fit_max_length, load_splits
 
