@@ -52,11 +52,12 @@ def recipe_hash(resolved: dict) -> str:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def save_adapter(model, tokenizer, folder: str | Path, meta: dict) -> Path:
-    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically."""
+def save_adapter(model, tokenizer, folder: str | Path, meta: dict, state_dict: dict | None = None) -> Path:
+    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically. `state_dict`: the model's
+    full weights when its own are shards (FSDP; medreason.distributed.gathered_state_dict)."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         meta = {**meta, "vocab_size": len(tokenizer)}
         (tmp / ADAPTER_META).write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -57,6 +57,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
 
     from medreason.adapter import adapter_path, save_adapter
     from medreason.config import config_dict
+    from medreason.distributed import gathered_state_dict
     from medreason.models import resolve_model
     from medreason.rewards import correctness_reward, format_reward
     from medreason.tracking import log_params, mlflow_run
@@ -85,6 +86,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = final_metrics(trainer.state.log_history)
         adapter_dir = None
+        state_dict = gathered_state_dict(trainer)  # a collective under FSDP: on every rank, before rank 0 saves
         if trainer.is_world_process_zero():
             policy = trainer.accelerator.unwrap_model(trainer.model)
             if "ref" in getattr(policy, "peft_config", {}):
@@ -109,7 +111,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
                 "config": resolved,
             }
             adapter_dir = save_adapter(policy, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
-                                       meta)
+                                       meta, state_dict=state_dict)
             if run is not None:
                 import mlflow
 
@@ -136,11 +138,9 @@ def check_grpo(args, cfg, model_args):
     if cfg.temperature <= 0:
         raise UserError(f"temperature must be positive for sampled rollouts, got {cfg.temperature}")
     if cfg.use_vllm:
-        import importlib.util
+        from medreason.distributed import check_vllm
 
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("use_vllm is true but vllm is not installed: `pip install vllm` (GPU only), "
-                            "or set use_vllm: false")
+        check_vllm()
     if args.template != "think":
         raise UserError(f"template '{args.template}': the GRPO format reward checks <think>...</think> blocks: "
                         f"use template: think")
@@ -232,7 +232,7 @@ def use_cpu_head(args, cfg, trainer):
     temperature other than 1, or with an entropy bonus, TRL's head stays."""
     from medreason.trainer import use_dense_lm_head, wants_dense_head
 
-    if not wants_dense_head(args.lm_head, trainer.model):
+    if not wants_dense_head(args.lm_head, trainer.args):
         return
     if cfg.temperature != 1.0 or cfg.entropy_coef or cfg.use_adaptive_entropy:
         log.info("lm_head: keeping TRL's fused head (the dense head scores at temperature 1 without an entropy "

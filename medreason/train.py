@@ -25,6 +25,7 @@ from pathlib import Path
 
 from medreason.adapter import WEIGHTS, adapter_path, read_adapter, recipe_hash, save_adapter
 from medreason.config import TEMPLATES, config_dict, parse_config
+from medreason.distributed import check_launch, gathered_state_dict
 from medreason.errors import UserError
 from medreason.io import atomic_write_json, sha256_file
 from medreason.locks import run_locks
@@ -49,6 +50,7 @@ def train(argv: list[str]) -> TrainResult:
     """Parse a recipe plus overrides and train; the same function serves the CLI and the book."""
     _use_cpu_for_multiprocess()
     args, sft, model_args = parse_config(argv)
+    check_launch(sft.use_cpu)
     recipe = run_recipe_hash(args, sft, model_args)  # before the machine adjusts anything
     check_hyperparameters(args, sft, model_args)
     check_steps(sft)
@@ -144,6 +146,7 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
         if args.evaluate_test and len(splits["test"]):
             metrics.update(trainer.evaluate(splits["test"], metric_key_prefix="test"))
         adapter_dir = None
+        state_dict = gathered_state_dict(trainer)  # a collective under FSDP: on every rank, before rank 0 saves
         if trainer.is_world_process_zero():
             meta = {
                 "trainer": "sft",
@@ -158,7 +161,8 @@ def _train(args, sft, model_args, splits, report, recipe, resume_from, dropped=N
                 "config": resolved,
             }
             adapter_dir = save_adapter(trainer.model, tokenizer, adapter_path(args.adapter_root,
-                                                                             model_args.model_name_or_path), meta)
+                                                                             model_args.model_name_or_path), meta,
+                                       state_dict=state_dict)
             if run is not None:
                 import mlflow
 

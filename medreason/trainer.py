@@ -35,8 +35,10 @@ def trainer_class():
 
         def __init__(self, *args, lm_head: str = "auto", **kwargs):
             super().__init__(*args, **kwargs)
-            if wants_dense_head(lm_head, self.model):
+            if wants_dense_head(lm_head, self.args):
                 use_dense_lm_head(self.model)
+            else:
+                log.info("lm_head: TRL's fused head (lm_head %s on %s)", lm_head, self.args.device.type)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
             self._metric_prefix = metric_key_prefix
@@ -67,9 +69,13 @@ class _Prefixed(dict):
         super().update({(f"{self.prefix}_{k[5:]}" if k.startswith("eval_") else k): v for k, v in items})
 
 
-def wants_dense_head(lm_head: str, model) -> bool:
+def wants_dense_head(lm_head: str, training_args) -> bool:
+    """auto: dense where the trainer computes on a CPU. Decided from the training arguments' device (cpu under
+    use_cpu or without CUDA), which every rank computes alike, not from where a parameter lies: under FSDP's
+    memory-efficient loading rank 0 holds its weights on the CPU and the others on the meta device, and ranks
+    that chose different heads would hang in the fused head's `full_tensor()` collective."""
     if lm_head == "auto":
-        return next(model.parameters()).device.type == "cpu"
+        return training_args.device.type == "cpu"
     return lm_head == "dense"
 
 
