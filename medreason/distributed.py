@@ -1,8 +1,9 @@
 """How a run is launched across devices, and what every rank must do alike: checked here, in one place.
 
-    from medreason.distributed import check_launch, gathered_state_dict
+    from medreason.distributed import check_launch, check_vllm, gathered_state_dict
     check_launch(sft.use_cpu)                       # before anything loads: a launch that cannot train is refused
     state_dict = gathered_state_dict(trainer)       # on EVERY rank (a collective under FSDP), then rank 0 saves
+    check_vllm()                                    # use_vllm: true needs a vLLM that TRL supports
 
 1. **Several GPUs, no launcher.** `medreason train` alone on a machine with several visible GPUs would make
    transformers' Trainer wrap the model in `nn.DataParallel`, which TRL 1.16's SFTTrainer and GRPOTrainer refuse
@@ -10,10 +11,12 @@
    CUDA_VISIBLE_DEVICES (process-wide, and too late once CUDA is initialised), so the run is refused at once
    with the three commands that work.
 2. **Saving from sharded weights.** Under FSDP2 every parameter is a DTensor holding one rank's shard: PEFT's
-   `save_pretrained` on rank 0 alone fails in safetensors ("Attempted to access the data pointer on an invalid
-   python storage", torch 2.13). The full weights are gathered first, on all ranks, and rank 0 saves those.
+   `save_pretrained` on rank 0 alone fails ("RuntimeError: Attempted to access the data pointer on an invalid
+   python storage", torch 2.13, PEFT 0.21). The full weights are gathered first, on all ranks, and rank 0 saves
+   those.
 3. **One LM-head choice for all ranks** lives with the head itself, in `medreason.trainer.wants_dense_head`:
    it follows the training arguments' device, which every rank computes alike.
+4. **vLLM for GRPO** (`check_vllm`): installed, and within the versions TRL supports, or one line.
 
 FSDP on CPUs: accelerate 1.15 turns `distributed_type: FSDP` into FSDP only on GPU-like devices (MULTI_GPU, NPU,
 XPU...); with `use_cpu` the processes form a MULTI_CPU group over gloo and train as DDP, each holding the whole
