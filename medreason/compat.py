@@ -204,9 +204,13 @@ def prefixed_log(log_method, logs: dict, prefix: str, start_time=None):
     logs.update(dict(prefixed))
 
 
-def wants_dense_head(lm_head: str, model) -> bool:
+def wants_dense_head(lm_head: str, training_args) -> bool:
+    """auto: dense where the trainer computes on a CPU. Decided from the training arguments' device (cpu under
+    use_cpu or without CUDA), which every rank computes alike, not from where a parameter lies: under FSDP's
+    memory-efficient loading rank 0 holds its weights on the CPU and the others on the meta device, and ranks
+    that chose different heads would hang in the fused head's `full_tensor()` collective."""
     if lm_head == "auto":
-        return next(model.parameters()).device.type == "cpu"
+        return training_args.device.type == "cpu"
     return lm_head == "dense"
 
 

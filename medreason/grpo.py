@@ -99,11 +99,9 @@ def check_grpo(args, cfg, model_args):
     if cfg.temperature <= 0:
         raise UserError(f"temperature must be positive for sampled rollouts, got {cfg.temperature}")
     if cfg.use_vllm:
-        import importlib.util
+        from medreason.distributed import check_vllm
 
-        if importlib.util.find_spec("vllm") is None:
-            raise UserError("use_vllm is true but vllm is not installed: `pip install vllm` (GPU only), "
-                            "or set use_vllm: false")
+        check_vllm()
     if args.template != "think":
         raise UserError(f"template '{args.template}': the GRPO format reward checks <think>...</think> blocks: "
                         f"use template: think")
@@ -176,7 +174,7 @@ def use_cpu_head(args, cfg, trainer):
     temperature other than 1, or with an entropy bonus, TRL's head stays."""
     from medreason.compat import use_dense_lm_head, wants_dense_head
 
-    if not wants_dense_head(args.lm_head, trainer.model):
+    if not wants_dense_head(args.lm_head, trainer.args):
         return
     if cfg.temperature != 1.0 or cfg.entropy_coef or cfg.use_adaptive_entropy:
         log.info("lm_head: keeping TRL's fused head (the dense head scores at temperature 1 without an entropy "

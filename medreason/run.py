@@ -385,11 +385,15 @@ def previous_run_id(output_dir: Path) -> str | None:
 
 def finish(trainer, model, tokenizer, args, model_args, meta: dict, metrics: dict, run) -> TrainResult:
     """Save the trained adapter (rank 0, atomically, with `meta` as medreason.json), log the final metrics and
-    the adapter folder to MLflow, and describe the run."""
+    the adapter folder to MLflow, and describe the run. Every rank calls it: under FSDP the weights are
+    gathered from all ranks first (medreason.distributed), a collective."""
+    from medreason.distributed import gathered_state_dict
+
+    state_dict = gathered_state_dict(trainer)
     adapter_dir = None
     if trainer.is_world_process_zero():
         adapter_dir = save_adapter(model, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
-                                   meta)
+                                   meta, state_dict=state_dict)
         if run is not None:
             import mlflow
 

@@ -97,8 +97,10 @@ def trainer_class():
 
         def __init__(self, *args, lm_head: str = "auto", **kwargs):
             super().__init__(*args, **kwargs)
-            if compat.wants_dense_head(lm_head, self.model):
+            if compat.wants_dense_head(lm_head, self.args):
                 compat.use_dense_lm_head(self.model)
+            else:
+                log.info("lm_head: TRL's fused head (lm_head %s on %s)", lm_head, self.args.device.type)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
             self._metric_prefix = metric_key_prefix

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from medreason.adapter import adapter_path, read_adapter
 from medreason.config import parse_recipe, settle
+from medreason.distributed import check_launch
 from medreason.errors import UserError
 from medreason.run import TrainResult, check_before_loading, last_checkpoint, recipe_hash_of
 
@@ -35,6 +36,7 @@ def train(argv: list[str]) -> TrainResult:
     recipe = recipe_hash_of(*recipe_args)  # the recipe as written, before the machine settles anything
     check_before_loading(*recipe_args)  # what the machine settles (precision, dtype, run name) is not checked
     args, cfg, model_args = settle(argv, *recipe_args)
+    check_launch(cfg.use_cpu)  # several GPUs without a launcher: refused before anything loads
     if args.trainer == "grpo":
         from medreason.grpo import train_grpo
 

@@ -89,3 +89,37 @@ def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def check_adapter_equals_gathered():
+    """For multi-process runs with MEDREASON_DUMP_GATHERED set (medreason.distributed): the adapter saved to
+    `adapter_dir` holds exactly the tensors rank 0 gathered from the trained model, loads back with plain PEFT
+    to the same values, and every other rank that dumped (a DDP replica) holds the same; training moved them."""
+
+    def check(adapter_dir: Path, dump_dir: Path, model_dir: Path, ranks: int):
+        import torch
+        from peft import PeftModel, get_peft_model_state_dict
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM
+
+        dumps = {p.stem: load_file(p) for p in sorted(dump_dir.glob("rank*.safetensors"))}
+        assert sorted(dumps) == [f"rank{r}" for r in range(ranks)], sorted(dumps)
+        gathered = dumps["rank0"]
+        saved = load_file(adapter_dir / "adapter_model.safetensors")
+        assert sorted(saved) == sorted(gathered) and saved
+        for name, tensor in saved.items():
+            assert tensor.shape == gathered[name].shape, name  # a shard would be half as long
+            torch.testing.assert_close(tensor.float(), gathered[name], rtol=0, atol=0, msg=name)
+        for rank, tensors in dumps.items():
+            for name, tensor in tensors.items():
+                torch.testing.assert_close(tensor, gathered[name], rtol=0, atol=0, msg=f"{rank} {name}")
+        assert any(t.abs().sum() > 0 for n, t in saved.items() if "lora_B" in n)  # B starts at 0: it trained
+        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        loaded = get_peft_model_state_dict(PeftModel.from_pretrained(base, adapter_dir))
+        assert sorted(loaded) == sorted(gathered)
+        for name, tensor in loaded.items():
+            torch.testing.assert_close(tensor.float(), gathered[name], rtol=0, atol=0, msg=name)
+        return saved
+
+    return check

@@ -68,6 +68,92 @@ def test_recipes_parse_into_grpo_config(monkeypatch):
     assert not gpu.use_vllm  # on only where vllm is installed (the recipe's header shows the override)
 
 
+@pytest.mark.parametrize("installed, ok", [
+    ("0.22.0", True), ("0.31.0", True), ("0.24.0+cu129", True),   # a local tag is the same release
+    ("0.21.1", False), ("0.32.0", False), (None, False),          # None: not installed
+])
+def test_use_vllm_outside_trls_range_is_one_line(installed, ok, monkeypatch):
+    import importlib.metadata
+
+    from medreason.config import parse_config
+    from medreason.errors import UserError
+    from medreason.grpo import check_grpo
+
+    def version(name):
+        assert name == "vllm"
+        if installed is None:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed
+
+    monkeypatch.setattr(importlib.metadata, "version", version)
+    monkeypatch.chdir(ROOT)
+    args, cfg, model_args = parse_config(["--config", str(GPU_RECIPE), "--use_vllm", "true"])
+    if ok:
+        check_grpo(args, cfg, model_args)
+        return
+    with pytest.raises(UserError) as e:
+        check_grpo(args, cfg, model_args)
+    assert "\n" not in str(e.value) and 'pip install -e ".[vllm]"' in str(e.value)
+    assert (installed or "not installed") in str(e.value)
+
+
+def test_vllm_range_is_trls_and_the_extras():
+    """medreason's check, pyproject's `vllm` extra and TRL's own `vllm` extra name one range."""
+    import importlib.metadata
+    import tomllib
+
+    from medreason.distributed import VLLM_RANGE
+
+    low, high = VLLM_RANGE
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["vllm"]
+    assert extra == [f"vllm>={low},<={high}"]
+    trl = [r for r in importlib.metadata.requires("trl") if r.startswith("vllm") and 'extra == "vllm"' in r]
+    assert trl and all(f"<={high}" in r and f">={low}" in r for r in trl), trl
+
+
+def test_gpu_recipe_comment_counts_questions_from_its_values(monkeypatch):
+    """The max_steps comment of the GPU recipe (questions drawn, passes over the pool) is what TRL 1.16 does with
+    the recipe's values: one generation batch (per_device_train_batch_size x steps_per_generation completions,
+    steps_per_generation defaulting to gradient_accumulation_steps) every steps_per_generation x num_iterations
+    micro-batches. One process."""
+    import re
+
+    from medreason.config import parse_config
+    from medreason.mcq import bundled_split
+
+    monkeypatch.chdir(ROOT)
+    _, cfg, _ = parse_config(["--config", str(GPU_RECIPE)])
+    assert cfg.steps_per_generation == cfg.gradient_accumulation_steps  # TRL's default, which the comment assumes
+    micro_batches = cfg.max_steps * cfg.gradient_accumulation_steps
+    generations = micro_batches / (cfg.steps_per_generation * cfg.num_iterations)
+    questions = generations * cfg.generation_batch_size / cfg.num_generations
+    pool = len(bundled_split("pool"))
+    line = next(l for l in GPU_RECIPE.read_text().splitlines() if l.startswith("max_steps:"))
+    m = re.search(r"([\d,]+) questions drawn \((\d+) steps x (\d+) questions / (\d+) iterations\), "
+                  r"about ([\d.]+) passes over the (\d+)-question pool", line)
+    assert m, line
+    drawn, steps, per_step, iterations, passes, pool_size = m.groups()
+    assert int(drawn.replace(",", "")) == questions
+    assert (int(steps), int(per_step), int(iterations)) == (
+        cfg.max_steps, cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations,
+        cfg.num_iterations)
+    assert int(pool_size) == pool and passes == f"{questions / pool:.1f}"
+
+
+def test_gpu_recipe_continues_a_qlora_adapter_on_a_4bit_base(monkeypatch):
+    """The GPU recipe's --init_adapter is the QLoRA recipe's adapter, which learned its update on the NF4 base:
+    the GRPO recipe loads the same base with the same quantization."""
+    from medreason.config import parse_config
+
+    monkeypatch.chdir(ROOT)
+    _, _, grpo = parse_config(["--config", str(GPU_RECIPE)])
+    _, _, qlora = parse_config(["--config", str(ROOT / "configs" / "qwen2.5-0.5b-qlora-gpu.yaml")])
+    assert grpo.model_name_or_path == qlora.model_name_or_path
+    for key in ("load_in_4bit", "bnb_4bit_quant_type", "use_bnb_nested_quant", "bnb_4bit_quant_storage", "dtype"):
+        assert getattr(grpo, key) == getattr(qlora, key), key
+    assert "--init_adapter lora_adapter/Qwen2.5-0.5B-Instruct" in GPU_RECIPE.read_text()
+
+
 def test_sft_recipe_still_parses_into_sft_config():
     from trl import SFTConfig
 
