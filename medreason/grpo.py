@@ -54,6 +54,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
     from trl import GRPOTrainer
 
     from medreason import compat
+    from medreason.progress import use_training_progress
     from medreason.rewards import correctness_reward, format_reward
 
     model, tokenizer, peft_config, model_source = load_policy(args, model_args)
@@ -65,6 +66,7 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
         trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=cfg,
                               train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
         use_cpu_head(args, cfg, trainer)
+        use_training_progress(trainer)  # step/total, loss, reward, tokens/s and ETA
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         metrics = final_metrics(trainer.state.log_history)
         policy = trainer.accelerator.unwrap_model(trainer.model)

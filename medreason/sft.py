@@ -47,6 +47,7 @@ def _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped) 
     from transformers import set_seed
 
     from medreason import compat
+    from medreason.progress import use_training_progress
 
     model, tokenizer, model_source = run.load_base(model_args)
     # The seed is set right before the adapter's weights are drawn, so one seed gives one loss curve.
@@ -66,6 +67,7 @@ def _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped) 
             peft_config=run.peft_config(model_args),
             lm_head=args.lm_head,
         )
+        use_training_progress(trainer)  # step/total, loss, tokens/s and ETA, as every long step reports
         if resume_from is not None and run.checkpoint_step(resume_from) >= cfg.max_steps > 0:
             # Trainer.train runs one optimizer step before it checks max_steps, so a run resumed from its final
             # checkpoint (killed while evaluating or saving) would train past it: take the checkpoint as it is
