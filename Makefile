@@ -1,4 +1,4 @@
-# medreason: two commands set up a fresh machine (Python 3.11+):
+# medreason: two commands set up a fresh machine (Python 3.11.5+):
 #   make book    build the tutorial site into _build/html (executes every chapter, cached)
 #   make test    run the test suite
 # Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, lab, train, lock, clean.

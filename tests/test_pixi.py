@@ -81,7 +81,11 @@ def test_cpu_environment_everywhere_without_cuda():
 
 
 def test_python_range_matches_the_ci_matrix():
-    assert PIXI["dependencies"]["python"] == ">=3.11,<3.14"
+    """The floor is pyproject.toml's requires-python (3.11.5: the lock's soupsieve needs it); the ceiling is the
+    newest Python the CI matrix runs."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["requires-python"] == ">=3.11.5"
+    assert PIXI["dependencies"]["python"] == ">=3.11.5,<3.14"
     tests_yml = (REPO / ".github" / "workflows" / "tests.yml").read_text(encoding="utf-8")
     assert 'python: ["3.11", "3.12", "3.13"]' in tests_yml
 
