@@ -8,10 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash")
+if BASH is None:
+    missing("bash", "sudo apt-get install bash", module=True)
 
 
 def _bin(tmp_path: Path, *, uid: int, tools: tuple[str, ...]) -> Path:
@@ -36,7 +38,6 @@ def _run(folder: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_missing_tools_without_root_is_one_clear_line(tmp_path):
     proc = _run(_bin(tmp_path, uid=1000, tools=()))
     assert proc.returncode == 1, proc
@@ -47,7 +48,6 @@ def test_missing_tools_without_root_is_one_clear_line(tmp_path):
     ], proc.stderr
 
 
-@pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_only_what_is_missing_is_named(tmp_path):
     proc = _run(_bin(tmp_path, uid=1000, tools=("google-chrome",)))
     assert proc.returncode == 1, proc

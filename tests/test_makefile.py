@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
-pytestmark = pytest.mark.skipif(MAKE is None, reason="`make` is not installed")
+if MAKE is None:
+    missing("make", "sudo apt-get install make (Fedora: sudo dnf install make; macOS: xcode-select --install)",
+            module=True)
 
 
 def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
