@@ -1,4 +1,4 @@
-# medreason: two commands set up a fresh machine (Python 3.11+):
+# medreason: two commands set up a fresh machine (Python 3.11.5+):
 #   make book    build the tutorial site into _build/html (executes every chapter, cached)
 #   make test    run the test suite
 # Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, lab, train, lock, clean.
@@ -16,11 +16,27 @@ PYTEST_ARGS ?=
 # The stamp's name carries the torch pin, and the stamp depends on this Makefile: changing either reinstalls.
 STAMP := $(VENV)/.medreason-installed-torch$(TORCH_VERSION)
 
-.PHONY: setup venv torch test test-fast book notebooks lab train lock clean
+.PHONY: setup prerequisites venv torch test test-fast book notebooks lab train lock clean
+
+# What `make setup` needs from the machine, checked before anything is made, each failure one line: $(PYTHON) on
+# PATH, at 3.11.5 or newer (the lock's soupsieve needs it; Debian 12 ships 3.11.2), with the venv and ensurepip
+# modules (Debian/Ubuntu split them into python3-venv).
+PYTHON_MIN := 3.11.5
+prerequisites:
+	@py=$$(command -v $(PYTHON) 2>/dev/null) || { \
+	  echo "medreason: $(PYTHON) not found: install Python $(PYTHON_MIN) or newer (README \"Quickstart\"), or name one with make PYTHON=/path/to/python3" >&2; \
+	  exit 1; }; \
+	v=$$($$py -c 'import sys; print("%d.%d.%d" % sys.version_info[:3])' 2>/dev/null); \
+	if ! echo "$$v" | awk -F. -v min=$(PYTHON_MIN) '{ split(min, m, "."); exit !(NF == 3 && ($$1 > m[1] || ($$1 == m[1] && ($$2 > m[2] || ($$2 == m[2] && $$3 >= m[3]))))) }'; then \
+	  echo "medreason: $$py is Python $${v:-of unknown version}; medreason needs $(PYTHON_MIN) or newer: install a newer Python (README \"Quickstart\") and run make PYTHON=/path/to/python3.12" >&2; \
+	  exit 1; fi; \
+	$$py -c 'import venv, ensurepip' 2>/dev/null || { \
+	  echo "medreason: $$py has no venv/ensurepip module: install python3-venv (Debian/Ubuntu: sudo apt-get install python3-venv), then run make again" >&2; \
+	  exit 1; }
 
 # A virtual environment with pip, and nothing else (no network). `python3 -m venv` on Debian/Ubuntu without
 # python3-venv leaves a venv whose python has no pip: repair it with ensurepip, or recreate it, or say why not.
-venv:
+venv: prerequisites
 	@if ! $(BIN)/python -m pip --version >/dev/null 2>&1; then \
 	  if [ -x $(BIN)/python ]; then \
 	    echo "medreason: $(VENV) has no pip: repairing it with python -m ensurepip"; \

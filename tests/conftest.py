@@ -10,8 +10,27 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "FALSE")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+from prerequisites import ENV_VAR as REQUIRE_TOOLS, PREFIX as MISSING  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One block naming each missing tool, the command that installs it and the tests it skipped: a skip in the
+    short summary is easy to read past, and a test that did not run proved nothing."""
+    missing: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if reason.startswith("Skipped: "):
+            reason = reason[len("Skipped: "):]
+        if reason.startswith(MISSING):
+            missing.setdefault(reason[len(MISSING):], []).append(report.nodeid)
+    if not missing:
+        return
+    terminalreporter.section("missing prerequisites: these tests did not run", sep="!", red=True, bold=True)
+    for what, tests in missing.items():
+        terminalreporter.line(f"{what} ({len(tests)} skipped, e.g. {tests[0]})", red=True)
+    terminalreporter.line(f"Install them and run again; {REQUIRE_TOOLS}=1 (set by .ci/run) fails these tests instead.")
 
 
 @pytest.fixture(scope="session")

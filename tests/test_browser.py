@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 from browser import PATH_NAMES, Chromium, ChromiumError, find_chromium
+from prerequisites import missing
 
-sync_api = pytest.importorskip("playwright.sync_api")
+try:
+    from playwright import sync_api
+except ImportError:  # pragma: no cover - depends on the environment
+    missing("the playwright Python package", "make setup, or .venv/bin/pip install -e '.[test]'", module=True)
 
 
 def _fake(path: Path) -> Path:

@@ -1,4 +1,4 @@
-""".ci/run checks for the tools it needs before it installs anything: without make, npm or a Chromium, and
+""".ci/run checks for the tools it needs before it installs anything: without make or a Chromium, and
 without root and apt-get to install them, it stops with one line naming them (run on a PATH of fakes)."""
 
 from __future__ import annotations
@@ -8,10 +8,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 BASH = shutil.which("bash")
+if BASH is None:
+    missing("bash", "sudo apt-get install bash", module=True)
 
 
 def _bin(tmp_path: Path, *, uid: int, tools: tuple[str, ...]) -> Path:
@@ -36,22 +38,20 @@ def _run(folder: Path) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_missing_tools_without_root_is_one_clear_line(tmp_path):
     proc = _run(_bin(tmp_path, uid=1000, tools=()))
     assert proc.returncode == 1, proc
     lines = proc.stderr.strip().splitlines()
     assert lines == [
-        ".ci/run: missing make npm chromium, and installing them needs root and apt-get: "
-        "install them (Debian: apt-get install make npm chromium) and run again"
+        ".ci/run: missing make chromium, and installing them needs root and apt-get: "
+        "install them (Debian: apt-get install make chromium) and run again"
     ], proc.stderr
 
 
-@pytest.mark.skipif(BASH is None, reason="bash is not installed")
 def test_only_what_is_missing_is_named(tmp_path):
-    proc = _run(_bin(tmp_path, uid=1000, tools=("make", "google-chrome")))
+    proc = _run(_bin(tmp_path, uid=1000, tools=("google-chrome",)))
     assert proc.returncode == 1, proc
     assert proc.stderr.strip() == (
-        ".ci/run: missing npm, and installing them needs root and apt-get: "
-        "install them (Debian: apt-get install npm) and run again"
+        ".ci/run: missing make, and installing them needs root and apt-get: "
+        "install them (Debian: apt-get install make) and run again"
     ), proc.stderr

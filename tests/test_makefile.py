@@ -15,10 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
-pytestmark = pytest.mark.skipif(MAKE is None, reason="`make` is not installed")
+if MAKE is None:
+    missing("make", "sudo apt-get install make (Fedora: sudo dnf install make; macOS: xcode-select --install)",
+            module=True)
 
 
 def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,6 +51,71 @@ def _script(path: Path, body: str) -> Path:
     return path
 
 
+def _fake_python(tmp_path: Path, version: str, *, imports: bool = True, venv_fails: bool = False) -> Path:
+    """A `python3` that reports `version` to `-c` version queries, imports venv and ensurepip or not, and fails
+    anything else when venv_fails."""
+    return _script(tmp_path / "fake" / "python3", "\n".join([
+        'case "$1 $2" in',
+        f'  "-c "*version_info*) echo {version};;',
+        f'  "-c "*ensurepip*) exit {0 if imports else 1};;',
+        f'  *) exit {1 if venv_fails else 0};;',
+        "esac",
+    ]))
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `medreason:` line on stderr (make adds its own `make: *** ... Error 1` after it)."""
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("medreason:")]
+    assert proc.returncode != 0 and len(lines) == 1, _shown(proc)
+    return lines[0]
+
+
+@pytest.mark.parametrize("version", ["3.11.2", "3.11.4", "3.10.20", "2.7.18"])
+def test_old_python_is_named_with_its_version(tmp_path, version):
+    python = _fake_python(tmp_path, version)
+    proc = _make(f"PYTHON={python}", "prerequisites")
+    assert _one_line(proc).startswith(
+        f"medreason: {python} is Python {version}; medreason needs 3.11.5 or newer: "), _shown(proc)
+
+
+@pytest.mark.parametrize("version", ["3.11.5", "3.11.12", "3.12.0", "3.14.1"])
+def test_new_enough_python_passes_silently(tmp_path, version):
+    proc = _make(f"PYTHON={_fake_python(tmp_path, version)}", "prerequisites")
+    assert proc.returncode == 0 and not proc.stdout.strip() and not proc.stderr.strip(), _shown(proc)
+
+
+def test_missing_python_is_named(tmp_path):
+    proc = _make("PYTHON=python3-that-is-not-there", "prerequisites", env={"PATH": str(tmp_path)})
+    assert _one_line(proc).startswith("medreason: python3-that-is-not-there not found: install Python 3.11.5"), \
+        _shown(proc)
+
+
+def test_python_found_on_path(tmp_path):
+    """The interpreter named in the message is the one PATH finds, with its full path."""
+    python = _fake_python(tmp_path, "3.11.2")
+    proc = _make("prerequisites", env={"PATH": f"{python.parent}:{os.environ['PATH']}"})
+    assert _one_line(proc).startswith(f"medreason: {python} is Python 3.11.2;"), _shown(proc)
+
+
+def test_python_without_venv_module_names_python3_venv(tmp_path):
+    python = _fake_python(tmp_path, "3.11.9", imports=False)
+    proc = _make(f"PYTHON={python}", "prerequisites")
+    assert _one_line(proc) == (f"medreason: {python} has no venv/ensurepip module: install python3-venv "
+                               "(Debian/Ubuntu: sudo apt-get install python3-venv), then run make again"), _shown(proc)
+
+
+def test_setup_checks_prerequisites_first(tmp_path):
+    """`make book` and `make test` reach the check through setup -> venv: nothing is made with an old Python."""
+    venv = tmp_path / "venv"
+    proc = _make(f"VENV={venv}", f"PYTHON={_fake_python(tmp_path, '3.11.2')}", "setup")
+    assert "is Python 3.11.2; medreason needs 3.11.5 or newer" in _one_line(proc), _shown(proc)
+    assert not venv.exists(), "a venv was made before the check"
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^venv: prerequisites$", makefile, re.M) and re.search(r"^setup: venv$", makefile, re.M)
+    for target in ("book", "test", "test-fast"):
+        assert re.search(rf"^{target}: setup$", makefile, re.M), f"make {target} does not go through setup"
+
+
 def test_venv_without_pip_is_repaired(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -66,7 +134,8 @@ def test_unrepairable_venv_names_python3_venv(tmp_path):
     one with pip either (Debian without python3-venv), make fails with one line naming the package."""
     venv = tmp_path / "venv"
     _script(venv / "bin" / "python", "exit 1")  # no pip, no ensurepip
-    no_venv_python = _script(tmp_path / "python3", "exit 1")  # `python3 -m venv` fails, as without python3-venv
+    # passes `make prerequisites` (3.11.9, imports venv and ensurepip) but `python3 -m venv` fails
+    no_venv_python = _fake_python(tmp_path, "3.11.9", venv_fails=True)
     proc = _make(f"VENV={venv}", f"PYTHON={no_venv_python}", "venv")
     assert proc.returncode != 0, _shown(proc)
     assert "recreating it" in proc.stdout, _shown(proc)

