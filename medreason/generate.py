@@ -298,12 +298,15 @@ def read_questions(path: str) -> list[str]:
 
 def _batch(session, questions, sampling, args) -> int:
     from medreason.io import atomic_open
+    from medreason.progress import progress
 
     out = Path(args.out or "results/chat.jsonl")
-    with atomic_open(out) as f:
+    desc = "answer (base and adapter)" if args.compare else "answer"
+    with atomic_open(out) as f, progress(total=len(questions), desc=desc, unit="q") as bar:
         for i in range(0, len(questions), 8):
             chunk = questions[i:i + 8]
             pairs = compare(session, chunk, sampling) if args.compare else [(None, a) for a in answer(session, chunk, sampling)]
+            bar.update(len(chunk))
             for base, a in pairs:
                 row = {"question": a.question, "reasoning": a.reasoning, "answer": a.final, "source": a.source}
                 if base is not None:

@@ -141,9 +141,14 @@ def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
 
 def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
     """Dequantize the GGUF once and save a plain bf16 safetensors checkpoint (atomically) in the cache."""
+    import time
+
     out_dir = out_dir or converted_cache_dir()
     if (out_dir / "model.safetensors").is_file():
         return out_dir
+    # once per machine; transformers shows its own bar over the GGUF's tensors
+    log.info("converting %s into %s (once: about a minute on 2 cores)", gguf.name, out_dir)
+    start = time.monotonic()
     model, tokenizer = load_gguf(gguf)
     with atomic_dir(out_dir) as tmp:
         plain_copy(model).save_pretrained(tmp)
@@ -152,6 +157,7 @@ def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
         atomic_write_json(tmp / SOURCE_FILE, {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf),
                                               "package": f"{GGUF_PACKAGE.replace('_', '-')}=={_package_version()}",
                                               "quantization": "Q4_1 (dequantized to bf16)"})
+    log.info("converted in %.0f s: later runs load %s", time.monotonic() - start, out_dir)
     return out_dir
 
 

@@ -162,3 +162,69 @@ def test_the_noise_filter_is_exact_and_leaves_other_warnings_alone():
         warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning)
     assert [str(w.message).split()[0] for w in seen] == ["something", "`is_gradient_checkpointing`"]
     assert all(noise.checked and noise.why for noise in LIBRARY_NOISE)
+
+
+# --------------------------------------------------------------------------------------------- training, chat
+
+
+def _read_pty(argv, cwd, env):
+    leader, follower = pty.openpty()
+    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=follower, timeout=600)
+    os.close(follower)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(leader)
+    return proc, screen.decode(errors="replace")
+
+
+def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_dir, tmp_path):
+    """The training log line matches every other long step: step/total, loss, tokens/s, ETA (a bar on a
+    terminal, one line per logging step when piped), and transformers' raw dict printing is gone."""
+    import json
+    import re
+
+    data_file = tmp_path / "sft.jsonl"
+    data_file.write_text("".join(json.dumps({"Question": f"Question {i}: which drug treats condition {i}?",
+                                             "Complex_CoT": "Think about the mechanism and the evidence first.",
+                                             "Response": f"Drug {i}.", "specialty": "s"}) + "\n" for i in range(40)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
+    env.pop(progress.ENV, None)
+    env.pop("TQDM_DISABLE", None)
+
+    def argv(out):
+        return [sys.executable, "-m", "medreason", "train", "--config", str(ROOT / "configs" / "smollm2-135m-cpu.yaml"),
+                "--model_name_or_path", str(tiny_model_dir), "--dataset", str(data_file), "--max_steps", "4",
+                "--logging_steps", "1", "--max_length", "128", "--eval_strategy", "steps", "--eval_steps", "2",
+                "--save_strategy", "no", "--evaluate_test", "false", "--output_dir", str(tmp_path / out),
+                "--adapter_root", str(tmp_path / f"lora-{out}"), "--per_device_train_batch_size", "2"]
+
+    proc = subprocess.run(argv("piped"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    steps = re.findall(r"step (\d)/4 \(\d+%\)  loss \d+\.\d{4}(.*)", proc.stderr)
+    assert [s for s, _ in steps] == ["1", "2", "3", "4"], proc.stderr[-3000:]
+    assert all("ETA" in rest for _, rest in steps) and any("tokens/s" in rest for _, rest in steps), steps
+    assert re.search(r"eval at step 2/4 \(50%\): eval_loss \d+\.\d{4}", proc.stderr), proc.stderr[-3000:]
+    assert "{'loss'" not in proc.stderr and "\r" not in proc.stderr  # no raw dicts, no bar when piped
+
+    proc, screen = _read_pty(argv("tty"), tmp_path, env)
+    assert proc.returncode == 0, screen[-3000:]
+    assert "train" in screen and "4/4" in screen and "step 4/4 (100%)" in screen, screen[-3000:]
+
+
+def test_chat_questions_with_compare_shows_progress(adapter_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0",
+           progress.ENV: "lines"}
+    (tmp_path / "q.txt").write_text("".join(f"What causes condition {i}?\n" for i in range(10)))
+    proc = subprocess.run([sys.executable, "-m", "medreason", "chat", "--adapter", str(adapter_dir), "--compare",
+                           "--questions", "q.txt", "--out", "a.jsonl", "--max-new-tokens", "3"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "answer (base and adapter): 8/10 q (80%)" in proc.stderr
+    assert "answer (base and adapter): 10/10 q (100%)" in proc.stderr
