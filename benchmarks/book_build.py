@@ -32,8 +32,16 @@ sys.path.insert(0, str(ROOT))
 
 from medreason.io import atomic_write_json  # noqa: E402
 
-COLD = ["_build", "lora_adapter/SmolLM2-135M-Instruct", "lora_adapter/grpo", "results/mlflow.db",
-        "results/mlartifacts", "results/smollm2-135m-cpu", "results/smollm2-135m-grpo-cpu", "results/cache"]
+COLD = [
+    "_build",
+    "lora_adapter/SmolLM2-135M-Instruct",
+    "lora_adapter/grpo",
+    "results/mlflow.db",
+    "results/mlartifacts",
+    "results/smollm2-135m-cpu",
+    "results/smollm2-135m-grpo-cpu",
+    "results/cache",
+]
 
 
 def main() -> int:
@@ -64,10 +72,15 @@ def main() -> int:
     out = ROOT / "results" / "benchmarks" / "book_build.json"
     record = json.loads(out.read_text()) if out.is_file() else {}
     record[label] = {
-        "command": " ".join(["HF_HUB_OFFLINE=1", *(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA",
-                                                                                   "ATEN_CPU_CAPABILITY")
-                                                   if k in os.environ), ".venv/bin/python", "benchmarks/book_build.py",
-                             *sys.argv[1:]]),
+        "command": " ".join(
+            [
+                "HF_HUB_OFFLINE=1",
+                *(f"{k}={os.environ[k]}" for k in ("ONEDNN_MAX_CPU_ISA", "ATEN_CPU_CAPABILITY") if k in os.environ),
+                ".venv/bin/python",
+                "benchmarks/book_build.py",
+                *sys.argv[1:],
+            ]
+        ),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "exit_code": done.returncode,
         "total_seconds": round(total, 1),
@@ -101,9 +114,13 @@ def machine() -> dict:
 
     from medreason.compat import cpu_supports_bf16
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "native_bf16": cpu_supports_bf16(), "torch": torch.__version__,
-            "load_average_after": os.getloadavg()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "native_bf16": cpu_supports_bf16(),
+        "torch": torch.__version__,
+        "load_average_after": os.getloadavg(),
+    }
 
 
 if __name__ == "__main__":

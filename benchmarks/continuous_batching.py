@@ -48,51 +48,85 @@ def main(argv=None) -> int:
     from medreason.mcq import bundled_split, stratified_subset
 
     if not (Path(args.adapter) / "adapter_config.json").is_file():
-        print(f"{args.adapter} is not an adapter folder: train the CPU recipe first "
-              f"(medreason train --config configs/smollm2-135m-cpu.yaml) or pass --adapter", file=sys.stderr)
+        print(
+            f"{args.adapter} is not an adapter folder: train the CPU recipe first "
+            f"(medreason train --config configs/smollm2-135m-cpu.yaml) or pass --adapter",
+            file=sys.stderr,
+        )
         return 2
     session = load_for_inference(args.adapter)
     tok = session.tokenizer
     items = stratified_subset(bundled_split("heldout"), args.n, seed=0)
     ids = [tok(prompt, add_special_tokens=False)["input_ids"] for prompt in mcq_prompts(session, items)]
-    config = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=False, eos_token_id=tok.eos_token_id,
-                              pad_token_id=tok.pad_token_id)
-    report = {"benchmark": "continuous_batching", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + shlex.join(sys.argv), "adapter": args.adapter,
-              "settings": {"n": len(items), "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
-                           "padded_batch_size": len(items),
-                           "attn_implementation": session.model.config._attn_implementation},
-              "load_average_before": load_average(), "results": []}
+    config = GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=False,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    report = {
+        "benchmark": "continuous_batching",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python " + shlex.join(sys.argv),
+        "adapter": args.adapter,
+        "settings": {
+            "n": len(items),
+            "max_new_tokens": args.max_new_tokens,
+            "decoding": "greedy",
+            "padded_batch_size": len(items),
+            "attn_implementation": session.model.config._attn_implementation,
+        },
+        "load_average_before": load_average(),
+        "results": [],
+    }
     for use_adapter in (False, True):
         with session.adapter_off() if not use_adapter else nullcontext():
             generate_outputs(session, items[:2], use_adapter=use_adapter, max_new_tokens=4, batch_size=2, cache=False)
             start = time.perf_counter()
-            padded = generate_outputs(session, items, use_adapter=use_adapter, max_new_tokens=args.max_new_tokens,
-                                      batch_size=len(items), cache=False)
+            padded = generate_outputs(
+                session,
+                items,
+                use_adapter=use_adapter,
+                max_new_tokens=args.max_new_tokens,
+                batch_size=len(items),
+                cache=False,
+            )
             padded_s = time.perf_counter() - start
             with torch.inference_mode():
-                session.model.generate_batch(inputs=ids[:2], generation_config=GenerationConfig(
-                    max_new_tokens=4, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
-                    progress_bar=False)
+                session.model.generate_batch(
+                    inputs=ids[:2],
+                    generation_config=GenerationConfig(
+                        max_new_tokens=4, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+                    ),
+                    progress_bar=False,
+                )
                 start = time.perf_counter()
                 out = session.model.generate_batch(inputs=ids, generation_config=config, progress_bar=False)
                 continuous_s = time.perf_counter() - start
-        texts = [tok.decode(out[f"req_{i}"].generated_tokens, skip_special_tokens=True).strip()
-                 for i in range(len(ids))]
-        report["results"].append({
-            "variant": "adapter" if use_adapter else "base", "padded_s": padded_s, "continuous_s": continuous_s,
-            "continuous_over_padded": continuous_s / padded_s,
-            "generated_tokens": sum(o["tokens"] for o in padded),
-            "truncation_rate": sum(o["truncated"] for o in padded) / len(padded),
-            "identical_answers": sum(a["output"] == b for a, b in zip(padded, texts))})
+        texts = [
+            tok.decode(out[f"req_{i}"].generated_tokens, skip_special_tokens=True).strip() for i in range(len(ids))
+        ]
+        report["results"].append(
+            {
+                "variant": "adapter" if use_adapter else "base",
+                "padded_s": padded_s,
+                "continuous_s": continuous_s,
+                "continuous_over_padded": continuous_s / padded_s,
+                "generated_tokens": sum(o["tokens"] for o in padded),
+                "truncation_rate": sum(o["truncated"] for o in padded) / len(padded),
+                "identical_answers": sum(a["output"] == b for a, b in zip(padded, texts)),
+            }
+        )
     report["machine"] = machine_info(session)
     report["load_average_after"] = load_average()
     atomic_write_json(args.out, report)
     print(f"{len(items)} questions, {args.max_new_tokens} new tokens, greedy, {report['machine']['dtype']}")
     for r in report["results"]:
-        print(f"{r['variant']:<8} padded batch {r['padded_s']:6.1f} s   continuous batching {r['continuous_s']:6.1f} s "
-              f"({r['continuous_over_padded']:.2f}x)   identical answers {r['identical_answers']}/{len(items)}   "
-              f"run to the budget {r['truncation_rate']:.2f}")
+        print(
+            f"{r['variant']:<8} padded batch {r['padded_s']:6.1f} s   continuous batching {r['continuous_s']:6.1f} s "
+            f"({r['continuous_over_padded']:.2f}x)   identical answers {r['identical_answers']}/{len(items)}   "
+            f"run to the budget {r['truncation_rate']:.2f}"
+        )
     print(f"written to {args.out}")
     return 0
 

@@ -38,13 +38,24 @@ from medreason.io import atomic_write_json  # noqa: E402
 SFT_RECIPE = "configs/smollm2-135m-cpu.yaml"
 GRPO_RECIPE = "configs/smollm2-135m-grpo-cpu.yaml"
 DEFAULT_OUT = Path("results/benchmarks/curriculum.json")
-VARIANT_KEYS = ("n", "accuracy", "accuracy_ci", "extraction_rate", "truncation_rate", "accuracy_when_extracted",
-                "accuracy_when_extracted_ci", "tokens_median", "tokens_p95", "vs_best_baseline")
+VARIANT_KEYS = (
+    "n",
+    "accuracy",
+    "accuracy_ci",
+    "extraction_rate",
+    "truncation_rate",
+    "accuracy_when_extracted",
+    "accuracy_when_extracted_ci",
+    "tokens_median",
+    "tokens_p95",
+    "vs_best_baseline",
+)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--limit", type=int, default=None, help="a stratified subset of heldout (default: all of it)")
     p.add_argument("--batch-size", type=int, default=32, help="generation batch size")
     p.add_argument("--sft-recipe", default=SFT_RECIPE)
@@ -63,8 +74,11 @@ def paired(rows_a: list[dict], rows_b: list[dict], a: str, b: str) -> dict:
     ids = [i for i in right_a if i in right_b]
     out = paired_comparison([right_a[i] for i in ids], [right_b[i] for i in ids])
     # b and c are McNemar's discordant counts (a right only, b right only), as medreason.stats names them
-    return {"variant_a": a, "variant_b": b, **{k: out[k] for k in ("n", "acc_a", "acc_b", "diff", "ci_low", "ci_high",
-                                                                   "p_value", "b", "c")}}
+    return {
+        "variant_a": a,
+        "variant_b": b,
+        **{k: out[k] for k in ("n", "acc_a", "acc_b", "diff", "ci_low", "ci_high", "p_value", "b", "c")},
+    }
 
 
 def read_rows(path: str, variant: str) -> list[dict]:
@@ -83,11 +97,16 @@ def main(argv=None) -> int:
     from medreason.train import ensure_adapter
 
     started = time.time()
-    report = {"benchmark": "curriculum", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + shlex.join(sys.argv), "load_average_before": load_average(),
-              "recipes": {"sft": args.sft_recipe, "grpo": args.grpo_recipe},
-              "recipe_sha256": {name: sha256_file(path) for name, path in (("sft", args.sft_recipe),
-                                                                           ("grpo", args.grpo_recipe))}}
+    report = {
+        "benchmark": "curriculum",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python " + shlex.join(sys.argv),
+        "load_average_before": load_average(),
+        "recipes": {"sft": args.sft_recipe, "grpo": args.grpo_recipe},
+        "recipe_sha256": {
+            name: sha256_file(path) for name, path in (("sft", args.sft_recipe), ("grpo", args.grpo_recipe))
+        },
+    }
     t0 = time.time()
     sft_dir = ensure_adapter(args.sft_recipe)
     grpo_dir = ensure_adapter(args.grpo_recipe)
@@ -95,15 +114,24 @@ def main(argv=None) -> int:
     sft_meta, grpo_meta = read_adapter(sft_dir), read_adapter(grpo_dir)
     _, grpo_cfg, _ = parse_config(["--config", args.grpo_recipe])
     budget = int(grpo_cfg.max_completion_length)
-    report["adapters"] = {"sft": {"path": str(sft_dir), "dataset": sft_meta.get("dataset"),
-                                  "steps": sft_meta["metrics"].get("step") or sft_meta["metrics"].get("epoch"),
-                                  "train_runtime": sft_meta["metrics"].get("train_runtime")},
-                          "grpo": {"path": str(grpo_dir), "init_adapter": grpo_meta.get("init_adapter"),
-                                   "train_runtime": grpo_meta["metrics"].get("train_runtime")}}
+    report["adapters"] = {
+        "sft": {
+            "path": str(sft_dir),
+            "dataset": sft_meta.get("dataset"),
+            "steps": sft_meta["metrics"].get("step") or sft_meta["metrics"].get("epoch"),
+            "train_runtime": sft_meta["metrics"].get("train_runtime"),
+        },
+        "grpo": {
+            "path": str(grpo_dir),
+            "init_adapter": grpo_meta.get("init_adapter"),
+            "train_runtime": grpo_meta["metrics"].get("train_runtime"),
+        },
+    }
 
     # generate mode: base vs SFT, then base (the same cached answers) vs SFT + GRPO
-    common = dict(mode="generate", limit=args.limit, batch_size=args.batch_size, max_new_tokens=budget,
-                  cache=not args.no_cache)
+    common = dict(
+        mode="generate", limit=args.limit, batch_size=args.batch_size, max_new_tokens=budget, cache=not args.no_cache
+    )
     t0 = time.time()
     sessions = {"sft": load_for_inference(str(sft_dir)), "grpo": load_for_inference(str(grpo_dir))}
     report["machine"] = machine_info(sessions["sft"])
@@ -111,41 +139,74 @@ def main(argv=None) -> int:
     gen_sft = evaluate(session=sessions["sft"], run_name="curriculum-generate-sft", **common)
     gen_grpo = evaluate(session=sessions["grpo"], run_name="curriculum-generate-grpo", **common)
     generate_seconds = time.time() - t0
-    rows = {"base": read_rows(gen_sft["items_path"], "base"), "sft": read_rows(gen_sft["items_path"], "adapter"),
-            "grpo": read_rows(gen_grpo["items_path"], "adapter")}
-    summaries = {"base": gen_sft["variants"]["base"], "sft": gen_sft["variants"]["adapter"],
-                 "grpo": gen_grpo["variants"]["adapter"]}
+    rows = {
+        "base": read_rows(gen_sft["items_path"], "base"),
+        "sft": read_rows(gen_sft["items_path"], "adapter"),
+        "grpo": read_rows(gen_grpo["items_path"], "adapter"),
+    }
+    summaries = {
+        "base": gen_sft["variants"]["base"],
+        "sft": gen_sft["variants"]["adapter"],
+        "grpo": gen_grpo["variants"]["adapter"],
+    }
     report["generate"] = {
-        "max_new_tokens": budget, "batch_size": args.batch_size, "decoding": "greedy", "seconds": round(generate_seconds, 1),
+        "max_new_tokens": budget,
+        "batch_size": args.batch_size,
+        "decoding": "greedy",
+        "seconds": round(generate_seconds, 1),
         "variants": {name: {k: s.get(k) for k in VARIANT_KEYS} for name, s in summaries.items()},
-        "pairs": {"sft_vs_base": paired(rows["base"], rows["sft"], "base", "sft"),
-                  "grpo_vs_sft": paired(rows["sft"], rows["grpo"], "sft", "grpo")},
+        "pairs": {
+            "sft_vs_base": paired(rows["base"], rows["sft"], "base", "sft"),
+            "grpo_vs_sft": paired(rows["sft"], rows["grpo"], "sft", "grpo"),
+        },
     }
     report["n_items"], report["benchmark_split"] = gen_sft["n_mcq"], gen_sft["benchmark"]
     report["baselines"] = gen_sft["baselines"]
 
     # log-likelihood with the chat template: what each variant prefers among the options, no answer to state
     t0 = time.time()
-    ll_sft = evaluate(session=sessions["sft"], mode="loglik", chat=True, limit=args.limit,
-                      run_name="curriculum-loglik-sft")
-    ll_grpo = evaluate(session=sessions["grpo"], mode="loglik", chat=True, limit=args.limit,
-                       run_name="curriculum-loglik-grpo")
-    ll_rows = {"base": read_rows(ll_sft["items_path"], "base"), "sft": read_rows(ll_sft["items_path"], "adapter"),
-               "grpo": read_rows(ll_grpo["items_path"], "adapter")}
-    ll = {"base": ll_sft["variants"]["base"], "sft": ll_sft["variants"]["adapter"],
-          "grpo": ll_grpo["variants"]["adapter"]}
+    ll_sft = evaluate(
+        session=sessions["sft"], mode="loglik", chat=True, limit=args.limit, run_name="curriculum-loglik-sft"
+    )
+    ll_grpo = evaluate(
+        session=sessions["grpo"], mode="loglik", chat=True, limit=args.limit, run_name="curriculum-loglik-grpo"
+    )
+    ll_rows = {
+        "base": read_rows(ll_sft["items_path"], "base"),
+        "sft": read_rows(ll_sft["items_path"], "adapter"),
+        "grpo": read_rows(ll_grpo["items_path"], "adapter"),
+    }
+    ll = {
+        "base": ll_sft["variants"]["base"],
+        "sft": ll_sft["variants"]["adapter"],
+        "grpo": ll_grpo["variants"]["adapter"],
+    }
     report["loglik_chat"] = {
         "seconds": round(time.time() - t0, 1),
-        "variants": {name: {k: v.get(k) for k in ("n", "accuracy", "accuracy_ci", "vs_best_baseline")}
-                     for name, v in ll.items()},
-        "pairs": {"sft_vs_base": paired(ll_rows["base"], ll_rows["sft"], "base", "sft"),
-                  "grpo_vs_sft": paired(ll_rows["sft"], ll_rows["grpo"], "sft", "grpo")},
+        "variants": {
+            name: {k: v.get(k) for k in ("n", "accuracy", "accuracy_ci", "vs_best_baseline")} for name, v in ll.items()
+        },
+        "pairs": {
+            "sft_vs_base": paired(ll_rows["base"], ll_rows["sft"], "base", "sft"),
+            "grpo_vs_sft": paired(ll_rows["sft"], ll_rows["grpo"], "sft", "grpo"),
+        },
     }
 
     signal = grpo_meta.get("signal") or {}
-    report["grpo"] = {k: signal.get(k) for k in ("steps", "mean_groups_with_signal", "mean_truncated",
-                                                 "mean_correctness", "mean_format", "mean_kl", "reward_trend",
-                                                 "correctness_trend", "per_step")}
+    report["grpo"] = {
+        k: signal.get(k)
+        for k in (
+            "steps",
+            "mean_groups_with_signal",
+            "mean_truncated",
+            "mean_correctness",
+            "mean_format",
+            "mean_kl",
+            "reward_trend",
+            "correctness_trend",
+            "per_step",
+        )
+    }
     report["seconds"] = round(time.time() - started, 1)
     out = Path(args.out)
     atomic_write_json(out, report)
@@ -156,27 +217,34 @@ def main(argv=None) -> int:
 
 def table(report: dict) -> str:
     g = report["generate"]
-    lines = [f"{report['n_items']} questions of the {report['benchmark_split']}; generate: greedy, "
-             f"{g['max_new_tokens']} new tokens",
-             f"{'':<6}{'accuracy':>10}{'extracted':>11}{'truncated':>11}{'acc|extr':>10}{'p50':>6}{'p95':>6}"
-             f"{'loglik':>9}"]
+    lines = [
+        f"{report['n_items']} questions of the {report['benchmark_split']}; generate: greedy, "
+        f"{g['max_new_tokens']} new tokens",
+        f"{'':<6}{'accuracy':>10}{'extracted':>11}{'truncated':>11}{'acc|extr':>10}{'p50':>6}{'p95':>6}{'loglik':>9}",
+    ]
     for name, v in g["variants"].items():
         ae = v["accuracy_when_extracted"]
-        lines.append(f"{name:<6}{v['accuracy']:>10.3f}{v['extraction_rate']:>11.3f}{v['truncation_rate']:>11.3f}"
-                     f"{(f'{ae:.3f}' if ae is not None else '-'):>10}{v['tokens_median']:>6.0f}{v['tokens_p95']:>6.0f}"
-                     f"{report['loglik_chat']['variants'][name]['accuracy']:>9.3f}")
+        lines.append(
+            f"{name:<6}{v['accuracy']:>10.3f}{v['extraction_rate']:>11.3f}{v['truncation_rate']:>11.3f}"
+            f"{(f'{ae:.3f}' if ae is not None else '-'):>10}{v['tokens_median']:>6.0f}{v['tokens_p95']:>6.0f}"
+            f"{report['loglik_chat']['variants'][name]['accuracy']:>9.3f}"
+        )
     b = report["baselines"]["best"]
     lines.append(f"best no-knowledge baseline: {b['rule']} {b['accuracy']:.3f}")
     for mode in ("generate", "loglik_chat"):
         for name, p in report[mode]["pairs"].items():
-            lines.append(f"{mode} {name}: {p['diff']:+.3f} (95% {p['ci_low']:+.3f} to {p['ci_high']:+.3f}), "
-                         f"McNemar p = {p['p_value']:.3g}")
+            lines.append(
+                f"{mode} {name}: {p['diff']:+.3f} (95% {p['ci_low']:+.3f} to {p['ci_high']:+.3f}), "
+                f"McNemar p = {p['p_value']:.3g}"
+            )
     s = report["grpo"]
     if s.get("reward_trend"):
         t = s["reward_trend"]
-        lines.append(f"GRPO: {s['steps']} steps, groups with signal {s['mean_groups_with_signal']:.2f}, truncated "
-                     f"{s['mean_truncated']:.2f}, reward slope {t['slope']:+.4f}/step (95% {t['ci_low']:+.4f} to "
-                     f"{t['ci_high']:+.4f}): {t['verdict']}")
+        lines.append(
+            f"GRPO: {s['steps']} steps, groups with signal {s['mean_groups_with_signal']:.2f}, truncated "
+            f"{s['mean_truncated']:.2f}, reward slope {t['slope']:+.4f}/step (95% {t['ci_low']:+.4f} to "
+            f"{t['ci_high']:+.4f}): {t['verdict']}"
+        )
     return "\n".join(lines)
 
 

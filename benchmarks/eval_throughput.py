@@ -48,8 +48,9 @@ GOAL_MINUTES = 10  # issue 12: base and adapter over the whole bundled benchmark
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--adapter", default=str(DEFAULT_ADAPTER), help="the LoRA adapter folder")
     p.add_argument("--n", type=int, default=16, help="questions per figure (stratified subset of the heldout split)")
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -66,19 +67,27 @@ def measure(session, items, batch_size: int, use_adapter: bool, max_new_tokens: 
     from medreason.evaluate import generate_outputs, score_outputs
 
     with session.adapter_off() if not use_adapter else nullcontext():
-        generate_outputs(session, items[:batch_size], use_adapter=use_adapter, max_new_tokens=4,
-                         batch_size=batch_size, cache=False)  # warm-up: kernels, allocator
+        generate_outputs(
+            session, items[:batch_size], use_adapter=use_adapter, max_new_tokens=4, batch_size=batch_size, cache=False
+        )  # warm-up: kernels, allocator
         start = time.perf_counter()
-        outputs = generate_outputs(session, items, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
-                                   batch_size=batch_size, cache=False)
+        outputs = generate_outputs(
+            session, items, use_adapter=use_adapter, max_new_tokens=max_new_tokens, batch_size=batch_size, cache=False
+        )
         seconds = time.perf_counter() - start
     rows = score_outputs(items, outputs, "adapter" if use_adapter else "base")
     tokens = sum(o["tokens"] for o in outputs)
-    return {"variant": "adapter" if use_adapter else "base", "batch_size": batch_size, "n": len(items),
-            "seconds": seconds, "questions_per_minute": len(items) / seconds * 60,
-            "generated_tokens": tokens, "generated_tokens_per_s": tokens / seconds,
-            "truncation_rate": sum(o["truncated"] for o in outputs) / len(outputs),
-            "extraction_rate": sum(r["extracted"] is not None for r in rows) / len(rows)}
+    return {
+        "variant": "adapter" if use_adapter else "base",
+        "batch_size": batch_size,
+        "n": len(items),
+        "seconds": seconds,
+        "questions_per_minute": len(items) / seconds * 60,
+        "generated_tokens": tokens,
+        "generated_tokens_per_s": tokens / seconds,
+        "truncation_rate": sum(o["truncated"] for o in outputs) / len(outputs),
+        "extraction_rate": sum(r["extracted"] is not None for r in rows) / len(rows),
+    }
 
 
 def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[dict]:
@@ -103,8 +112,16 @@ def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[
         def timed(n, batch=batch):
             start = time.perf_counter()
             with torch.inference_mode():
-                session.model.generate(**batch, do_sample=False, max_new_tokens=n, min_new_tokens=n,
-                                       pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+                session.model.generate(
+                    **batch,
+                    do_sample=False,
+                    max_new_tokens=n,
+                    min_new_tokens=n,
+                    pad_token_id=tok.pad_token_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
             return time.perf_counter() - start
 
         for use_adapter in (False, True):
@@ -112,10 +129,15 @@ def step_costs(session, items, batch_sizes: list[int], new_tokens: int) -> list[
                 timed(2)  # warm-up
                 prefill = statistics.median(timed(1) for _ in range(2))
                 total = statistics.median(timed(new_tokens) for _ in range(2))
-            rows.append({"variant": "adapter" if use_adapter else "base", "batch_size": b,
-                         "prompt_tokens": int(batch["input_ids"].shape[1]),
-                         "ms_per_step": (total - prefill) / (new_tokens - 1) * 1000,
-                         "ms_per_step_per_row": (total - prefill) / (new_tokens - 1) * 1000 / b})
+            rows.append(
+                {
+                    "variant": "adapter" if use_adapter else "base",
+                    "batch_size": b,
+                    "prompt_tokens": int(batch["input_ids"].shape[1]),
+                    "ms_per_step": (total - prefill) / (new_tokens - 1) * 1000,
+                    "ms_per_step_per_row": (total - prefill) / (new_tokens - 1) * 1000 / b,
+                }
+            )
     return rows
 
 
@@ -127,20 +149,32 @@ def main(argv=None) -> int:
     from medreason.mcq import bundled_split, load_benchmark, stratified_subset
 
     if not (Path(args.adapter) / "adapter_config.json").is_file():
-        print(f"{args.adapter} is not an adapter folder: train the CPU recipe first "
-              f"(medreason train --config configs/smollm2-135m-cpu.yaml) or pass --adapter", file=sys.stderr)
+        print(
+            f"{args.adapter} is not an adapter folder: train the CPU recipe first "
+            f"(medreason train --config configs/smollm2-135m-cpu.yaml) or pass --adapter",
+            file=sys.stderr,
+        )
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     items = stratified_subset(bundled_split("heldout"), args.n, seed=0)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
-    report = {"benchmark": "eval_throughput", "date": datetime.now(UTC).isoformat(timespec="seconds"),
-              "command": "python " + shlex.join(sys.argv),
-              "adapter": args.adapter, "settings": {"n": len(items), "max_new_tokens": args.max_new_tokens,
-                                                    "batch_sizes": batch_sizes, "decoding": "greedy",
-                                                    "step_tokens": args.step_tokens,
-                                                    "items": "stratified subset (seed 0) of the heldout split"},
-              "load_average_before": load_average(), "runs": {}}
+    report = {
+        "benchmark": "eval_throughput",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "python " + shlex.join(sys.argv),
+        "adapter": args.adapter,
+        "settings": {
+            "n": len(items),
+            "max_new_tokens": args.max_new_tokens,
+            "batch_sizes": batch_sizes,
+            "decoding": "greedy",
+            "step_tokens": args.step_tokens,
+            "items": "stratified subset (seed 0) of the heldout split",
+        },
+        "load_average_before": load_average(),
+        "runs": {},
+    }
     for name in args.dtypes.split(","):
         dtype = None if name == "auto" else getattr(torch, name)
         session = load_for_inference(args.adapter, dtype=dtype)
@@ -157,11 +191,20 @@ def main(argv=None) -> int:
         best = max(batch_sizes, key=lambda b: sum(r["questions_per_minute"] for r in results if r["batch_size"] == b))
         whole = len(load_benchmark())
         minutes = sum(whole / r["questions_per_minute"] for r in results if r["batch_size"] == best)
-        report["runs"][name] = {"dtype": machine["dtype"], "results": results, "complete": True,
-                                "decoding_step_ms": step_rows,
-                                "projection": {"items": whole, "variants": 2, "batch_size": best,
-                                               "minutes": minutes, "goal_minutes": GOAL_MINUTES,
-                                               "meets_goal": minutes <= GOAL_MINUTES}}
+        report["runs"][name] = {
+            "dtype": machine["dtype"],
+            "results": results,
+            "complete": True,
+            "decoding_step_ms": step_rows,
+            "projection": {
+                "items": whole,
+                "variants": 2,
+                "batch_size": best,
+                "minutes": minutes,
+                "goal_minutes": GOAL_MINUTES,
+                "meets_goal": minutes <= GOAL_MINUTES,
+            },
+        }
         del session
     report["load_average_after"] = load_average()
     atomic_write_json(args.out, report)
@@ -173,19 +216,27 @@ def main(argv=None) -> int:
 def print_table(report: dict):
     m = report["machine"]
     s = report["settings"]
-    print(f"\ngenerate-mode evaluation, {s['n']} questions, {s['max_new_tokens']} new tokens, greedy; "
-          f"{m['cpu']} ({m['cpus_usable']} cores, native bf16: {m['cpu_native_bf16']}, {m['torch_threads']} threads)")
+    print(
+        f"\ngenerate-mode evaluation, {s['n']} questions, {s['max_new_tokens']} new tokens, greedy; "
+        f"{m['cpu']} ({m['cpus_usable']} cores, native bf16: {m['cpu_native_bf16']}, {m['torch_threads']} threads)"
+    )
     print(f"{'dtype':<10}{'variant':<9}{'batch':>6}{'q/min':>8}{'tok/s':>8}{'truncated':>11}{'extracted':>11}")
     for run in report["runs"].values():
         for r in run["results"]:
-            print(f"{run['dtype']:<10}{r['variant']:<9}{r['batch_size']:>6}{r['questions_per_minute']:>8.1f}"
-                  f"{r['generated_tokens_per_s']:>8.1f}{r['truncation_rate']:>11.2f}{r['extraction_rate']:>11.2f}")
+            print(
+                f"{run['dtype']:<10}{r['variant']:<9}{r['batch_size']:>6}{r['questions_per_minute']:>8.1f}"
+                f"{r['generated_tokens_per_s']:>8.1f}{r['truncation_rate']:>11.2f}{r['extraction_rate']:>11.2f}"
+            )
         for r in run.get("decoding_step_ms", []):
-            print(f"  decoding step, {r['variant']:<8} batch {r['batch_size']:>3}: {r['ms_per_step']:6.0f} ms "
-                  f"({r['ms_per_step_per_row']:.1f} ms per row)")
+            print(
+                f"  decoding step, {r['variant']:<8} batch {r['batch_size']:>3}: {r['ms_per_step']:6.0f} ms "
+                f"({r['ms_per_step_per_row']:.1f} ms per row)"
+            )
         p = run["projection"]
-        print(f"  projection ({run['dtype']}): whole bundled benchmark ({p['items']} items), base + adapter at batch "
-              f"{p['batch_size']}: {p['minutes']:.1f} min (goal {p['goal_minutes']} min)")
+        print(
+            f"  projection ({run['dtype']}): whole bundled benchmark ({p['items']} items), base + adapter at batch "
+            f"{p['batch_size']}: {p['minutes']:.1f} min (goal {p['goal_minutes']} min)"
+        )
     print(f"load average before/after: {report['load_average_before']} / {report['load_average_after']}")
 
 

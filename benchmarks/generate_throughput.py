@@ -46,11 +46,16 @@ DEFAULT_OUT = Path("results/benchmarks/generate_throughput.json")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--model", default=None, help="base model (default: the adapter's base, or SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", default=None, help=f"a LoRA adapter folder (default {DEFAULT_ADAPTER} if it exists, "
-                   "else a fresh in-memory LoRA r=16 on all linear layers)")
+    p.add_argument(
+        "--adapter",
+        default=None,
+        help=f"a LoRA adapter folder (default {DEFAULT_ADAPTER} if it exists, "
+        "else a fresh in-memory LoRA r=16 on all linear layers)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens generated per sequence in the decode runs")
     p.add_argument("--no-cache-tokens", type=int, default=16, help="tokens generated in the use_cache=False comparison")
     p.add_argument("--batch-sizes", default="1,8", help="comma-separated batch sizes")
@@ -77,7 +82,9 @@ def load(args):
 
     session = load_for_inference(None, args.model)
     torch.manual_seed(0)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=16, lora_alpha=32, target_modules="all-linear", init_lora_weights=False, task_type="CAUSAL_LM"
+    )
     session.model = get_peft_model(session.model, config).eval()
     session.adapter = "fresh in-memory LoRA"
     return session, "fresh in-memory LoRA: r=16, alpha=32, all-linear, random weights (init_lora_weights=False)"
@@ -94,9 +101,14 @@ def questions(n: int) -> list[str]:
 def encode(session, qs: list[str]):
     tok = session.tokenizer
     tok.padding_side = "left"
-    prompts = [tok.apply_chat_template(
-        [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": q}],
-        tokenize=False, add_generation_prompt=True) for q in qs]
+    prompts = [
+        tok.apply_chat_template(
+            [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": q}],
+            tokenize=False,
+            add_generation_prompt=True,
+        )
+        for q in qs
+    ]
     return tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(session.model.device)
 
 
@@ -121,8 +133,13 @@ def timed_generate(session, batch, new_tokens: int, use_adapter: bool, use_cache
     with ctx, torch.inference_mode():
         _sync()
         start = time.perf_counter()
-        out = session.model.generate(**batch, **kwargs, min_new_tokens=new_tokens, use_cache=use_cache,
-                                     pad_token_id=session.tokenizer.pad_token_id)
+        out = session.model.generate(
+            **batch,
+            **kwargs,
+            min_new_tokens=new_tokens,
+            use_cache=use_cache,
+            pad_token_id=session.tokenizer.pad_token_id,
+        )
         _sync()
         elapsed = time.perf_counter() - start
     made = out.shape[1] - batch["input_ids"].shape[1]
@@ -139,8 +156,9 @@ def median_of(fn, runs: int, warmup: int) -> tuple[float, list[float]]:
 
 def measure(session, batch, batch_size: int, use_adapter: bool, args) -> dict:
     ttft, ttft_runs = median_of(lambda: timed_generate(session, batch, 1, use_adapter)[0], args.runs, args.warmup)
-    total, total_runs = median_of(lambda: timed_generate(session, batch, args.max_new_tokens, use_adapter)[0],
-                                  args.runs, args.warmup)
+    total, total_runs = median_of(
+        lambda: timed_generate(session, batch, args.max_new_tokens, use_adapter)[0], args.runs, args.warmup
+    )
     decode_tokens = batch_size * (args.max_new_tokens - 1)
     return {
         "variant": "adapter" if use_adapter else "base",
@@ -161,9 +179,15 @@ def measure_kv_cache(session, batch, use_adapter: bool, args) -> dict:
     n = args.no_cache_tokens
     with_cache, _ = median_of(lambda: timed_generate(session, batch, n, use_adapter, True)[0], args.runs, args.warmup)
     without, runs = median_of(lambda: timed_generate(session, batch, n, use_adapter, False)[0], args.runs, args.warmup)
-    return {"variant": "adapter" if use_adapter else "base", "batch_size": 1, "new_tokens": n,
-            "with_cache_s": with_cache, "without_cache_s": without, "without_cache_runs_s": runs,
-            "speedup_from_cache": without / with_cache}
+    return {
+        "variant": "adapter" if use_adapter else "base",
+        "batch_size": 1,
+        "new_tokens": n,
+        "with_cache_s": with_cache,
+        "without_cache_s": without,
+        "without_cache_runs_s": runs,
+        "speedup_from_cache": without / with_cache,
+    }
 
 
 class _Null:
@@ -218,18 +242,28 @@ def load_average():
 
 def print_table(report: dict):
     m = report["machine"]
-    print(f"\n{report['model']} on {m['device']} ({m['cpu']}; {m['torch_threads']} threads; {m['dtype']}); "
-          f"adapter: {report['adapter']}")
-    print(f"{'variant':<9}{'batch':>6}{'prompt tok':>12}{'TTFT ms':>10}{'decode tok/s':>14}{'e2e tok/s':>11}{'total s':>9}")
+    print(
+        f"\n{report['model']} on {m['device']} ({m['cpu']}; {m['torch_threads']} threads; {m['dtype']}); "
+        f"adapter: {report['adapter']}"
+    )
+    print(
+        f"{'variant':<9}{'batch':>6}{'prompt tok':>12}{'TTFT ms':>10}{'decode tok/s':>14}{'e2e tok/s':>11}{'total s':>9}"
+    )
     for r in report["results"]:
         decode = f"{r['decode_tokens_per_s']:.1f}" if r["decode_tokens_per_s"] else "n/a"
-        print(f"{r['variant']:<9}{r['batch_size']:>6}{r['prompt_tokens']:>12}{r['ttft_s'] * 1000:>10.0f}"
-              f"{decode:>14}{r['end_to_end_tokens_per_s']:>11.1f}{r['total_s']:>9.2f}")
+        print(
+            f"{r['variant']:<9}{r['batch_size']:>6}{r['prompt_tokens']:>12}{r['ttft_s'] * 1000:>10.0f}"
+            f"{decode:>14}{r['end_to_end_tokens_per_s']:>11.1f}{r['total_s']:>9.2f}"
+        )
     for k in report["kv_cache"]:
-        print(f"KV cache, {k['variant']}, batch 1, {k['new_tokens']} new tokens: {k['with_cache_s']:.2f} s with, "
-              f"{k['without_cache_s']:.2f} s without ({k['speedup_from_cache']:.1f}x faster with the cache)")
-    print(f"median of {report['settings']['runs']} runs after {report['settings']['warmup']} warm-up; "
-          f"load average before/after: {report['load_average_before']} / {report['load_average_after']}")
+        print(
+            f"KV cache, {k['variant']}, batch 1, {k['new_tokens']} new tokens: {k['with_cache_s']:.2f} s with, "
+            f"{k['without_cache_s']:.2f} s without ({k['speedup_from_cache']:.1f}x faster with the cache)"
+        )
+    print(
+        f"median of {report['settings']['runs']} runs after {report['settings']['warmup']} warm-up; "
+        f"load average before/after: {report['load_average_before']} / {report['load_average_after']}"
+    )
 
 
 def main(argv=None) -> int:
@@ -250,8 +284,12 @@ def main(argv=None) -> int:
         batch = encode(session, qs[:size])
         for use_adapter in (False, True):
             r = measure(session, batch, size, use_adapter, args)
-            print(f"  {r['variant']}, batch {size}: TTFT {r['ttft_s'] * 1000:.0f} ms, "
-                  f"decode {r['decode_tokens_per_s'] or 0:.1f} tok/s", file=sys.stderr, flush=True)
+            print(
+                f"  {r['variant']}, batch {size}: TTFT {r['ttft_s'] * 1000:.0f} ms, "
+                f"decode {r['decode_tokens_per_s'] or 0:.1f} tok/s",
+                file=sys.stderr,
+                flush=True,
+            )
             results.append(r)
     batch = encode(session, qs[:1])
     for use_adapter in (False, True):
@@ -264,11 +302,18 @@ def main(argv=None) -> int:
         "model": session.base_model,
         "adapter": adapter_desc,
         "machine": machine_info(session),
-        "settings": {"max_new_tokens": args.max_new_tokens, "no_cache_tokens": args.no_cache_tokens,
-                     "batch_sizes": sizes, "runs": args.runs, "warmup": args.warmup, "decoding": "greedy",
-                     "repetition_penalty": 1.1, "use_cache": True,
-                     "prompt": "first questions of the bundled corpus in the chat template with medreason's system prompt",
-                     "decode_rate": "batch x (max_new_tokens - 1) / (total - TTFT)"},
+        "settings": {
+            "max_new_tokens": args.max_new_tokens,
+            "no_cache_tokens": args.no_cache_tokens,
+            "batch_sizes": sizes,
+            "runs": args.runs,
+            "warmup": args.warmup,
+            "decoding": "greedy",
+            "repetition_penalty": 1.1,
+            "use_cache": True,
+            "prompt": "first questions of the bundled corpus in the chat template with medreason's system prompt",
+            "decode_rate": "batch x (max_new_tokens - 1) / (total - TTFT)",
+        },
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "results": results,

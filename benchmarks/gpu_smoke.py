@@ -54,34 +54,93 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Qwen2.5-0.5B(-Instruct)'s published config.json, the values that shape compute and memory
 QWEN25_05B = {
-    "model_type": "qwen2", "hidden_size": 896, "num_hidden_layers": 24, "num_attention_heads": 14,
-    "num_key_value_heads": 2, "intermediate_size": 4864, "vocab_size": 151936, "tie_word_embeddings": True,
-    "rope_theta": 1000000.0, "max_position_embeddings": 32768, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+    "model_type": "qwen2",
+    "hidden_size": 896,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "intermediate_size": 4864,
+    "vocab_size": 151936,
+    "tie_word_embeddings": True,
+    "rope_theta": 1000000.0,
+    "max_position_embeddings": 32768,
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
 }
-COMMON = ["--dataset", "bundled", "--eval_strategy", "no", "--evaluate_test", "false", "--save_strategy", "no",
-          "--logging_steps", "1", "--dataloader_num_workers", "0"]
+COMMON = [
+    "--dataset",
+    "bundled",
+    "--eval_strategy",
+    "no",
+    "--evaluate_test",
+    "false",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--dataloader_num_workers",
+    "0",
+]
 
 
 def plan(models: dict[str, Path], work: Path, steps: int) -> dict[str, dict]:
     """name -> {"argv": medreason train arguments, "launcher": "python" | "accelerate-fsdp"}."""
 
     def out(name):
-        return ["--output_dir", str(work / name / "run"), "--adapter_root", str(work / name / "adapter"),
-                "--run_name", f"gpu-smoke-{name}"]
+        return [
+            "--output_dir",
+            str(work / name / "run"),
+            "--adapter_root",
+            str(work / name / "adapter"),
+            "--run_name",
+            f"gpu-smoke-{name}",
+        ]
 
     qlora = ["--config", str(ROOT / "configs/qwen2.5-0.5b-qlora-gpu.yaml"), "--model_name_or_path", str(models["qwen"])]
     return {
-        "sft-lora-bf16": {"launcher": "python", "argv": [
-            "--config", str(ROOT / "configs/smollm2-135m-gpu.yaml"), "--model_name_or_path", str(models["smollm2"]),
-            *COMMON, "--max_steps", str(steps), *out("sft-lora-bf16")]},
-        "sft-qlora-4bit": {"launcher": "python", "argv": [*qlora, *COMMON, "--max_steps", str(steps),
-                                                          *out("sft-qlora-4bit")]},
-        "grpo-4bit": {"launcher": "python", "argv": [
-            "--config", str(ROOT / "configs/qwen2.5-0.5b-grpo-gpu.yaml"), "--model_name_or_path", str(models["qwen"]),
-            "--max_steps", "2", "--max_completion_length", "64", "--log_completions", "false",
-            "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "0", *out("grpo-4bit")]},
-        "fsdp-1-process": {"launcher": "accelerate-fsdp", "argv": [*qlora, "--load_in_4bit", "false", *COMMON,
-                                                                   "--max_steps", str(steps), *out("fsdp-1-process")]},
+        "sft-lora-bf16": {
+            "launcher": "python",
+            "argv": [
+                "--config",
+                str(ROOT / "configs/smollm2-135m-gpu.yaml"),
+                "--model_name_or_path",
+                str(models["smollm2"]),
+                *COMMON,
+                "--max_steps",
+                str(steps),
+                *out("sft-lora-bf16"),
+            ],
+        },
+        "sft-qlora-4bit": {
+            "launcher": "python",
+            "argv": [*qlora, *COMMON, "--max_steps", str(steps), *out("sft-qlora-4bit")],
+        },
+        "grpo-4bit": {
+            "launcher": "python",
+            "argv": [
+                "--config",
+                str(ROOT / "configs/qwen2.5-0.5b-grpo-gpu.yaml"),
+                "--model_name_or_path",
+                str(models["qwen"]),
+                "--max_steps",
+                "2",
+                "--max_completion_length",
+                "64",
+                "--log_completions",
+                "false",
+                "--save_strategy",
+                "no",
+                "--logging_steps",
+                "1",
+                "--dataloader_num_workers",
+                "0",
+                *out("grpo-4bit"),
+            ],
+        },
+        "fsdp-1-process": {
+            "launcher": "accelerate-fsdp",
+            "argv": [*qlora, "--load_in_4bit", "false", *COMMON, "--max_steps", str(steps), *out("fsdp-1-process")],
+        },
     }
 
 
@@ -113,12 +172,23 @@ def run(name: str, spec: dict, work: Path) -> dict:
     spec_file.write_text(json.dumps({"argv": spec["argv"], "result": str(result_file)}))
     child = [str(Path(__file__).resolve()), "--child", str(spec_file)]
     if spec["launcher"] == "accelerate-fsdp":
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-               "--config_file", str(ROOT / "configs/accelerate/fsdp.yaml"), *child]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "1",
+            "--config_file",
+            str(ROOT / "configs/accelerate/fsdp.yaml"),
+            *child,
+        ]
     else:
         cmd = [sys.executable, *child]
-    print(f"{name}: {'accelerate launch (FSDP, 1 process)' if spec['launcher'] != 'python' else 'python'} "
-          f"{' '.join(spec['argv'][:2])}", flush=True)
+    print(
+        f"{name}: {'accelerate launch (FSDP, 1 process)' if spec['launcher'] != 'python' else 'python'} "
+        f"{' '.join(spec['argv'][:2])}",
+        flush=True,
+    )
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     output = proc.stdout + proc.stderr
     (work / f"{name}.log").write_text(output)
@@ -151,12 +221,20 @@ def child(spec_file: str) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         tokens = max((h.get("num_tokens", 0) for h in result.log_history), default=0)
         runtime = next((h["train_runtime"] for h in reversed(result.log_history) if "train_runtime" in h), None)
-        Path(spec["result"]).write_text(json.dumps({
-            "steps": result.global_step, "tokens": int(tokens), "seconds": runtime and round(runtime, 2),
-            "tokens_per_s": round(tokens / runtime, 1) if runtime and tokens else None,
-            "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
-            "adapter_saved": bool(result.adapter_dir and (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()),
-        }))
+        Path(spec["result"]).write_text(
+            json.dumps(
+                {
+                    "steps": result.global_step,
+                    "tokens": int(tokens),
+                    "seconds": runtime and round(runtime, 2),
+                    "tokens_per_s": round(tokens / runtime, 1) if runtime and tokens else None,
+                    "peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3),
+                    "adapter_saved": bool(
+                        result.adapter_dir and (Path(result.adapter_dir) / "adapter_model.safetensors").is_file()
+                    ),
+                }
+            )
+        )
     return 0
 
 
@@ -171,9 +249,15 @@ def machine() -> dict:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
             versions[package] = None
-    return {"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count(), "cuda": torch.version.cuda,
-            "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
-            "python": platform.python_version(), "cpus": os.cpu_count(), **versions}
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "gpus": torch.cuda.device_count(),
+        "cuda": torch.version.cuda,
+        "gpu_memory_gib": round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        **versions,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print(f"gpu_smoke: error: no CUDA GPU is visible (torch {torch.__version__}, CUDA build "
-              f"{torch.version.cuda or 'none'}): this script measures GPU runs; run it on a machine with an NVIDIA GPU",
-              file=sys.stderr)
+        print(
+            f"gpu_smoke: error: no CUDA GPU is visible (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda or 'none'}): this script measures GPU runs; run it on a machine with an NVIDIA GPU",
+            file=sys.stderr,
+        )
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="gpu-smoke-") as tmp:
@@ -200,12 +286,19 @@ def main(argv: list[str] | None = None) -> int:
             if row["returncode"]:
                 print(f"  FAILED (exit {row['returncode']}):\n{row['error_tail']}", flush=True)
             else:
-                print(f"  {row['tokens_per_s']} tokens/s, peak GPU memory {row['peak_gpu_memory_gib']} GiB, "
-                      f"lm_head {row['lm_head']}, adapter saved {row['adapter_saved']}", flush=True)
+                print(
+                    f"  {row['tokens_per_s']} tokens/s, peak GPU memory {row['peak_gpu_memory_gib']} GiB, "
+                    f"lm_head {row['lm_head']}, adapter saved {row['adapter_saved']}",
+                    flush=True,
+                )
     from medreason.io import atomic_write_json
 
-    result = {"command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_smoke.py " + " ".join(sys.argv[1:]),
-              "machine": machine(), "weights": "random (speed and memory only)", "runs": runs}
+    result = {
+        "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/gpu_smoke.py " + " ".join(sys.argv[1:]),
+        "machine": machine(),
+        "weights": "random (speed and memory only)",
+        "runs": runs,
+    }
     out = atomic_write_json(ROOT / "results/benchmarks/gpu_smoke.json", result)
     print(f"written to {out.relative_to(ROOT)}")
     return 1 if any(r["returncode"] for r in runs.values()) else 0

@@ -45,8 +45,9 @@ DEFAULT_OUT = Path("results/benchmarks/grpo_step.json")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", default=DEFAULT_CONFIG, help="a GRPO recipe")
     p.add_argument("--steps", type=int, default=4, help="GRPO steps (the first is a warm-up)")
     p.add_argument("--init_adapter", default=None, help="override the recipe's init_adapter ('' = a new LoRA)")
@@ -66,8 +67,20 @@ def build_trainer(args, work: Path):
     from medreason.rewards import correctness_reward, format_reward
     from medreason.run import check_hyperparameters, physical_cores
 
-    argv = ["--config", args.config, "--max_steps", str(args.steps), "--output_dir", str(work),
-            "--save_strategy", "no", "--logging_steps", "1", "--report_to", "none"]
+    argv = [
+        "--config",
+        args.config,
+        "--max_steps",
+        str(args.steps),
+        "--output_dir",
+        str(work),
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+    ]
     if args.init_adapter is not None:
         argv += ["--init_adapter", args.init_adapter]
     argv += args.overrides
@@ -101,8 +114,14 @@ def build_trainer(args, work: Path):
             timings["generated_tokens"].append(sum(len(ids) for ids in out[0]))
             return out
 
-    trainer = TimedGRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=cfg,
-                               train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    trainer = TimedGRPOTrainer(
+        model=model,
+        reward_funcs=[correctness_reward, format_reward],
+        args=cfg,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
     use_cpu_head(margs, cfg, trainer)  # as medreason.grpo does
     desc = f"{init['path']} (sha256 {init['sha256'][:12]})" if init else "a new LoRA (no init_adapter)"
     return trainer, tokenizer, cfg, model_args, timings, desc, torch
@@ -122,12 +141,19 @@ def plain_generate(trainer, tokenizer, cfg, prompts: list, torch) -> tuple[float
     model.eval()
     t = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**batch.to(model.device), do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                             top_k=cfg.top_k or None, max_new_tokens=cfg.max_completion_length, use_cache=True,
-                             pad_token_id=tokenizer.pad_token_id)
+        out = model.generate(
+            **batch.to(model.device),
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            top_k=cfg.top_k or None,
+            max_new_tokens=cfg.max_completion_length,
+            use_cache=True,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     seconds = time.perf_counter() - t
     model.train(was_training)
-    completion = out[:, batch["input_ids"].shape[1]:]
+    completion = out[:, batch["input_ids"].shape[1] :]
     tokens = 0
     for row in completion.tolist():
         tokens += row.index(eos) + 1 if eos in row else len(row)
@@ -144,17 +170,31 @@ def machine_info(model) -> dict:
 
     cpu = None
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), None)
+        cpu = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            None,
+        )
     except OSError:
         pass
-    return {"platform": platform.platform(), "cpu": cpu or platform.processor(), "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_supports_bf16(),
-            "device": str(next(model.parameters()).device),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""), "python": platform.python_version(),
-            "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
-            "peft": peft.__version__}
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": cpu_supports_bf16(),
+        "device": str(next(model.parameters()).device),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "trl": trl.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def main(argv=None) -> int:
@@ -187,9 +227,17 @@ def main(argv=None) -> int:
         "adapter": adapter,
         "machine": machine,
         "overrides": args.overrides,
-        "settings": {"steps_measured": n, "warmup_steps": 1, "num_generations": cfg.num_generations,
-                     "completions_per_step": cfg.generation_batch_size, "max_completion_length": cfg.max_completion_length,
-                     "temperature": cfg.temperature, "top_p": cfg.top_p, "beta": cfg.beta, "bf16": cfg.bf16},
+        "settings": {
+            "steps_measured": n,
+            "warmup_steps": 1,
+            "num_generations": cfg.num_generations,
+            "completions_per_step": cfg.generation_batch_size,
+            "max_completion_length": cfg.max_completion_length,
+            "temperature": cfg.temperature,
+            "top_p": cfg.top_p,
+            "beta": cfg.beta,
+            "bf16": cfg.bf16,
+        },
         "load_average_before": load_before,
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
         "step_s_median": statistics.median(steps),
@@ -206,13 +254,19 @@ def main(argv=None) -> int:
         "plain_over_rollout": plain_rate / rollout_rate,
         "goal": "rollouts within 1.3x of plain generation (plain_over_rollout <= 1.3)",
     }
-    print(f"\nGRPO step on {machine['device']} ({machine['cpu']}; {machine['torch_threads']} threads; {machine['dtype']});"
-          f" {cfg.generation_batch_size} completions/step of <= {cfg.max_completion_length} tokens; adapter: {adapter}")
-    print(f"step {report['step_s_median']:.1f} s (median of {n}): generation {report['generation_share']:.0%}, "
-          f"rest of the rollout {report['rollout_share'] - report['generation_share']:.0%}, "
-          f"update {1 - report['rollout_share']:.0%}")
-    print(f"rollout generation {rollout_rate:.1f} tokens/s; plain batched generate {plain_rate:.1f} tokens/s "
-          f"(plain/rollout {report['plain_over_rollout']:.2f}x; goal <= 1.3x)")
+    print(
+        f"\nGRPO step on {machine['device']} ({machine['cpu']}; {machine['torch_threads']} threads; {machine['dtype']});"
+        f" {cfg.generation_batch_size} completions/step of <= {cfg.max_completion_length} tokens; adapter: {adapter}"
+    )
+    print(
+        f"step {report['step_s_median']:.1f} s (median of {n}): generation {report['generation_share']:.0%}, "
+        f"rest of the rollout {report['rollout_share'] - report['generation_share']:.0%}, "
+        f"update {1 - report['rollout_share']:.0%}"
+    )
+    print(
+        f"rollout generation {rollout_rate:.1f} tokens/s; plain batched generate {plain_rate:.1f} tokens/s "
+        f"(plain/rollout {report['plain_over_rollout']:.2f}x; goal <= 1.3x)"
+    )
     from medreason.io import atomic_write_json
 
     atomic_write_json(args.out, report)

@@ -36,16 +36,51 @@ from medreason.io import atomic_write_json
 ROOT = Path(__file__).resolve().parent.parent
 FLOP_PER_TOKEN = 5.4e8
 RECIPE = "configs/smollm2-135m-cpu.yaml"
-COMMON = ["--eval_strategy", "no", "--evaluate_test", "false", "--save_strategy", "no", "--logging_steps", "1",
-          "--eval_on_start", "false"]
+COMMON = [
+    "--eval_strategy",
+    "no",
+    "--evaluate_test",
+    "false",
+    "--save_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--eval_on_start",
+    "false",
+]
 BASELINE = [
     # stock TRL: fp32 weights under bf16 autocast (ModelConfig's default dtype), TRL's own LM head
-    "--precision", "bf16", "--dtype", "float32", "--lm_head", "fused",
-    "--activation_checkpointing", "true", "--loss_type", "dft",
-    "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-    "--lora_target_modules", "q_proj", "k_proj", "v_proj", "o_proj", "--lora_r", "16", "--lora_alpha", "32",
-    "--lora_dropout", "0.05", "--train_sampling_strategy", "random", "--learning_rate", "2e-5",
-    "--lr_scheduler_type", "cosine_with_restarts",
+    "--precision",
+    "bf16",
+    "--dtype",
+    "float32",
+    "--lm_head",
+    "fused",
+    "--activation_checkpointing",
+    "true",
+    "--loss_type",
+    "dft",
+    "--per_device_train_batch_size",
+    "4",
+    "--gradient_accumulation_steps",
+    "1",
+    "--lora_target_modules",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "--lora_r",
+    "16",
+    "--lora_alpha",
+    "32",
+    "--lora_dropout",
+    "0.05",
+    "--train_sampling_strategy",
+    "random",
+    "--learning_rate",
+    "2e-5",
+    "--lr_scheduler_type",
+    "cosine_with_restarts",
 ]
 
 
@@ -77,13 +112,30 @@ def run(name: str, extra: list[str], steps: int, workdir: Path) -> dict:
     from medreason.train import train
 
     out = workdir / name
-    result = train(["--config", str(ROOT / RECIPE), *COMMON, "--max_steps", str(steps),
-                    "--output_dir", str(out / "run"), "--adapter_root", str(out / "adapter"),
-                    "--run_name", f"bench-{name}", *extra])
+    result = train(
+        [
+            "--config",
+            str(ROOT / RECIPE),
+            *COMMON,
+            "--max_steps",
+            str(steps),
+            "--output_dir",
+            str(out / "run"),
+            "--adapter_root",
+            str(out / "adapter"),
+            "--run_name",
+            f"bench-{name}",
+            *extra,
+        ]
+    )
     tokens = max(h.get("num_tokens", 0) for h in result.log_history)
     runtime = next(h["train_runtime"] for h in reversed(result.log_history) if "train_runtime" in h)
-    row = {"steps": result.global_step, "tokens": int(tokens), "seconds": round(runtime, 1),
-           "tokens_per_s": round(tokens / runtime, 1)}
+    row = {
+        "steps": result.global_step,
+        "tokens": int(tokens),
+        "seconds": round(runtime, 1),
+        "tokens_per_s": round(tokens / runtime, 1),
+    }
     print(f"{name}: {row['tokens']} tokens in {row['seconds']} s = {row['tokens_per_s']} tokens/s", flush=True)
     return row
 
@@ -91,8 +143,9 @@ def run(name: str, extra: list[str], steps: int, workdir: Path) -> dict:
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=4, help="optimizer steps for each variant")
-    p.add_argument("--ablation", action="store_true",
-                   help="also train the baseline with the CPU changes added one at a time")
+    p.add_argument(
+        "--ablation", action="store_true", help="also train the baseline with the CPU changes added one at a time"
+    )
     args = p.parse_args()
     os.chdir(ROOT)
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp()}/bench.db")
@@ -101,8 +154,11 @@ def main():
     from medreason.compat import cpu_supports_bf16
 
     peaks = {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
-    print(f"matmul peak: bf16 {peaks['bf16']:.1f} GFLOP/s, fp32 {peaks['fp32']:.1f} GFLOP/s "
-          f"(native bf16: {cpu_supports_bf16()})", flush=True)
+    print(
+        f"matmul peak: bf16 {peaks['bf16']:.1f} GFLOP/s, fp32 {peaks['fp32']:.1f} GFLOP/s "
+        f"(native bf16: {cpu_supports_bf16()})",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         baseline = run("baseline", BASELINE, args.steps, Path(tmp))
         ablation, extra = {}, list(BASELINE)
@@ -115,8 +171,13 @@ def main():
     achieved = recipe["tokens_per_s"] * FLOP_PER_TOKEN / 1e9
     result = {
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version(), "native_bf16": cpu_supports_bf16()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "native_bf16": cpu_supports_bf16(),
+        },
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
         "baseline": baseline,
         **({"ablation": ablation} if ablation else {}),
@@ -129,11 +190,15 @@ def main():
     }
     print(f"\nbaseline (notebook settings): {baseline['tokens_per_s']:.1f} tokens/s")
     for name, row in ablation.items():
-        print(f"  {name:<27} {row['tokens_per_s']:.1f} tokens/s ({row['tokens_per_s'] / baseline['tokens_per_s']:.2f}x)")
+        print(
+            f"  {name:<27} {row['tokens_per_s']:.1f} tokens/s ({row['tokens_per_s'] / baseline['tokens_per_s']:.2f}x)"
+        )
     print(f"recipe ({RECIPE}):            {recipe['tokens_per_s']:.1f} tokens/s")
     print(f"ratio recipe/baseline:        {ratio:.2f}x (target >= 3)")
-    print(f"recipe reaches {achieved:.1f} GFLOP/s = {result['fraction_of_bf16_peak']:.1%} of the measured bf16 matmul "
-          f"peak and {result['fraction_of_recipe_dtype_peak']:.1%} of the {recipe_dtype} peak it computes in")
+    print(
+        f"recipe reaches {achieved:.1f} GFLOP/s = {result['fraction_of_bf16_peak']:.1%} of the measured bf16 matmul "
+        f"peak and {result['fraction_of_recipe_dtype_peak']:.1%} of the {recipe_dtype} peak it computes in"
+    )
     out = atomic_write_json(ROOT / "results/benchmarks/train_throughput.json", result)
     print(f"written to {out.relative_to(ROOT)}")
 

@@ -29,11 +29,32 @@ WEIGHTS = "adapter_model.safetensors"
 # Keys of a resolved recipe that do not change the adapter a run produces: where things are written, how often
 # it logs or saves, how the run is named, resumed or parallelised.
 NOT_HASHED = {
-    "output_dir", "logging_dir", "run_name", "adapter_root", "resume", "num_threads", "mlflow_experiment",
-    "report_to", "disable_tqdm", "logging_steps", "logging_strategy", "logging_first_step", "save_strategy",
-    "save_steps", "save_total_limit", "save_only_model", "dataloader_num_workers", "dataloader_pin_memory",
-    "push_to_hub", "hub_model_id", "hub_token", "hub_strategy", "overwrite_output_dir", "eval_on_start",
-    "evaluate_test", "include_num_input_tokens_seen",
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "adapter_root",
+    "resume",
+    "num_threads",
+    "mlflow_experiment",
+    "report_to",
+    "disable_tqdm",
+    "logging_steps",
+    "logging_strategy",
+    "logging_first_step",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "hub_strategy",
+    "overwrite_output_dir",
+    "eval_on_start",
+    "evaluate_test",
+    "include_num_input_tokens_seen",
 }
 
 
@@ -44,8 +65,9 @@ def adapter_path(adapter_root: str | Path, model_name: str) -> Path:
 
 def recipe_hash(resolved: dict) -> str:
     """A short hash of the settings that determine the adapter (NOT_HASHED keys and object reprs left out)."""
-    kept = {k: v for k, v in sorted(resolved.items())
-            if k not in NOT_HASHED and not (isinstance(v, str) and " at 0x" in v)}
+    kept = {
+        k: v for k, v in sorted(resolved.items()) if k not in NOT_HASHED and not (isinstance(v, str) and " at 0x" in v)
+    }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -59,8 +81,9 @@ def weights_sha256(folder: str | Path) -> str | None:
 # --------------------------------------------------------------------------------------------- writing
 
 
-def training_meta(trainer: str, args, model_args, *, recipe: str, resolved: dict, model: dict, metrics: dict,
-                  **fields) -> dict:
+def training_meta(
+    trainer: str, args, model_args, *, recipe: str, resolved: dict, model: dict, metrics: dict, **fields
+) -> dict:
     """medreason.json of a trained adapter, the one schema both recipes write and `read_adapter` reads back:
     the method, base model, prompt format (template, system prompt), data and model provenance, final metrics,
     the resolved recipe and its hash; a recipe adds its own fields (GRPO: rl_data, init_adapter, signal)."""
@@ -96,31 +119,33 @@ def save_adapter(model, tokenizer, folder: str | Path, meta: dict, state_dict: d
 def model_card(meta: dict) -> str:
     c = meta.get("config", {})
     data, model = meta.get("data", {}), meta.get("model", {})
-    metrics = "\n".join(f"| {k} | {v:.4f} |" for k, v in sorted(meta.get("metrics", {}).items())
-                        if isinstance(v, (int, float)) and ("loss" in k or "perplexity" in k or "accuracy" in k
-                                                            or "reward" in k))
+    metrics = "\n".join(
+        f"| {k} | {v:.4f} |"
+        for k, v in sorted(meta.get("metrics", {}).items())
+        if isinstance(v, (int, float)) and ("loss" in k or "perplexity" in k or "accuracy" in k or "reward" in k)
+    )
     rows = ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items())
     trainer = meta.get("trainer", "sft")
     init = f"\n- Started from the adapter `{meta['init_adapter']}`" if meta.get("init_adapter") else ""
     return f"""---
-base_model: {meta['base_model']}
+base_model: {meta["base_model"]}
 library_name: peft
 tags: [lora, {trainer}, trl, medical, medreason]
 license: apache-2.0
 ---
 
-# LoRA adapter for {meta['base_model']} (medreason, {trainer.upper()})
+# LoRA adapter for {meta["base_model"]} (medreason, {trainer.upper()})
 
 **For teaching and research only. Not for clinical use: its answers are often wrong and must never guide
 the care of a patient.**
 
-- Base model: `{meta['base_model']}`, weights from {model.get('description', 'unknown')}
+- Base model: `{meta["base_model"]}`, weights from {model.get("description", "unknown")}
   ({_ident(model)})
-- Data: {data.get('description', data.get('dataset', 'unknown'))} ({_ident(data)}); rows: {rows or 'n/a'};
-  template `{meta.get('template')}`{init}
-- LoRA: r={c.get('lora_r')}, alpha={c.get('lora_alpha')}, dropout={c.get('lora_dropout')}, targets={c.get('lora_target_modules')}, rsLoRA={c.get('use_rslora')}, DoRA={c.get('use_dora')}, 4-bit base={c.get('load_in_4bit')}
-- Training: lr={c.get('learning_rate')}, batch={c.get('per_device_train_batch_size')} x accumulation {c.get('gradient_accumulation_steps')}, max_steps={c.get('max_steps')}, epochs={c.get('num_train_epochs')}, max_length={c.get('max_length')}, loss={c.get('loss_type')}, seed={c.get('seed')}
-- Run: `{meta.get('run_name')}`, recipe hash `{meta.get('recipe_hash')}` (resolved config in `medreason.json`)
+- Data: {data.get("description", data.get("dataset", "unknown"))} ({_ident(data)}); rows: {rows or "n/a"};
+  template `{meta.get("template")}`{init}
+- LoRA: r={c.get("lora_r")}, alpha={c.get("lora_alpha")}, dropout={c.get("lora_dropout")}, targets={c.get("lora_target_modules")}, rsLoRA={c.get("use_rslora")}, DoRA={c.get("use_dora")}, 4-bit base={c.get("load_in_4bit")}
+- Training: lr={c.get("learning_rate")}, batch={c.get("per_device_train_batch_size")} x accumulation {c.get("gradient_accumulation_steps")}, max_steps={c.get("max_steps")}, epochs={c.get("num_train_epochs")}, max_length={c.get("max_length")}, loss={c.get("loss_type")}, seed={c.get("seed")}
+- Run: `{meta.get("run_name")}`, recipe hash `{meta.get("recipe_hash")}` (resolved config in `medreason.json`)
 
 ## Metrics
 
@@ -133,7 +158,7 @@ the care of a patient.**
 ```python
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-base = AutoModelForCausalLM.from_pretrained("{meta['base_model']}")
+base = AutoModelForCausalLM.from_pretrained("{meta["base_model"]}")
 model = PeftModel.from_pretrained(base, "path/to/this/folder")
 ```
 
@@ -165,8 +190,9 @@ def read_adapter(folder: str | Path) -> dict:
     weights = path / WEIGHTS
     if not weights.is_file():
         if (path / "adapter_model.bin").is_file():
-            raise UserError(f"{path / 'adapter_model.bin'}: pickle weights are not loaded; re-save the adapter "
-                            f"as safetensors")
+            raise UserError(
+                f"{path / 'adapter_model.bin'}: pickle weights are not loaded; re-save the adapter as safetensors"
+            )
         raise UserError(f"{weights} is missing: the adapter folder has no weights")
     check_safetensors(weights)
     meta_file = path / ADAPTER_META
@@ -192,8 +218,9 @@ def check_safetensors(path: Path):
         raise UserError(f"{path}: not a valid safetensors file ({e}); retrain or copy the adapter again") from e
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
-        raise UserError(f"{path}: truncated ({size} bytes, the header describes {8 + n + end}); "
-                        f"retrain or copy the adapter again")
+        raise UserError(
+            f"{path}: truncated ({size} bytes, the header describes {8 + n + end}); retrain or copy the adapter again"
+        )
 
 
 def _json(path: Path) -> dict:

@@ -82,8 +82,11 @@ class Parser(argparse.ArgumentParser):
     accepts them: subcommands made with `add_parser` are of this class too."""
 
     def add_argument(self, *names, **kwargs):
-        other = [f"--{n[2:].replace('_', '-') if '_' in n else n[2:].replace('-', '_')}"
-                 for n in names if n.startswith("--") and ("_" in n or "-" in n[2:])]
+        other = [
+            f"--{n[2:].replace('_', '-') if '_' in n else n[2:].replace('-', '_')}"
+            for n in names
+            if n.startswith("--") and ("_" in n or "-" in n[2:])
+        ]
         return super().add_argument(*names, *[o for o in other if o not in names], **kwargs)
 
     def error(self, message: str):
@@ -117,7 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--dataset-config", default="en")
     stats.add_argument("--model", default=None, help="tokenizer to measure lengths with")
     stats.add_argument("--max-length", type=at_least(1), default=1024, help="report how many examples this truncates")
-    stats.add_argument("--template", type=one_of(TEMPLATES), default="think", help="completion template: think or huatuo")
+    stats.add_argument(
+        "--template", type=one_of(TEMPLATES), default="think", help="completion template: think or huatuo"
+    )
     stats.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of failing")
     stats.add_argument("--json", action="store_true", help="print the figures as JSON")
     stats.set_defaults(func=_cmd("medreason.data", "cli_stats"))
@@ -141,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--adapter", default=None, help="a LoRA adapter folder")
     chat.add_argument("--prompt", default=None, help="answer one question and exit")
     chat.add_argument("--questions", default=None, help="a text or JSONL file of questions; answers go to --out")
-    chat.add_argument("--out", type=file_to_write, default=None,
-                      help="where --questions writes its JSONL (default results/chat.jsonl)")
+    chat.add_argument(
+        "--out",
+        type=file_to_write,
+        default=None,
+        help="where --questions writes its JSONL (default results/chat.jsonl)",
+    )
     chat.add_argument("--compare", action="store_true", help="base and adapter side by side, one copy of the weights")
     chat.add_argument("--max-new-tokens", type=at_least(1), default=256)
     chat.add_argument("--temperature", type=at_least(0.0, float), default=0.7)
@@ -152,28 +161,54 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--seed", type=int, default=0)
     chat.set_defaults(func=_cmd("medreason.generate", "cli"))
 
-    ev = sub.add_parser("eval", help="base vs adapter on a multiple-choice benchmark: generated reasoning or option "
-                                     "log-likelihoods, paired statistics, accuracy per group")
+    ev = sub.add_parser(
+        "eval",
+        help="base vs adapter on a multiple-choice benchmark: generated reasoning or option "
+        "log-likelihoods, paired statistics, accuracy per group",
+    )
     ev.add_argument("--adapter", default=None, help="a LoRA adapter folder (omit to evaluate the base only)")
     ev.add_argument("--model", default=None)
-    ev.add_argument("--mode", type=one_of(("generate", "loglik")), default="loglik",
-                    help="generate: the model reasons in its chat template and the chosen option is extracted; "
-                         "loglik: lm-eval scores each option label (default)")
-    ev.add_argument("--mcq", default=None,
-                    help="a benchmark file (JSONL, JSON, CSV or Parquet; 2-10 options; default: the bundled benchmark)")
-    ev.add_argument("--split", type=one_of(("heldout", "pool", "all")), default="heldout",
-                    help="which items of the bundled benchmark (ignored with --mcq); pool is GRPO's training set")
-    ev.add_argument("--limit", type=at_least(1), default=None,
-                    help="a subset of this many items, stratified by group with --seed (never the first N)")
+    ev.add_argument(
+        "--mode",
+        type=one_of(("generate", "loglik")),
+        default="loglik",
+        help="generate: the model reasons in its chat template and the chosen option is extracted; "
+        "loglik: lm-eval scores each option label (default)",
+    )
+    ev.add_argument(
+        "--mcq",
+        default=None,
+        help="a benchmark file (JSONL, JSON, CSV or Parquet; 2-10 options; default: the bundled benchmark)",
+    )
+    ev.add_argument(
+        "--split",
+        type=one_of(("heldout", "pool", "all")),
+        default="heldout",
+        help="which items of the bundled benchmark (ignored with --mcq); pool is GRPO's training set",
+    )
+    ev.add_argument(
+        "--limit",
+        type=at_least(1),
+        default=None,
+        help="a subset of this many items, stratified by group with --seed (never the first N)",
+    )
     ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
-    ev.add_argument("--repetition-penalty", type=above(0.0), default=1.0,
-                    help="generate mode: 1 is pure greedy (default); 1.1, as `chat` uses, breaks small models' loops")
+    ev.add_argument(
+        "--repetition-penalty",
+        type=above(0.0),
+        default=1.0,
+        help="generate mode: 1 is pure greedy (default); 1.1, as `chat` uses, breaks small models' loops",
+    )
     ev.add_argument("--chat", action="store_true", help="loglik mode: prompts through the chat template")
-    ev.add_argument("--no-cache", action="store_true",
-                    help="generate mode: do not reuse answers cached under results/cache/generate/")
-    ev.add_argument("--tasks", default="medreason_mcq",
-                    help="loglik mode: comma-separated lm-eval tasks (Hub tasks need network)")
+    ev.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="generate mode: do not reuse answers cached under results/cache/generate/",
+    )
+    ev.add_argument(
+        "--tasks", default="medreason_mcq", help="loglik mode: comma-separated lm-eval tasks (Hub tasks need network)"
+    )
     ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
     ev.add_argument("--batch-size", type=at_least(1), default=8)
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
@@ -197,7 +232,9 @@ def at_least(low, kind=int):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text}") from None
+            raise argparse.ArgumentTypeError(
+                f"must be {'an integer' if kind is int else 'a number'}, got {text}"
+            ) from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
         return value

@@ -43,18 +43,27 @@ class Noise:
 
 
 LIBRARY_NOISE = (
-    Noise(FutureWarning, r"`is_gradient_checkpointing` is deprecated",
-          "transformers 5.24.0, peft 0.21.2, trl 1.16.0",
-          "PEFT (PeftModel.__init__) and TRL read transformers' deprecated alias whenever they wrap a model; "
-          "medreason itself uses activation_checkpointing"),
-    Noise(UserWarning, r"Could not find a config file in .* - will assume that the vocabulary was not modified",
-          "peft 0.21.2",
-          "PEFT's save_pretrained looks the base model's config up by its Hub id to see whether the embeddings "
-          "were resized; offline it cannot. medreason's LoRA never resizes them and saves the tokenizer beside "
-          "the adapter"),
-    Noise(UserWarning, r"'pin_memory' argument is set as true but no accelerator is found",
-          "torch 2.13.0, transformers 5.24.0",
-          "transformers' Trainer asks for pinned memory by default; on a CPU torch ignores it and warns"),
+    Noise(
+        FutureWarning,
+        r"`is_gradient_checkpointing` is deprecated",
+        "transformers 5.24.0, peft 0.21.2, trl 1.16.0",
+        "PEFT (PeftModel.__init__) and TRL read transformers' deprecated alias whenever they wrap a model; "
+        "medreason itself uses activation_checkpointing",
+    ),
+    Noise(
+        UserWarning,
+        r"Could not find a config file in .* - will assume that the vocabulary was not modified",
+        "peft 0.21.2",
+        "PEFT's save_pretrained looks the base model's config up by its Hub id to see whether the embeddings "
+        "were resized; offline it cannot. medreason's LoRA never resizes them and saves the tokenizer beside "
+        "the adapter",
+    ),
+    Noise(
+        UserWarning,
+        r"'pin_memory' argument is set as true but no accelerator is found",
+        "torch 2.13.0, transformers 5.24.0",
+        "transformers' Trainer asks for pinned memory by default; on a CPU torch ignores it and warns",
+    ),
 )
 
 
@@ -82,7 +91,9 @@ REACHES = {
     "sft_metric_prefix": Reach("SFTTrainer.log's eval_* metrics renamed to the evaluated split", "trl", ("1.16",)),
     "trainer_state": Reach("Trainer.state replaced by a checkpoint's TrainerState", "transformers", ("5.24",)),
     "grpo_ref_adapter": Reach("TRL's frozen 'ref' adapter dropped before saving", "trl", ("1.16",)),
-    "argparse_actions": Reach("argparse.ArgumentParser._actions and its error text", "python", ("3.11", "3.12", "3.13", "3.14")),
+    "argparse_actions": Reach(
+        "argparse.ArgumentParser._actions and its error text", "python", ("3.11", "3.12", "3.13", "3.14")
+    ),
     "commit_hash": Reach("config._commit_hash: the Hub revision a model loaded from", "transformers", ("5.24",)),
     "name_or_path": Reach("config._name_or_path: the model id PEFT records", "transformers", ("5.24",)),
     "mkldnn_bf16": Reach("torch.ops.mkldnn._is_mkldnn_bf16_supported", "torch", ("2.13",)),
@@ -108,8 +119,15 @@ def verified(reach: str, installed: str | None = None) -> bool:
 
 def _unverified(reach: str, fallback: str):
     r = REACHES[reach]
-    log.info("%s: checked on %s %s, this is %s %s: %s", r.name, r.library, ", ".join(r.checked), r.library,
-             version_of(r.library), fallback)
+    log.info(
+        "%s: checked on %s %s, this is %s %s: %s",
+        r.name,
+        r.library,
+        ", ".join(r.checked),
+        r.library,
+        version_of(r.library),
+        fallback,
+    )
 
 
 # --------------------------------------------------------------------------------------------- torch
@@ -147,8 +165,10 @@ def set_name_or_path(model, name: str):
     adapter_config.json as base_model_name_or_path, and export writes it into the merged config."""
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "_name_or_path"):
-        raise RuntimeError(f"this transformers ({version_of('transformers')}) has no config._name_or_path: "
-                           f"medreason cannot record the base model's id (checked on transformers 5.24)")
+        raise RuntimeError(
+            f"this transformers ({version_of('transformers')}) has no config._name_or_path: "
+            f"medreason cannot record the base model's id (checked on transformers 5.24)"
+        )
     config._name_or_path = name
     if hasattr(model, "name_or_path"):
         model.name_or_path = name
@@ -264,19 +284,30 @@ def use_dense_lm_head(model):
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config.get_text_config()
-    special = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
-               "logits_scaling", "output_router_logits")
+    special = (
+        "final_logit_softcapping",
+        "logit_scale",
+        "output_multiplier",
+        "lm_head_multiplier",
+        "logits_scaling",
+        "output_router_logits",
+    )
     if any(getattr(config, name, None) for name in special):
-        log.info("lm_head: %s scales its logits or adds a router loss: keeping TRL's fused head",
-                 config.model_type)
+        log.info("lm_head: %s scales its logits or adds a router loss: keeping TRL's fused head", config.model_type)
         return
     fused_forward = base.forward  # TRL's patched forward, kept for every call this does not handle
 
     @functools.wraps(type(base).forward)
     def forward(*args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
         if not fused_lm_head or labels is None or shift_labels is not None:
-            return fused_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
-                                 num_items_in_batch=num_items_in_batch, **kwargs)
+            return fused_forward(
+                *args,
+                fused_lm_head=fused_lm_head,
+                labels=labels,
+                shift_labels=shift_labels,
+                num_items_in_batch=num_items_in_batch,
+                **kwargs,
+            )
         kwargs["use_cache"] = False
         log_softmax, targets, mask = labelled_log_softmax(base, labels, *args, **kwargs)
         token_log_probs = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
@@ -289,8 +320,13 @@ def use_dense_lm_head(model):
 
         log_probs = per_position(token_log_probs)
         denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(loss=-log_probs.sum() / denominator, log_probs=log_probs,
-                                   entropy=per_position(entropy), is_top1=per_position(is_top1), label_mask=mask)
+        return FusedCausalLMOutput(
+            loss=-log_probs.sum() / denominator,
+            log_probs=log_probs,
+            entropy=per_position(entropy),
+            is_top1=per_position(is_top1),
+            label_mask=mask,
+        )
 
     forward.dense_lm_head = True  # lets callers (and tests) see which head is in place
     base.forward = forward

@@ -36,10 +36,12 @@ class MedreasonArgs:
 
     dataset: str = field(
         default="bundled",
-        metadata={"help": "'bundled' (the open-ended corpus shipped with medreason), 'bundled-mcq' (the shipped "
-                  "multiple-choice items with short reasoning, prompted as evaluation prompts them), a Hub dataset "
-                  "id, or a local JSON/JSONL/CSV/Parquet file with Question, Complex_CoT and Response columns "
-                  "(or question, options, answer and reasoning)."},
+        metadata={
+            "help": "'bundled' (the open-ended corpus shipped with medreason), 'bundled-mcq' (the shipped "
+            "multiple-choice items with short reasoning, prompted as evaluation prompts them), a Hub dataset "
+            "id, or a local JSON/JSONL/CSV/Parquet file with Question, Complex_CoT and Response columns "
+            "(or question, options, answer and reasoning)."
+        },
     )
     dataset_config: str = field(default="en", metadata={"help": "Hub dataset configuration name."})
     max_examples: int | None = field(
@@ -48,14 +50,18 @@ class MedreasonArgs:
     skip_invalid: bool = field(default=False, metadata={"help": "Drop invalid rows instead of failing."})
     template: str = field(
         default="think",
-        metadata={"help": "How the reasoning and the answer are laid out in the completion: 'think' "
-                  "(<think>...</think> then the answer) or 'huatuo' (## Thinking / ## Final Response)."},
+        metadata={
+            "help": "How the reasoning and the answer are laid out in the completion: 'think' "
+            "(<think>...</think> then the answer) or 'huatuo' (## Thinking / ## Final Response)."
+        },
     )
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "System message of every prompt."})
     lora_preset: str | None = field(
         default=None,
-        metadata={"help": "Shorthand for lora_target_modules: 'attention' (q/k/v/o projections, as the "
-                  "original notebook) or 'all-linear'. Overrides lora_target_modules when set."},
+        metadata={
+            "help": "Shorthand for lora_target_modules: 'attention' (q/k/v/o projections, as the "
+            "original notebook) or 'all-linear'. Overrides lora_target_modules when set."
+        },
     )
     adapter_root: str = field(
         default="lora_adapter", metadata={"help": "The final adapter goes to <adapter_root>/<model name>/."}
@@ -66,28 +72,36 @@ class MedreasonArgs:
     )
     precision: str = field(
         default="auto",
-        metadata={"help": "'auto' (bf16 on GPUs and on CPUs with native bf16 matmul, else fp16 on GPUs and "
-                  "fp32 on CPUs), 'bf16', 'fp16' or 'fp32'. Sets SFTConfig's bf16/fp16; under bf16 with an "
-                  "adapter the frozen base weights load in bf16 unless --dtype says otherwise."},
+        metadata={
+            "help": "'auto' (bf16 on GPUs and on CPUs with native bf16 matmul, else fp16 on GPUs and "
+            "fp32 on CPUs), 'bf16', 'fp16' or 'fp32'. Sets SFTConfig's bf16/fp16; under bf16 with an "
+            "adapter the frozen base weights load in bf16 unless --dtype says otherwise."
+        },
     )
     lm_head: str = field(
         default="auto",
-        metadata={"help": "How the loss reads the output layer: 'fused' (TRL's chunked head, which never builds "
-                  "the full logits: best on GPUs), 'dense' (the logits of the labelled positions at once: on CPUs, "
-                  "where TRL's chunked head falls back to slow torch code, the head takes a third of the time), or 'auto' "
-                  "(dense on CPUs, fused elsewhere)."},
+        metadata={
+            "help": "How the loss reads the output layer: 'fused' (TRL's chunked head, which never builds "
+            "the full logits: best on GPUs), 'dense' (the logits of the labelled positions at once: on CPUs, "
+            "where TRL's chunked head falls back to slow torch code, the head takes a third of the time), or 'auto' "
+            "(dense on CPUs, fused elsewhere)."
+        },
     )
     mlflow_experiment: str = field(default="medreason", metadata={"help": "MLflow experiment name."})
     evaluate_test: bool = field(default=True, metadata={"help": "Report final metrics on the test split."})
     trainer: str = field(
         default="sft",
-        metadata={"help": "Which recipe this is: 'sft' (TRL's SFTConfig: supervised fine-tuning on reasoning "
-                  "traces) or 'grpo' (TRL's GRPOConfig: reinforcement learning with verifiable MCQ rewards)."},
+        metadata={
+            "help": "Which recipe this is: 'sft' (TRL's SFTConfig: supervised fine-tuning on reasoning "
+            "traces) or 'grpo' (TRL's GRPOConfig: reinforcement learning with verifiable MCQ rewards)."
+        },
     )
     init_adapter: str | None = field(
         default=None,
-        metadata={"help": "GRPO: a medreason adapter folder to continue training (its LoRA stays trainable and is "
-                  "also the KL reference); unset: a new LoRA on the base model."},
+        metadata={
+            "help": "GRPO: a medreason adapter folder to continue training (its LoRA stays trainable and is "
+            "also the KL reference); unset: a new LoRA on the base model."
+        },
     )
 
     def __post_init__(self):
@@ -133,8 +147,11 @@ def print_train_help(trainer: str = "sft"):
     # help only: TrlParser takes --config out of argv itself, and an argument of that name would come back
     # from parse_args_into_dataclasses as an extra namespace. As a parent it is listed first.
     recipe = argparse.ArgumentParser(add_help=False)
-    recipe.add_argument("--config", metavar="FILE",
-                        help="The recipe: a YAML file of the keys below (configs/*.yaml); --key value overrides it.")
+    recipe.add_argument(
+        "--config",
+        metavar="FILE",
+        help="The recipe: a YAML file of the keys below (configs/*.yaml); --key value overrides it.",
+    )
     p = parser(trainer, parents=(recipe,))
     p.usage = "medreason train --config FILE [--key value ...]   (--snake_case and --kebab-case both work)"
     p.print_help()
@@ -284,14 +301,17 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
     unknown = sorted(set(data) - known)
     if unknown:
         hint = _closest(unknown[0], known)
-        other = [t for t in TRAINERS if t != trainer and unknown[0] in {f.name for f in dataclasses.fields(_classes(t)[1])}]
-        why = f" (a {other[0]} key: this recipe is for trainer {trainer})" if other else (
-            f" (did you mean '{hint}'?)" if hint else "")
+        other = [
+            t for t in TRAINERS if t != trainer and unknown[0] in {f.name for f in dataclasses.fields(_classes(t)[1])}
+        ]
+        why = (
+            f" (a {other[0]} key: this recipe is for trainer {trainer})"
+            if other
+            else (f" (did you mean '{hint}'?)" if hint else "")
+        )
         raise UserError(f"{path}: unknown config key '{unknown[0]}'" + why)
     _check_types(path, data, _classes(trainer))
     return trainer
-
-
 
 
 def _check_types(path: Path, data: dict, classes):

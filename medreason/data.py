@@ -57,7 +57,7 @@ class RowError:
 
     def __str__(self) -> str:
         where = f"{self.origin} row {self.row}"
-        return f"{where}: field \"{self.field}\" {self.problem}" if self.field else f"{where}: {self.problem}"
+        return f'{where}: field "{self.field}" {self.problem}' if self.field else f"{where}: {self.problem}"
 
 
 @dataclass
@@ -76,9 +76,16 @@ class Report:
 # --------------------------------------------------------------------------------------------- entry points
 
 
-def load_splits(dataset: str = "bundled", *, dataset_config: str = "en", template: str = "think",
-                system_prompt: str = DEFAULT_SYSTEM_PROMPT, skip_invalid: bool = False,
-                max_examples: int | None = None, with_report: bool = False):
+def load_splits(
+    dataset: str = "bundled",
+    *,
+    dataset_config: str = "en",
+    template: str = "think",
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    skip_invalid: bool = False,
+    max_examples: int | None = None,
+    with_report: bool = False,
+):
     """Load, validate, de-duplicate and split; return a DatasetDict in TRL's prompt-completion form."""
     from datasets import Dataset, DatasetDict
 
@@ -87,11 +94,14 @@ def load_splits(dataset: str = "bundled", *, dataset_config: str = "en", templat
         rows = sorted(rows, key=lambda r: question_hash(r["Question"]))[:max_examples]
     parts = split_rows(rows)
     report.contamination = contamination(parts, load_mcq())
-    out = DatasetDict({
-        name: Dataset.from_list([format_example(r, template, system_prompt) for r in part])
-        if part else Dataset.from_dict({"prompt": [], "completion": [], "specialty": []})
-        for name, part in parts.items()
-    })
+    out = DatasetDict(
+        {
+            name: Dataset.from_list([format_example(r, template, system_prompt) for r in part])
+            if part
+            else Dataset.from_dict({"prompt": [], "completion": [], "specialty": []})
+            for name, part in parts.items()
+        }
+    )
     return (out, report) if with_report else out
 
 
@@ -106,8 +116,12 @@ def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", ski
         raise UserError(f"{errors[0]}{more}")
     if errors:
         reasons = Counter(e.problem if e.field is None else f'field "{e.field}" {e.problem}' for e in errors)
-        log.warning("skipped %d invalid rows of %d: %s", len(errors), len(rows),
-                    "; ".join(f"{n} x {why}" for why, n in reasons.most_common()))
+        log.warning(
+            "skipped %d invalid rows of %d: %s",
+            len(errors),
+            len(rows),
+            "; ".join(f"{n} x {why}" for why, n in reasons.most_common()),
+        )
     if not good:
         raise UserError(f"{origin}: no valid rows")
     good, report.exact_duplicates, report.near_duplicates = deduplicate(good)
@@ -133,8 +147,10 @@ def read_rows(dataset: str, dataset_config: str = "en") -> tuple[list, str, dict
     from medreason.models import hub_reachable
 
     if not hub_reachable():
-        raise UserError(f"dataset '{dataset}' is on the Hugging Face Hub, which is unreachable here: pass "
-                        f"--dataset bundled (the corpus shipped with medreason) or a local JSON/JSONL/CSV/Parquet file")
+        raise UserError(
+            f"dataset '{dataset}' is on the Hugging Face Hub, which is unreachable here: pass "
+            f"--dataset bundled (the corpus shipped with medreason) or a local JSON/JSONL/CSV/Parquet file"
+        )
     from datasets import load_dataset
 
     ds = load_dataset(dataset, dataset_config, split="train")
@@ -171,8 +187,6 @@ def _csv_header_problem(header: list[str]) -> str | None:
     return None
 
 
-
-
 def as_sft_rows(path: Path, rows: list) -> list:
     """Rows of the medical-o1 schema as they are; a file of MCQ items with `reasoning` (its first row has
     `options` and `reasoning`) converted by mcq_reasoning_rows."""
@@ -195,8 +209,15 @@ def mcq_reasoning_rows(path: Path, rows: list | None = None) -> list[dict]:
         reasoning = row.get("reasoning")
         if not isinstance(reasoning, str) or not reasoning.strip():
             raise UserError(f'{path} row {n}: field "reasoning" is {"missing" if reasoning is None else "empty"}')
-        out.append({"Question": prompt_messages(item, None)[0]["content"], "Complex_CoT": reasoning.strip(),
-                    "Response": f"The answer is {item.answer}.", "specialty": item.group, "stem": item.question})
+        out.append(
+            {
+                "Question": prompt_messages(item, None)[0]["content"],
+                "Complex_CoT": reasoning.strip(),
+                "Response": f"The answer is {item.answer}.",
+                "specialty": item.group,
+                "stem": item.question,
+            }
+        )
     return out
 
 
@@ -287,7 +308,7 @@ def split_rows(rows: list[dict]) -> dict[str, list[dict]]:
 
 def _shingles(text: str, n: int = 3) -> set[str]:
     words = normalize(text).split()
-    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))}
+    return {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}
 
 
 def _minhash(text: str):
@@ -366,22 +387,40 @@ def load_mcq(path: str | Path | None = None) -> list[dict]:
     UserError."""
     from medreason.mcq import load_benchmark
 
-    return [{"id": it.id, "question": it.question, "options": dict(it.options), "answer": it.answer,
-             "explanation": it.explanation, "specialty": it.group, "split": it.split} for it in load_benchmark(path)]
+    return [
+        {
+            "id": it.id,
+            "question": it.question,
+            "options": dict(it.options),
+            "answer": it.answer,
+            "explanation": it.explanation,
+            "specialty": it.group,
+            "split": it.split,
+        }
+        for it in load_benchmark(path)
+    ]
 
 
 # --------------------------------------------------------------------------------------------- stats
 
 
-def stats(dataset: str = "bundled", *, dataset_config: str = "en", model: str | None = None,
-          max_length: int = 1024, template: str = "think", skip_invalid: bool = False) -> dict:
+def stats(
+    dataset: str = "bundled",
+    *,
+    dataset_config: str = "en",
+    model: str | None = None,
+    max_length: int = 1024,
+    template: str = "think",
+    skip_invalid: bool = False,
+) -> dict:
     """Counts per split, token-length percentiles, truncation at max_length, specialties, duplicates."""
     import numpy as np
 
     from medreason.models import DEFAULT_MODEL, load_tokenizer
 
-    splits, report = load_splits(dataset, dataset_config=dataset_config, template=template,
-                                 skip_invalid=skip_invalid, with_report=True)
+    splits, report = load_splits(
+        dataset, dataset_config=dataset_config, template=template, skip_invalid=skip_invalid, with_report=True
+    )
     tokenizer = load_tokenizer(model or DEFAULT_MODEL)
     lengths = {name: token_lengths(ds, tokenizer) for name, ds in splits.items()}
     every = np.concatenate([np.asarray(v) for v in lengths.values() if len(v)])
@@ -405,8 +444,9 @@ def stats(dataset: str = "bundled", *, dataset_config: str = "en", model: str | 
     }
 
 
-def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str = "keep_start",
-                   completion_only_loss: bool | None = None) -> dict:
+def fit_max_length(
+    ds, tokenizer, max_length: int | None, truncation_mode: str = "keep_start", completion_only_loss: bool | None = None
+) -> dict:
     """What TRL 1.16's SFTTrainer will do with each example at `max_length`, counted before training.
 
     The trainer tokenizes prompt and prompt+completion with the chat template (the completion starts where the
@@ -422,12 +462,15 @@ def fit_max_length(ds, tokenizer, max_length: int | None, truncation_mode: str =
     # is dropped then
     drops = max_length is not None and truncation_mode == "keep_start" and completion_only_loss is not False
     for i, ex in enumerate(ds):
-        full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"]
+        full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         if max_length is None or len(full) <= max_length:
             out["kept"] += 1
             continue
-        prompt = tokenizer.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True,
-                                               add_generation_prompt=True)["input_ids"]
+        prompt = tokenizer.apply_chat_template(
+            ex["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"]
         if drops and common_prefix_length(prompt, full) >= max_length:
             out["dropped"] += 1
             out["dropped_rows"].append(i)
@@ -449,29 +492,43 @@ def common_prefix_length(a: list[int], b: list[int]) -> int:
 
 def token_lengths(ds, tokenizer) -> list[int]:
     """Tokens per example as the trainer sees it: the chat template over prompt + completion."""
-    return [len(tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"])
-            for ex in ds]
+    return [
+        len(
+            tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"]
+        )
+        for ex in ds
+    ]
 
 
 # --------------------------------------------------------------------------------------------- CLI
 
 
 def cli_stats(args) -> int:
-    s = stats(args.dataset, dataset_config=args.dataset_config, model=args.model, max_length=args.max_length,
-              template=args.template, skip_invalid=args.skip_invalid)
+    s = stats(
+        args.dataset,
+        dataset_config=args.dataset_config,
+        model=args.model,
+        max_length=args.max_length,
+        template=args.template,
+        skip_invalid=args.skip_invalid,
+    )
     if args.json:
         print(json.dumps(s, indent=2))
         return 0
-    print(f"source: {s['source']}  ({s['rows_read']} rows read, {s['invalid_rows']} invalid, "
-          f"{s['exact_duplicates_removed']} exact and {s['near_duplicates_removed']} near duplicates removed)")
+    print(
+        f"source: {s['source']}  ({s['rows_read']} rows read, {s['invalid_rows']} invalid, "
+        f"{s['exact_duplicates_removed']} exact and {s['near_duplicates_removed']} near duplicates removed)"
+    )
     print("split        rows   share")
     for name, n in s["splits"].items():
         print(f"{name:<12}{n:>5}   {s['split_share'][name]:.1%}")
     print("tokens per example: " + "  ".join(f"{k}={v}" for k, v in s["tokens"].items()))
     dropped = s["dropped_at_max_length"]
-    print(f"longer than max_length={s['max_length']}: {s['truncated_at_max_length']}; of those, dropped in training "
-          f"because the prompt alone fills max_length: {sum(dropped.values())} "
-          f"({', '.join(f'{k} {v}' for k, v in dropped.items())}); the rest are cut at max_length")
+    print(
+        f"longer than max_length={s['max_length']}: {s['truncated_at_max_length']}; of those, dropped in training "
+        f"because the prompt alone fills max_length: {sum(dropped.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in dropped.items())}); the rest are cut at max_length"
+    )
     print("specialties: " + ", ".join(f"{k} {v}" for k, v in s["specialties"].items()))
     print(f"contamination with the MCQ benchmark: {s['mcq_contamination']} questions")
     return 0
@@ -500,14 +557,23 @@ def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[s
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config).to(torch.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        args = trl.SFTConfig(output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True,
-                             disable_tqdm=True)
-        trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                                 train_dataset=Dataset.from_list([example]))
+        args = trl.SFTConfig(
+            output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True, disable_tqdm=True
+        )
+        trainer = trl.SFTTrainer(
+            model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list([example])
+        )
         batch = trainer.data_collator([trainer.train_dataset[0]])
     ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
     return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]

@@ -58,12 +58,16 @@ def check_launch(use_cpu: bool) -> None:
             f"{n} GPUs are visible but medreason train was started as one process (TRL refuses nn.DataParallel): "
             f"use `torchrun --nproc_per_node {n} -m medreason train ...` or `accelerate launch --config_file "
             f"configs/accelerate/ddp.yaml -m medreason train ...`, or `CUDA_VISIBLE_DEVICES=0 medreason train ...` "
-            f"for one GPU")
+            f"for one GPU"
+        )
     world = int(os.environ.get("WORLD_SIZE", "1"))
     on_cpu = use_cpu or not torch.cuda.is_available()
     if world > 1 and on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        log.warning("FSDP: accelerate shards only across GPUs; on CPUs these %d processes train as DDP over gloo, "
-                    "each holding the whole model", world)
+        log.warning(
+            "FSDP: accelerate shards only across GPUs; on CPUs these %d processes train as DDP over gloo, "
+            "each holding the whole model",
+            world,
+        )
 
 
 def check_vllm() -> None:
@@ -77,12 +81,15 @@ def check_vllm() -> None:
     try:
         installed = version("vllm")
     except PackageNotFoundError:
-        raise UserError('use_vllm is true but vllm is not installed: `pip install -e ".[vllm]"` (GPU only), '
-                        'or set use_vllm: false') from None
+        raise UserError(
+            'use_vllm is true but vllm is not installed: `pip install -e ".[vllm]"` (GPU only), or set use_vllm: false'
+        ) from None
     # base_version drops a local tag such as "+cu129", which PEP 440 orders above the plain release
     if not Version(low) <= Version(Version(installed).base_version) <= Version(high):
-        raise UserError(f'use_vllm is true but vllm {installed} is installed, and TRL supports {low} to {high}: '
-                        f'`pip install -e ".[vllm]"`, or set use_vllm: false')
+        raise UserError(
+            f"use_vllm is true but vllm {installed} is installed, and TRL supports {low} to {high}: "
+            f'`pip install -e ".[vllm]"`, or set use_vllm: false'
+        )
 
 
 def full_state_dict(model) -> dict | None:
@@ -123,5 +130,7 @@ def _dump(model, state_dict, folder):
     tensors = get_peft_model_state_dict(model, state_dict=state_dict)
     Path(folder).mkdir(parents=True, exist_ok=True)
     rank = int(os.environ.get("RANK", "0"))
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()},
-              str(Path(folder) / f"rank{rank}.safetensors"))
+    save_file(
+        {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in tensors.items()},
+        str(Path(folder) / f"rank{rank}.safetensors"),
+    )

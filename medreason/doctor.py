@@ -12,7 +12,18 @@ import importlib.metadata as md
 import os
 import platform
 
-PACKAGES = ["torch", "transformers", "trl", "peft", "datasets", "accelerate", "mlflow", "bitsandbytes", "lm_eval", "gguf"]
+PACKAGES = [
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "datasets",
+    "accelerate",
+    "mlflow",
+    "bitsandbytes",
+    "lm_eval",
+    "gguf",
+]
 
 
 def report(model: str | None = None) -> dict:
@@ -28,7 +39,9 @@ def report(model: str | None = None) -> dict:
             versions[name] = md.version(name.replace("_", "-"))
         except md.PackageNotFoundError:
             versions[name] = "not installed"
-    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    cuda = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     model = model or DEFAULT_MODEL
     try:
         source = resolve_model(model).describe()

@@ -37,15 +37,42 @@ ADAPTER_BYTES = {"weights": 4, "gradients": 4, "optimizer state": 8}
 # Published architectures (config.json of each Hub repository) for models the book reasons about without
 # downloading them: built on the meta device they give exact parameter counts and shapes.
 PUBLISHED_ARCHITECTURES = {
-    "SmolLM2-135M-Instruct": ("llama", dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                                            num_attention_heads=9, num_key_value_heads=3, vocab_size=49152,
-                                            tie_word_embeddings=True)),
-    "Qwen2.5-0.5B-Instruct": ("qwen2", dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                                            num_attention_heads=14, num_key_value_heads=2, vocab_size=151936,
-                                            tie_word_embeddings=True)),
-    "Qwen2.5-7B-Instruct": ("qwen2", dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
-                                          num_attention_heads=28, num_key_value_heads=4, vocab_size=152064,
-                                          tie_word_embeddings=False)),
+    "SmolLM2-135M-Instruct": (
+        "llama",
+        dict(
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            vocab_size=49152,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "Qwen2.5-0.5B-Instruct": (
+        "qwen2",
+        dict(
+            hidden_size=896,
+            intermediate_size=4864,
+            num_hidden_layers=24,
+            num_attention_heads=14,
+            num_key_value_heads=2,
+            vocab_size=151936,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "Qwen2.5-7B-Instruct": (
+        "qwen2",
+        dict(
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            vocab_size=152064,
+            tie_word_embeddings=False,
+        ),
+    ),
 }
 
 
@@ -62,7 +89,6 @@ def param_count(config) -> int:
     return sum(p.numel() for p in architecture_on_meta(config).parameters())
 
 
-
 def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention", "all-linear"), **lora_kwargs):
     """Trainable parameters and adapter size for each (targets, rank), counted by PEFT itself on a copy of
     `model` (left untouched). The count does not depend on alpha; `lora_kwargs` go to LoraConfig
@@ -76,28 +102,48 @@ def lora_param_table(model, ranks=(4, 8, 16, 32, 64), target_presets=("attention
     rows = []
     for preset in target_presets:
         for r in ranks:
-            config = LoraConfig(r=r, lora_alpha=32, target_modules=LORA_PRESETS[preset], lora_dropout=0.0,
-                                task_type="CAUSAL_LM", **lora_kwargs)
+            config = LoraConfig(
+                r=r,
+                lora_alpha=32,
+                target_modules=LORA_PRESETS[preset],
+                lora_dropout=0.0,
+                task_type="CAUSAL_LM",
+                **lora_kwargs,
+            )
             peft_model = get_peft_model(copy.deepcopy(model), config)
             trainable, _ = peft_model.get_nb_trainable_parameters()
             n_modules = sum(1 for name, _ in peft_model.named_modules() if name.endswith(".lora_A"))
             del peft_model
-            rows.append({
-                "targets": preset, "rank r": r, "adapted layers": n_modules, "trainable params": trainable,
-                "% of base": 100 * trainable / base, "adapter MB (bf16)": trainable * 2 / 1e6,
-                **{f"{part} MB (fp32)": trainable * size / 1e6 for part, size in ADAPTER_BYTES.items()},
-            })
+            rows.append(
+                {
+                    "targets": preset,
+                    "rank r": r,
+                    "adapted layers": n_modules,
+                    "trainable params": trainable,
+                    "% of base": 100 * trainable / base,
+                    "adapter MB (bf16)": trainable * 2 / 1e6,
+                    **{f"{part} MB (fp32)": trainable * size / 1e6 for part, size in ADAPTER_BYTES.items()},
+                }
+            )
     return pd.DataFrame(rows)
 
 
-def lora_param_count(config, r: int, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                               "down_proj")) -> int:
+def lora_param_count(
+    config, r: int, targets=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+) -> int:
     """r * (d + k) summed over the targeted linear layers of a Llama/Qwen2-style decoder, from its config alone
     (for models too large to build; `lora_param_table` counts real models with PEFT)."""
     h, i = config.hidden_size, config.intermediate_size
     kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
-              "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, i),
+        "up_proj": (h, i),
+        "down_proj": (i, h),
+    }
     return config.num_hidden_layers * sum(r * sum(shapes[t]) for t in targets)
 
 
@@ -141,8 +187,11 @@ def gguf_roundtrip_table(types=("Q8_0", "Q4_1", "Q4_0"), shape=(576, 1536), seed
         kind = GGMLQuantizationType[name]
         block, size = GGML_QUANT_SIZES[kind]
         back = dequantize(quantize(weights, kind), kind)
-        rows[name] = {"weights per block": block, "bits per weight": size * 8 / block,
-                      "relative error": float(np.linalg.norm(back - weights) / np.linalg.norm(weights))}
+        rows[name] = {
+            "weights per block": block,
+            "bits per weight": size * 8 / block,
+            "relative error": float(np.linalg.norm(back - weights) / np.linalg.norm(weights)),
+        }
     return pd.DataFrame(rows).T.rename_axis("GGUF type")
 
 
@@ -160,11 +209,18 @@ def weight_memory_table(models: dict):
         total = linear + other
         nf4 = linear * NF4_BITS / 8 + other * 2
         nf4_dq = linear * NF4_DQ_BITS / 8 + other * 2
-        rows.append({
-            "model": name, "params (M)": total / 1e6, "in linear layers": f"{linear / total:.0%}",
-            "fp32 GB": total * 4 / 1e9, "bf16 GB": total * 2 / 1e9, "NF4 GB": nf4 / 1e9, "NF4+DQ GB": nf4_dq / 1e9,
-            "NF4+DQ bytes/param": nf4_dq / total,
-        })
+        rows.append(
+            {
+                "model": name,
+                "params (M)": total / 1e6,
+                "in linear layers": f"{linear / total:.0%}",
+                "fp32 GB": total * 4 / 1e9,
+                "bf16 GB": total * 2 / 1e9,
+                "NF4 GB": nf4 / 1e9,
+                "NF4+DQ GB": nf4_dq / 1e9,
+                "NF4+DQ bytes/param": nf4_dq / total,
+            }
+        )
     return pd.DataFrame(rows).set_index("model")
 
 
@@ -222,16 +278,23 @@ def training_memory_table(config, lora_params: int, tokens: int = 1024, checkpoi
     lora_acts = sum(activation_bytes(config, tokens, lora=True, checkpointing=checkpointing).values())
     rows = {
         "full fine-tuning (bf16 + AdamW)": {
-            "weights": total * FULL_FT_BYTES["weights"], "gradients": total * FULL_FT_BYTES["gradients"],
-            "optimizer state": total * FULL_FT_BYTES["optimizer state"], "activations": full_acts},
+            "weights": total * FULL_FT_BYTES["weights"],
+            "gradients": total * FULL_FT_BYTES["gradients"],
+            "optimizer state": total * FULL_FT_BYTES["optimizer state"],
+            "activations": full_acts,
+        },
         "LoRA, bf16 base": {
             "weights": total * 2 + lora_params * ADAPTER_BYTES["weights"],
             "gradients": lora_params * ADAPTER_BYTES["gradients"],
-            "optimizer state": lora_params * ADAPTER_BYTES["optimizer state"], "activations": lora_acts},
+            "optimizer state": lora_params * ADAPTER_BYTES["optimizer state"],
+            "activations": lora_acts,
+        },
         "QLoRA, NF4+DQ base": {
             "weights": linear * NF4_DQ_BITS / 8 + other * 2 + lora_params * ADAPTER_BYTES["weights"],
             "gradients": lora_params * ADAPTER_BYTES["gradients"],
-            "optimizer state": lora_params * ADAPTER_BYTES["optimizer state"], "activations": lora_acts},
+            "optimizer state": lora_params * ADAPTER_BYTES["optimizer state"],
+            "activations": lora_acts,
+        },
     }
     frame = pd.DataFrame(rows).T / 1e9
     frame["total"] = frame.sum(axis=1)
@@ -263,8 +326,7 @@ def recipe_table(paths):
             "batch x accum": f"{sft.per_device_train_batch_size} x {sft.gradient_accumulation_steps}",
             "length": f"{sft.max_steps} steps" if sft.max_steps > 0 else f"{sft.num_train_epochs:g} epoch(s)",
             # GRPO's config has no max_length: its sequences are a prompt plus a generated completion
-            "max_length": getattr(sft, "max_length", None) or
-            f"{getattr(sft, 'max_completion_length', '?')} generated",
+            "max_length": getattr(sft, "max_length", None) or f"{getattr(sft, 'max_completion_length', '?')} generated",
             "precision": args.precision,
             "grad. checkpointing": sft.gradient_checkpointing,
             "packing": getattr(sft, "packing", None),
@@ -285,10 +347,15 @@ def flop_per_token_param(lora: bool, checkpointing: bool) -> int:
     return FLOP_PER_TOKEN["lora" if lora else "full"] + (RECOMPUTE_FLOP if checkpointing else 0)
 
 
-def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: float | dict[str, float],
-                        world_sizes=(1,),
-                        model_params: dict[str, float] | None = None, cpu_tokens_per_second: float | None = None,
-                        gpu_flops: float = 100e12):
+def step_estimate_table(
+    paths,
+    train_rows: dict[str, int],
+    tokens_per_example: float | dict[str, float],
+    world_sizes=(1,),
+    model_params: dict[str, float] | None = None,
+    cpu_tokens_per_second: float | None = None,
+    gpu_flops: float = 100e12,
+):
     """Optimizer steps, sequences and tokens per SFT recipe and number of processes, from each recipe's batch
     settings and the training-set size of its dataset (`train_rows`: dataset -> rows), and the mean tokens per
     example (one figure, or dataset -> figure like `train_rows`). With `model_params`
@@ -307,8 +374,11 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
             continue
         name = model.model_name_or_path.rstrip("/").split("/")[-1]
         n_train = train_rows.get(args.dataset, train_rows.get("bundled"))
-        per_example = (tokens_per_example.get(args.dataset, tokens_per_example.get("bundled"))
-                       if isinstance(tokens_per_example, dict) else tokens_per_example)
+        per_example = (
+            tokens_per_example.get(args.dataset, tokens_per_example.get("bundled"))
+            if isinstance(tokens_per_example, dict)
+            else tokens_per_example
+        )
         n_params = (model_params or {}).get(name)
         per_token = flop_per_token_param(bool(model.use_peft), bool(sft.gradient_checkpointing))
         for world in world_sizes:
@@ -318,9 +388,16 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
             else:
                 steps = math.ceil(math.ceil(n_train / per_step) * sft.num_train_epochs)
             tokens = steps * per_step * min(per_example, sft.max_length or per_example)
-            row = {"recipe": Path(path).name, "dataset": args.dataset.split("/")[-1], "processes": world,
-                   "train rows": n_train, "sequences / step": per_step, "optimizer steps": steps,
-                   "epochs": round(steps * per_step / n_train, 2), "tokens (M)": round(tokens / 1e6, 2)}
+            row = {
+                "recipe": Path(path).name,
+                "dataset": args.dataset.split("/")[-1],
+                "processes": world,
+                "train rows": n_train,
+                "sequences / step": per_step,
+                "optimizer steps": steps,
+                "epochs": round(steps * per_step / n_train, 2),
+                "tokens (M)": round(tokens / 1e6, 2),
+            }
             if n_params:
                 flops = per_token * n_params * tokens
                 row["FLOP / token"] = f"{per_token}N"
@@ -328,8 +405,9 @@ def step_estimate_table(paths, train_rows: dict[str, int], tokens_per_example: f
                 row[f"GPU time at {gpu_flops / 1e12:.0f} TFLOP/s"] = duration(flops / (gpu_flops * world))
             if cpu_tokens_per_second:
                 # processes on one CPU share its cores: no speed-up from more of them
-                row["time on this CPU"] = (duration(tokens / cpu_tokens_per_second)
-                                           if name.lower().startswith("smollm2-135m") else "-")
+                row["time on this CPU"] = (
+                    duration(tokens / cpu_tokens_per_second) if name.lower().startswith("smollm2-135m") else "-"
+                )
             rows.append(row)
     return pd.DataFrame(rows).set_index(["recipe", "processes"])
 

@@ -44,8 +44,18 @@ from medreason.progress import progress
 log = logging.getLogger(__name__)
 
 BUNDLED_TASK = "medreason_mcq"
-HUB_TASKS = {"multimedqa", "medqa_4options", "medmcqa", "pubmedqa", "mmlu_anatomy", "mmlu_clinical_knowledge",
-             "mmlu_college_biology", "mmlu_college_medicine", "mmlu_medical_genetics", "mmlu_professional_medicine"}
+HUB_TASKS = {
+    "multimedqa",
+    "medqa_4options",
+    "medmcqa",
+    "pubmedqa",
+    "mmlu_anatomy",
+    "mmlu_clinical_knowledge",
+    "mmlu_college_biology",
+    "mmlu_college_medicine",
+    "mmlu_medical_genetics",
+    "mmlu_professional_medicine",
+}
 MODES = ("generate", "loglik")
 CACHE_DIR = Path("results") / "cache" / "generate"
 
@@ -53,11 +63,24 @@ CACHE_DIR = Path("results") / "cache" / "generate"
 # --------------------------------------------------------------------------------------------- entry point
 
 
-def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str | None = None,
-             split: str = "heldout", mode: str = "loglik", tasks: tuple[str, ...] = (BUNDLED_TASK,),
-             limit: int | None = None, batch_size: int = 8, max_new_tokens: int = 256, chat: bool = False,
-             seed: int = 0, run_name: str | None = None, session=None, cache: bool = True,
-             repetition_penalty: float = 1.0) -> dict:
+def evaluate(
+    adapter: str | None = None,
+    *,
+    model: str | None = None,
+    mcq: str | None = None,
+    split: str = "heldout",
+    mode: str = "loglik",
+    tasks: tuple[str, ...] = (BUNDLED_TASK,),
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 256,
+    chat: bool = False,
+    seed: int = 0,
+    run_name: str | None = None,
+    session=None,
+    cache: bool = True,
+    repetition_penalty: float = 1.0,
+) -> dict:
     """Evaluate the base model and (when given) the adapter on the same items; write results/<run>/eval.json
     and eval_items.jsonl, log to MLflow. `mcq` is a benchmark file (default: the bundled benchmark's `split`,
     'heldout', 'pool' or 'all'); `limit` draws a stratified subset with `seed`."""
@@ -79,16 +102,31 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
     session = session or load_for_inference(adapter, model)
 
     variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
-    results = {"mode": mode, "base_model": session.base_model, "adapter": session.adapter, "benchmark": source,
-               "n_mcq": len(items), "n_benchmark": len(all_items), "limit": limit, "seed": seed,
-               "chance": chance(items), "groups": group_counts(items), "variants": {}}
+    results = {
+        "mode": mode,
+        "base_model": session.base_model,
+        "adapter": session.adapter,
+        "benchmark": source,
+        "n_mcq": len(items),
+        "n_benchmark": len(all_items),
+        "limit": limit,
+        "seed": seed,
+        "chance": chance(items),
+        "groups": group_counts(items),
+        "variants": {},
+    }
     # what needs no knowledge, from the benchmark file alone; the majority label comes from the other split
     prior = bundled_split(next(s for s in SPLITS if s != split)) if mcq is None and split in SPLITS else None
     results["baselines"] = trivial_baselines(items, prior=prior)
     if mode == "generate":
-        results["settings"] = {"max_new_tokens": max_new_tokens, "batch_size": batch_size, "decoding": "greedy",
-                               "repetition_penalty": repetition_penalty,
-                               "system_prompt": session.system_prompt, "template": session.template}
+        results["settings"] = {
+            "max_new_tokens": max_new_tokens,
+            "batch_size": batch_size,
+            "decoding": "greedy",
+            "repetition_penalty": repetition_penalty,
+            "system_prompt": session.system_prompt,
+            "template": session.template,
+        }
     else:
         results["settings"] = {"chat": chat, "batch_size": batch_size}
         test = _test_split(session, limit)
@@ -97,21 +135,40 @@ def evaluate(adapter: str | None = None, *, model: str | None = None, mcq: str |
     for name, use_adapter in variants:
         with nullcontext() if use_adapter else session.adapter_off():
             if mode == "generate":
-                outputs = generate_outputs(session, items, use_adapter=use_adapter, max_new_tokens=max_new_tokens,
-                                           batch_size=batch_size, cache=cache, repetition_penalty=repetition_penalty)
+                outputs = generate_outputs(
+                    session,
+                    items,
+                    use_adapter=use_adapter,
+                    max_new_tokens=max_new_tokens,
+                    batch_size=batch_size,
+                    cache=cache,
+                    repetition_penalty=repetition_penalty,
+                )
                 scored = score_outputs(items, outputs, name)
                 summary = summarize_generate(scored, max_new_tokens)
             else:
                 loss = heldout_loss(session.model, session.tokenizer, test, batch_size=batch_size)
-                scored, scores = loglik_choices(session, items, name, batch_size=batch_size, chat=chat,
-                                                hub_tasks=hub_tasks, limit=limit)
-                summary = {**summarize_loglik(scored), "test_loss": loss, "test_perplexity": math.exp(loss),
-                           "tasks": scores}
+                scored, scores = loglik_choices(
+                    session, items, name, batch_size=batch_size, chat=chat, hub_tasks=hub_tasks, limit=limit
+                )
+                summary = {
+                    **summarize_loglik(scored),
+                    "test_loss": loss,
+                    "test_perplexity": math.exp(loss),
+                    "tasks": scores,
+                }
         rows += scored
-        results["variants"][name] = {**summary, **against_baselines(scored, results["baselines"],
-                                                                     generate=mode == "generate")}
-        log.info("%s: accuracy %.3f on %d items%s", name, summary["accuracy"], len(scored),
-                 f", extraction rate {summary['extraction_rate']:.3f}" if mode == "generate" else "")
+        results["variants"][name] = {
+            **summary,
+            **against_baselines(scored, results["baselines"], generate=mode == "generate"),
+        }
+        log.info(
+            "%s: accuracy %.3f on %d items%s",
+            name,
+            summary["accuracy"],
+            len(scored),
+            f", extraction rate {summary['extraction_rate']:.3f}" if mode == "generate" else "",
+        )
     if len(variants) == 2:
         results["paired"] = paired_figures(rows)
 
@@ -161,8 +218,16 @@ def _test_split(session, limit):
 # --------------------------------------------------------------------------------------------- generate mode
 
 
-def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int = 256, batch_size: int = 8,
-                     cache: bool = True, repetition_penalty: float = 1.0) -> list[dict]:
+def generate_outputs(
+    session,
+    items,
+    *,
+    use_adapter: bool,
+    max_new_tokens: int = 256,
+    batch_size: int = 8,
+    cache: bool = True,
+    repetition_penalty: float = 1.0,
+) -> list[dict]:
     """{"output", "tokens", "truncated"} per item, in order: greedy, batched (similar prompt lengths together,
     left-padded, KV cache), answers already in the cache reused. The caller's adapter state is what runs:
     call it inside `session.adapter_off()` for the base model."""
@@ -175,9 +240,10 @@ def generate_outputs(session, items, *, use_adapter: bool, max_new_tokens: int =
         log.info("%d of %d answers from the cache %s", len(items) - len(todo), len(items), store.path)
     with progress(total=len(todo), desc=f"generate ({'adapter' if use_adapter else 'base'})", unit="q") as bar:
         for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            for i, out in zip(chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens,
-                                                    repetition_penalty)):
+            chunk = todo[start : start + batch_size]
+            for i, out in zip(
+                chunk, generate_batch(session, [prompts[i] for i in chunk], max_new_tokens, repetition_penalty)
+            ):
                 done[keys[i]] = {**out, "batch_size": len(chunk)}
             if store:  # after every batch: an interrupted run resumes where it stopped
                 store.save(done)
@@ -190,8 +256,12 @@ def mcq_prompts(session, items) -> list[str]:
     through the chat template, ending with the assistant header."""
     from medreason.mcq import prompt_messages
 
-    return [session.tokenizer.apply_chat_template(prompt_messages(item, session.system_prompt), tokenize=False,
-                                                  add_generation_prompt=True) for item in items]
+    return [
+        session.tokenizer.apply_chat_template(
+            prompt_messages(item, session.system_prompt), tokenize=False, add_generation_prompt=True
+        )
+        for item in items
+    ]
 
 
 def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_penalty: float = 1.0) -> list[dict]:
@@ -202,8 +272,16 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_
     # pure greedy (repetition_penalty 1) by default, as reference evaluations decode. A penalty (`medreason chat`
     # uses 1.1) breaks the loops small models fall into under pure greedy; it also penalises every option label the
     # prompt lists, but all of them alike, so it does not favour one option
-    return generate(session, prompts, do_sample=False, max_new_tokens=max_new_tokens, temperature=None, top_p=None,
-                    top_k=None, repetition_penalty=repetition_penalty)
+    return generate(
+        session,
+        prompts,
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        repetition_penalty=repetition_penalty,
+    )
 
 
 class GenerationCache:
@@ -222,10 +300,15 @@ class GenerationCache:
         if use_adapter and session.adapter:
             files = sorted(Path(session.adapter).glob("adapter_model.*"))
             weights = sha256_file(files[0]) if files else None
-        self.key = {"base_model": str(session.base_model), "dtype": dtype, "adapter_sha256": weights,
-                    "max_new_tokens": max_new_tokens, "decoding": "greedy",
-                    **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
-                    "transformers": transformers.__version__}
+        self.key = {
+            "base_model": str(session.base_model),
+            "dtype": dtype,
+            "adapter_sha256": weights,
+            "max_new_tokens": max_new_tokens,
+            "decoding": "greedy",
+            **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
+            "transformers": transformers.__version__,
+        }
         digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
         self.path = CACHE_DIR / f"{digest}.jsonl"
 
@@ -254,9 +337,20 @@ def score_outputs(items, outputs: list[dict], variant: str) -> list[dict]:
     rows = []
     for item, out in zip(items, outputs):
         extracted = extract_choice(out["output"], item.options)
-        rows.append({"id": item.id, "group": item.group, "variant": variant, "answer": item.answer,
-                     "extracted": extracted, "correct": extracted == item.answer, "n_options": len(item.options),
-                     "tokens": out["tokens"], "truncated": out["truncated"], "output": out["output"]})
+        rows.append(
+            {
+                "id": item.id,
+                "group": item.group,
+                "variant": variant,
+                "answer": item.answer,
+                "extracted": extracted,
+                "correct": extracted == item.answer,
+                "n_options": len(item.options),
+                "tokens": out["tokens"],
+                "truncated": out["truncated"],
+                "output": out["output"],
+            }
+        )
     return rows
 
 
@@ -289,16 +383,22 @@ def against_baselines(rows: list[dict], baselines: dict, *, generate: bool) -> d
 
     right = sum(bool(r["correct"]) for r in rows)
     best = baselines["best"]
-    out = {"accuracy_ci": proportion_ci(right, len(rows)),
-           "vs_best_baseline": {"rule": best["rule"], "baseline": best["accuracy"],
-                                "diff": right / len(rows) - best["accuracy"],
-                                "p_value": against_rate(right, len(rows), best["accuracy"])}}
+    out = {
+        "accuracy_ci": proportion_ci(right, len(rows)),
+        "vs_best_baseline": {
+            "rule": best["rule"],
+            "baseline": best["accuracy"],
+            "diff": right / len(rows) - best["accuracy"],
+            "p_value": against_rate(right, len(rows), best["accuracy"]),
+        },
+    }
     if generate:
         extracted = [r for r in rows if r["extracted"] is not None]
         k = sum(bool(r["correct"]) for r in extracted)
         out["accuracy_when_extracted_ci"] = proportion_ci(k, len(extracted)) if extracted else None
-        out["vs_best_baseline"]["when_extracted_p_value"] = (against_rate(k, len(extracted), best["accuracy"])
-                                                             if extracted else None)
+        out["vs_best_baseline"]["when_extracted_p_value"] = (
+            against_rate(k, len(extracted), best["accuracy"]) if extracted else None
+        )
     return out
 
 
@@ -330,10 +430,12 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
 
     examples = []
     for ex in dataset:
-        prompt_ids = tokenizer.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=True,
-                                                   return_dict=True)["input_ids"]
-        full_ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True,
-                                                 return_dict=True)["input_ids"]
+        prompt_ids = tokenizer.apply_chat_template(
+            ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        full_ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
         examples.append((full_ids, len(prompt_ids)))
     examples.sort(key=lambda e: len(e[0]))  # similar lengths together: little padding
     total_nll, total_tokens = 0.0, 0
@@ -341,19 +443,20 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     model.eval()
     with torch.inference_mode(), progress(total=len(examples), desc="held-out loss", unit="ex") as bar:
         for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
+            chunk = examples[i : i + batch_size]
             bar.update(len(chunk))
             width = max(len(ids) for ids, _ in chunk)
             input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
             attention = torch.zeros((len(chunk), width), dtype=torch.long)
             labels = torch.full((len(chunk), width), -100, dtype=torch.long)
             for j, (ids, n_prompt) in enumerate(chunk):
-                input_ids[j, :len(ids)] = torch.tensor(ids)
-                attention[j, :len(ids)] = 1
-                labels[j, n_prompt:len(ids)] = torch.tensor(ids[n_prompt:])
+                input_ids[j, : len(ids)] = torch.tensor(ids)
+                attention[j, : len(ids)] = 1
+                labels[j, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
             # as training's dense head computes them (medreason.scoring)
-            log_softmax, targets, mask = labelled_log_softmax(model, labels, input_ids=input_ids.to(device),
-                                                              attention_mask=attention.to(device))
+            log_softmax, targets, mask = labelled_log_softmax(
+                model, labels, input_ids=input_ids.to(device), attention_mask=attention.to(device)
+            )
             total_nll -= log_softmax.gather(-1, targets[:, None]).sum().item()
             total_tokens += int(mask.sum())
     return total_nll / max(1, total_tokens)
@@ -367,13 +470,18 @@ def loglik_task_config(items_path: str | Path) -> dict:
     multiple_choice, acc and acc_norm, a space before each choice) with the prompt, the choices (each item's own
     labels, 2 to 10 of them) and the target read from the fields of a file written by `loglik_choices`."""
     config = mcq_task_config()
-    config.update(doc_to_text="prompt", doc_to_choice="choices", doc_to_target="target",
-                  dataset_kwargs={"data_files": {"test": str(Path(items_path).resolve())}})
+    config.update(
+        doc_to_text="prompt",
+        doc_to_choice="choices",
+        doc_to_target="target",
+        dataset_kwargs={"data_files": {"test": str(Path(items_path).resolve())}},
+    )
     return config
 
 
-def loglik_choices(session, items, variant: str, *, batch_size: int = 8, chat: bool = False,
-                   hub_tasks=(), limit: int | None = None) -> tuple[list[dict], dict]:
+def loglik_choices(
+    session, items, variant: str, *, batch_size: int = 8, chat: bool = False, hub_tasks=(), limit: int | None = None
+) -> tuple[list[dict], dict]:
     """(one row per item, {task: harness scores}) by log-likelihood of each option's label with lm-eval.
     chat=True renders every prompt through the chat template with the system prompt (the harness's
     apply_chat_template)."""
@@ -389,20 +497,41 @@ def loglik_choices(session, items, variant: str, *, batch_size: int = 8, chat: b
         with path.open("w") as f:
             for item in items:
                 labels = list(item.options)
-                f.write(json.dumps({"id": item.id, "prompt": loglik_prompt(item), "choices": labels,
-                                    "target": labels.index(item.answer)}, ensure_ascii=False) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": item.id,
+                            "prompt": loglik_prompt(item),
+                            "choices": labels,
+                            "target": labels.index(item.answer),
+                        },
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                )
         lm = HFLM(pretrained=session.model, tokenizer=session.tokenizer, batch_size=batch_size)
         out = lm_eval.simple_evaluate(
-            model=lm, tasks=[loglik_task_config(path)] + list(hub_tasks), limit=limit if hub_tasks else None,
-            log_samples=True, bootstrap_iters=1000, random_seed=0, numpy_random_seed=0, torch_random_seed=0,
-            fewshot_random_seed=0, apply_chat_template=chat, system_instruction=session.system_prompt if chat else None,
-            task_manager=_task_manager(bool(hub_tasks)))
+            model=lm,
+            tasks=[loglik_task_config(path)] + list(hub_tasks),
+            limit=limit if hub_tasks else None,
+            log_samples=True,
+            bootstrap_iters=1000,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+            apply_chat_template=chat,
+            system_instruction=session.system_prompt if chat else None,
+            task_manager=_task_manager(bool(hub_tasks)),
+        )
     scores = {}
     for task, metrics in out["results"].items():
         if "acc,none" in metrics:
             scores[task] = {
-                "acc": metrics["acc,none"], "acc_stderr": _num(metrics.get("acc_stderr,none")),
-                "acc_norm": metrics.get("acc_norm,none"), "acc_norm_stderr": _num(metrics.get("acc_norm_stderr,none")),
+                "acc": metrics["acc,none"],
+                "acc_stderr": _num(metrics.get("acc_stderr,none")),
+                "acc_norm": metrics.get("acc_norm,none"),
+                "acc_norm_stderr": _num(metrics.get("acc_norm_stderr,none")),
                 "n": out.get("n-samples", {}).get(task, {}).get("effective"),
             }
     by_id = {item.id: item for item in items}
@@ -411,9 +540,18 @@ def loglik_choices(session, items, variant: str, *, batch_size: int = 8, chat: b
         item = by_id[sample["doc"]["id"]]
         logliks = [float(r[0]) for r in sample["filtered_resps"]]
         chosen = list(item.options)[max(range(len(logliks)), key=logliks.__getitem__)]
-        rows.append({"id": item.id, "group": item.group, "variant": variant, "answer": item.answer,
-                     "extracted": chosen, "correct": chosen == item.answer, "n_options": len(item.options),
-                     "logliks": logliks})
+        rows.append(
+            {
+                "id": item.id,
+                "group": item.group,
+                "variant": variant,
+                "answer": item.answer,
+                "extracted": chosen,
+                "correct": chosen == item.answer,
+                "n_options": len(item.options),
+                "logliks": logliks,
+            }
+        )
     return rows, scores
 
 
@@ -421,8 +559,11 @@ def summarize_loglik(rows: list[dict]) -> dict:
     from medreason.stats import accuracy_by_group
 
     correct = [r["correct"] for r in rows]
-    return {"n": len(rows), "accuracy": sum(correct) / len(rows),
-            "accuracy_by_group": accuracy_by_group([r["group"] for r in rows], correct)}
+    return {
+        "n": len(rows),
+        "accuracy": sum(correct) / len(rows),
+        "accuracy_by_group": accuracy_by_group([r["group"] for r in rows], correct),
+    }
 
 
 def mcq_task_config(mcq_path: str | None = None) -> dict:
@@ -467,22 +608,34 @@ def table(results: dict) -> str:
         lines = [head]
         for name, v in results["variants"].items():
             ae = v["accuracy_when_extracted"]
-            lines.append(f"{name:<10}{v['accuracy']:>10.3f}{v['extraction_rate']:>11.3f}"
-                         f"{(f'{ae:.3f}' if ae is not None else '-'):>10}{v['tokens_median']:>12.0f}"
-                         f"{v['tokens_p95']:>7.0f}{v['truncation_rate']:>11.3f}")
+            lines.append(
+                f"{name:<10}{v['accuracy']:>10.3f}{v['extraction_rate']:>11.3f}"
+                f"{(f'{ae:.3f}' if ae is not None else '-'):>10}{v['tokens_median']:>12.0f}"
+                f"{v['tokens_p95']:>7.0f}{v['truncation_rate']:>11.3f}"
+            )
     else:
         tasks = list(next(iter(results["variants"].values()))["tasks"])
-        lines = [f"{'':<10}{'accuracy':>10}{'test loss':>11}{'ppl':>12}   " + "   ".join(f"{t} acc ± se" for t in tasks)]
+        lines = [
+            f"{'':<10}{'accuracy':>10}{'test loss':>11}{'ppl':>12}   " + "   ".join(f"{t} acc ± se" for t in tasks)
+        ]
         for name, v in results["variants"].items():
-            accs = "   ".join(f"{s['acc']:.3f} ± {s['acc_stderr'] or 0:.3f}".rjust(len(t) + 9)
-                               for t, s in v["tasks"].items())
-            lines.append(f"{name:<10}{v['accuracy']:>10.3f}{v['test_loss']:>11.4f}{v['test_perplexity']:>12.6g}   {accs}")  # .6g: <= 11 chars at any size
+            accs = "   ".join(
+                f"{s['acc']:.3f} ± {s['acc_stderr'] or 0:.3f}".rjust(len(t) + 9) for t, s in v["tasks"].items()
+            )
+            lines.append(
+                f"{name:<10}{v['accuracy']:>10.3f}{v['test_loss']:>11.4f}{v['test_perplexity']:>12.6g}   {accs}"
+            )  # .6g: <= 11 chars at any size
     penalty = results["settings"].get("repetition_penalty", 1.0)
-    how = (f"generate, greedy{f' (repetition penalty {penalty:g})' if penalty != 1.0 else ''}, "
-           f"{results['settings']['max_new_tokens']} new tokens" if generate
-           else "log-likelihood" + (" with the chat template" if results["settings"].get("chat") else ""))
-    lines.append(f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
-                 f"{results['benchmark']}; {how}")
+    how = (
+        f"generate, greedy{f' (repetition penalty {penalty:g})' if penalty != 1.0 else ''}, "
+        f"{results['settings']['max_new_tokens']} new tokens"
+        if generate
+        else "log-likelihood" + (" with the chat template" if results["settings"].get("chat") else "")
+    )
+    lines.append(
+        f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
+        f"{results['benchmark']}; {how}"
+    )
     if "baselines" in results:
         lines.append(baselines_line(results["baselines"]))
         for name, v in results["variants"].items():
@@ -491,15 +644,21 @@ def table(results: dict) -> str:
             extra = "; no answer extracted" if generate and not v.get("accuracy_when_extracted_ci") else ""
             if v.get("accuracy_when_extracted_ci"):
                 el, eh = v["accuracy_when_extracted_ci"]
-                extra = (f"; among extracted {v['accuracy_when_extracted']:.3f} (95% {el:.3f}-{eh:.3f}), "
-                         f"p = {vs['when_extracted_p_value']:.3g}")
-            lines.append(f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), "
-                         f"{vs['diff']:+.3f} vs the best baseline, exact binomial p = {vs['p_value']:.3g}{extra}")
+                extra = (
+                    f"; among extracted {v['accuracy_when_extracted']:.3f} (95% {el:.3f}-{eh:.3f}), "
+                    f"p = {vs['when_extracted_p_value']:.3g}"
+                )
+            lines.append(
+                f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), "
+                f"{vs['diff']:+.3f} vs the best baseline, exact binomial p = {vs['p_value']:.3g}{extra}"
+            )
     if "paired" in results:
         p = results["paired"]
-        lines.append(f"adapter - base: {p['diff']:+.3f} (paired bootstrap 95% interval {p['ci_low']:+.3f} to "
-                     f"{p['ci_high']:+.3f}); McNemar exact p = {p['p_value']:.3g} "
-                     f"({p['c']} items only the adapter got right, {p['b']} only the base)")
+        lines.append(
+            f"adapter - base: {p['diff']:+.3f} (paired bootstrap 95% interval {p['ci_low']:+.3f} to "
+            f"{p['ci_high']:+.3f}); McNemar exact p = {p['p_value']:.3g} "
+            f"({p['c']} items only the adapter got right, {p['b']} only the base)"
+        )
     groups = results["groups"]
     lines.append("")
     lines.append(f"{'group':<36}{'n':>4}" + "".join(f"{n:>10}" for n in names))
@@ -513,12 +672,14 @@ def baselines_line(b: dict) -> str:
     """The trivial baselines in one line, as `medreason eval` and the book print them."""
     from medreason.mcq import BASELINE_NAMES
 
-    return (f"no-knowledge baselines: chance {b['chance']['accuracy']:.3f}, majority label "
-            f"{b['majority_label']['label']} {b['majority_label']['accuracy']:.3f} (label from "
-            f"{b['majority_label']['label_from']}), best same label {b['same_label']['label']} "
-            f"{b['same_label']['accuracy']:.3f} (chosen after seeing the answers), longest option "
-            f"{b['longest_option']['accuracy']:.3f}; best: {BASELINE_NAMES[b['best']['rule']]} "
-            f"{b['best']['accuracy']:.3f}")
+    return (
+        f"no-knowledge baselines: chance {b['chance']['accuracy']:.3f}, majority label "
+        f"{b['majority_label']['label']} {b['majority_label']['accuracy']:.3f} (label from "
+        f"{b['majority_label']['label_from']}), best same label {b['same_label']['label']} "
+        f"{b['same_label']['accuracy']:.3f} (chosen after seeing the answers), longest option "
+        f"{b['longest_option']['accuracy']:.3f}; best: {BASELINE_NAMES[b['best']['rule']]} "
+        f"{b['best']['accuracy']:.3f}"
+    )
 
 
 def _log_mlflow(results: dict, run: str, items_path: Path):
@@ -532,15 +693,32 @@ def _log_mlflow(results: dict, run: str, items_path: Path):
         return re.sub(r"[^\w\-./ ]", "_", text)
 
     with mlflow_run("medreason-eval", run_name=f"eval-{results['mode']}-{run}"):
-        log_params({"mode": results["mode"], "base_model": results["base_model"], "adapter": str(results["adapter"]),
-                    "benchmark": results["benchmark"], "n_mcq": results["n_mcq"], "limit": results["limit"],
-                    "seed": results["seed"], **{k: v for k, v in results["settings"].items() if k != "system_prompt"}})
+        log_params(
+            {
+                "mode": results["mode"],
+                "base_model": results["base_model"],
+                "adapter": str(results["adapter"]),
+                "benchmark": results["benchmark"],
+                "n_mcq": results["n_mcq"],
+                "limit": results["limit"],
+                "seed": results["seed"],
+                **{k: v for k, v in results["settings"].items() if k != "system_prompt"},
+            }
+        )
         metrics = {"chance": results["chance"]}
         for rule in ("majority_label", "same_label", "longest_option", "best"):
             metrics[f"baseline_{rule}"] = results["baselines"][rule]["accuracy"]
         for name, v in results["variants"].items():
-            for k in ("accuracy", "extraction_rate", "accuracy_when_extracted", "tokens_median", "tokens_p95",
-                      "truncation_rate", "test_loss", "test_perplexity"):
+            for k in (
+                "accuracy",
+                "extraction_rate",
+                "accuracy_when_extracted",
+                "tokens_median",
+                "tokens_p95",
+                "truncation_rate",
+                "test_loss",
+                "test_perplexity",
+            ):
                 if v.get(k) is not None:
                     metrics[f"{name}_{k}"] = v[k]
             for task, s in v.get("tasks", {}).items():
@@ -561,8 +739,11 @@ def training_data(session) -> dict:
     adapter (or for an adapter from before these records), the bundled corpus with the session's template."""
     data = session.meta.get("data") or {}
     if not data.get("args"):
-        return {"dataset": session.meta.get("dataset") or "bundled", "template": session.template,
-                "system_prompt": session.system_prompt}
+        return {
+            "dataset": session.meta.get("dataset") or "bundled",
+            "template": session.template,
+            "system_prompt": session.system_prompt,
+        }
     if data.get("kind") in ("file", "bundled") and data.get("sha256"):
         from medreason.io import sha256_file
 
@@ -570,17 +751,31 @@ def training_data(session) -> dict:
         if not path.is_file():
             raise UserError(f"adapter {session.adapter} was trained on {path}, which no longer exists")
         if sha256_file(path) != data["sha256"]:
-            raise UserError(f"{path} changed since adapter {session.adapter} was trained on it (sha256 differs): "
-                            f"its test split cannot be rebuilt")
+            raise UserError(
+                f"{path} changed since adapter {session.adapter} was trained on it (sha256 differs): "
+                f"its test split cannot be rebuilt"
+            )
     return {"dataset": data.get("dataset", "bundled"), **data["args"]}
 
 
 def cli(args) -> int:
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip())
-    results = evaluate(args.adapter, model=args.model, mcq=args.mcq, split=args.split, mode=args.mode, tasks=tasks,
-                       limit=args.limit, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
-                       chat=args.chat, seed=args.seed, run_name=args.run_name, cache=not args.no_cache,
-                       repetition_penalty=args.repetition_penalty)
+    results = evaluate(
+        args.adapter,
+        model=args.model,
+        mcq=args.mcq,
+        split=args.split,
+        mode=args.mode,
+        tasks=tasks,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+        chat=args.chat,
+        seed=args.seed,
+        run_name=args.run_name,
+        cache=not args.no_cache,
+        repetition_penalty=args.repetition_penalty,
+    )
     print(table(results))
     print(f"written to {results['path']} and {results['items_path']}")
     return 0

@@ -61,8 +61,10 @@ def check_replace(out_dir: Path, force: bool):
     out = str(out_dir)
     if out_dir.is_dir() and any(out_dir.iterdir()):
         if not (out_dir / "config.json").is_file():  # someone's files, not an earlier export: never replaced
-            raise UserError(f"--out {out} exists and is not a model folder: choose a new folder (--force replaces "
-                            f"only an earlier export)")
+            raise UserError(
+                f"--out {out} exists and is not a model folder: choose a new folder (--force replaces "
+                f"only an earlier export)"
+            )
         if not force:
             raise UserError(f"--out {out} already holds a model: choose a new folder, or pass --force to replace it")
 
@@ -87,8 +89,10 @@ def check_not_an_input(out_dir: Path, adapter: str, base: str):
         folder = folder.resolve()
         if target == folder or folder in target.parents or target in folder.parents:
             relation = "is" if target == folder else ("is inside" if folder in target.parents else "contains")
-            raise UserError(f"--out {out_dir} {relation} {what} ({folder}): the export would overwrite its own "
-                            f"input; choose another --out")
+            raise UserError(
+                f"--out {out_dir} {relation} {what} ({folder}): the export would overwrite its own "
+                f"input; choose another --out"
+            )
 
 
 def cli(args) -> int:

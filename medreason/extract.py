@@ -44,15 +44,21 @@ _STATEMENT = re.compile(
     # "The most likely diagnosis is ...", "the best initial treatment would be ...": how the SFT corpus answers
     r"|\b(?:most\s+likely|most\s+appropriate|best|correct|preferred)\s+(?:[\w-]+\s+){0,4}?(?:is|would\s+be)\s+"
     r"(?:probably\s+|likely\s+)?",
-    re.I)
+    re.I,
+)
 # "C is correct", "(C) is the best answer", "Option c is right": the choice before the verdict, at the start
 # of a line or sentence or after "option" ("vitamin D is the most likely cause" names no option).
 _VERDICT = re.compile(
     r"(?:^[\s*]*|[.!?]\s+[\s*]*|\b(?P<word>option|choice)\s+)(?P<open>\()?(?P<letter>[A-Ja-j])(?(open)\))\*{0,2}"
-    r"\s+(?:is|would\s+be)\s+(?:the\s+)?(?:correct|right|best|most\s+likely)\b", re.I | re.M)
+    r"\s+(?:is|would\s+be)\s+(?:the\s+)?(?:correct|right|best|most\s+likely)\b",
+    re.I | re.M,
+)
 _ARTICLE = re.compile(r"^(?:a|an|the)\s+", re.I)
-_LETTER = re.compile(r"^(?:option\s+|choice\s+)?(?P<open>[(\[])?(?P<letter>[A-Ja-j])(?(open)[)\]])"
-                     r"(?P<delim>[.):,;]?)(?=\s|$|[.,;!?])\s*(?P<rest>.*)$", re.I | re.S)
+_LETTER = re.compile(
+    r"^(?:option\s+|choice\s+)?(?P<open>[(\[])?(?P<letter>[A-Ja-j])(?(open)[)\]])"
+    r"(?P<delim>[.):,;]?)(?=\s|$|[.,;!?])\s*(?P<rest>.*)$",
+    re.I | re.S,
+)
 
 
 def extract_choice(text: str | None, options: dict[str, str]) -> str | None:
@@ -90,7 +96,7 @@ def _extract(region: str, options: dict[str, str], lettered: bool, explicit_only
 
 def _statements(region: str, options: dict[str, str], lettered: bool):
     for m in _STATEMENT.finditer(region):
-        tail = region[m.end():].split("\n", 1)[0]
+        tail = region[m.end() :].split("\n", 1)[0]
         clause = re.split(r"[.;,:!?]|\s(?:because|given|since|as|due|with|which|but|not)\s", tail)[0]
         if re.search(r"\b(?:or|and/or|either)\b", clause, re.I):
             continue  # "X or Y" is a hedge, not a choice
@@ -174,8 +180,13 @@ def _by_text(s: str, options: dict[str, str], prefix: bool, lettered: bool = Tru
     for label, opt in options.items():
         if not _starts_with_option(s, opt, whole=not prefix) or len(_norm(opt)) <= best_len:
             continue
-        if prefix and not lettered and not re.match(
-                rf"{re.escape(opt.strip())}(?:\s*(?:$|[.,;:!?)\]])|\s+(?:because|since|given|as)\b)", s, re.I):
+        if (
+            prefix
+            and not lettered
+            and not re.match(
+                rf"{re.escape(opt.strip())}(?:\s*(?:$|[.,;:!?)\]])|\s+(?:because|since|given|as)\b)", s, re.I
+            )
+        ):
             continue
         best, best_len = label, len(_norm(opt))
     return best

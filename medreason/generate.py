@@ -43,14 +43,28 @@ class Sampling:
         if self.max_new_tokens < 1:
             raise UserError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
         if self.greedy:
-            return {"do_sample": False, "max_new_tokens": self.max_new_tokens,
-                    "repetition_penalty": self.repetition_penalty, "temperature": None, "top_p": None, "top_k": None}
+            return {
+                "do_sample": False,
+                "max_new_tokens": self.max_new_tokens,
+                "repetition_penalty": self.repetition_penalty,
+                "temperature": None,
+                "top_p": None,
+                "top_k": None,
+            }
         if self.temperature <= 0:
-            raise UserError(f"temperature must be positive (use --greedy for deterministic answers), got {self.temperature}")
+            raise UserError(
+                f"temperature must be positive (use --greedy for deterministic answers), got {self.temperature}"
+            )
         if not 0 < self.top_p <= 1:
             raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
-        return {"do_sample": True, "max_new_tokens": self.max_new_tokens, "temperature": self.temperature,
-                "top_p": self.top_p, "repetition_penalty": self.repetition_penalty, "top_k": None}
+        return {
+            "do_sample": True,
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "repetition_penalty": self.repetition_penalty,
+            "top_k": None,
+        }
 
 
 @dataclass
@@ -100,8 +114,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
 
         n_tokens = len(load_tokenizer(base))
         if vocab != n_tokens:
-            raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; "
-                            f"{base} has {n_tokens}")
+            raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; {base} has {n_tokens}")
     if dtype is None:  # bf16 where the hardware multiplies it natively, fp32 elsewhere
         native = torch.cuda.is_available() or cpu_supports_bf16()
         dtype = torch.bfloat16 if native else torch.float32
@@ -116,8 +129,15 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
         except RuntimeError as e:  # size mismatch: an adapter for another architecture
             raise UserError(f"adapter {adapter} does not fit {base}: {str(e).splitlines()[0]}") from e
         peft_model.eval()
-        return Session(peft_model, tokenizer, base, adapter, meta.get("template", "think"),
-                       meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT), meta)
+        return Session(
+            peft_model,
+            tokenizer,
+            base,
+            adapter,
+            meta.get("template", "think"),
+            meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
+            meta,
+        )
     base_model.eval()
     return Session(base_model, tokenizer, base)
 
@@ -137,8 +157,9 @@ def same_model(a: str, b: str) -> bool:
 # --------------------------------------------------------------------------------------------- generation
 
 
-def answer(session: Session, questions: list[str], sampling: Sampling | None = None, *, use_adapter: bool = True,
-           streamer=None) -> list[Answer]:
+def answer(
+    session: Session, questions: list[str], sampling: Sampling | None = None, *, use_adapter: bool = True, streamer=None
+) -> list[Answer]:
     """Answer a batch of questions (left-padded, KV cache on); `streamer` streams a single question."""
     import torch
 
@@ -154,8 +175,16 @@ def answer(session: Session, questions: list[str], sampling: Sampling | None = N
     answers = []
     for q, out in zip(questions, outputs):
         reasoning, final = split_reasoning(out["output"], session.template)
-        answers.append(Answer(q, out["output"], reasoning, final, out["tokens"],
-                              "adapter" if use_adapter and session.adapter else "base"))
+        answers.append(
+            Answer(
+                q,
+                out["output"],
+                reasoning,
+                final,
+                out["tokens"],
+                "adapter" if use_adapter and session.adapter else "base",
+            )
+        )
     return answers
 
 
@@ -176,11 +205,12 @@ def generate(session: Session, prompts: list[str], *, streamer=None, **generatio
     eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     stop = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else []) | {tok.eos_token_id}
     results = []
-    for row in out[:, batch["input_ids"].shape[1]:].tolist():
+    for row in out[:, batch["input_ids"].shape[1] :].tolist():
         end = next((j for j, t in enumerate(row) if t in stop), None)
         ids = row if end is None else row[:end]
-        results.append({"output": tok.decode(ids, skip_special_tokens=True).strip(), "tokens": len(ids),
-                        "truncated": end is None})
+        results.append(
+            {"output": tok.decode(ids, skip_special_tokens=True).strip(), "tokens": len(ids), "truncated": end is None}
+        )
     return results
 
 
@@ -207,7 +237,9 @@ DISCLAIMER = "(for teaching; not medical advice)"
 
 
 def cli(args) -> int:
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty, args.greedy, args.seed)
+    sampling = Sampling(
+        args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty, args.greedy, args.seed
+    )
     sampling.kwargs()  # bad sampling values fail before the model loads
     if args.prompt is not None and not args.prompt.strip():
         raise UserError("empty prompt: --prompt needs a question")
@@ -225,7 +257,7 @@ def cli(args) -> int:
 
 def _one(session, question, sampling, compare_both):
     if compare_both:
-        (b, a), = compare(session, [question], sampling)
+        ((b, a),) = compare(session, [question], sampling)
         print_answer("base model", b)
         print_answer(f"with adapter ({session.adapter})", a)
     else:
@@ -287,7 +319,7 @@ def read_questions(path: str) -> list[str]:
                 raise UserError(f"{path} row {n}: not valid JSON ({e.msg})") from e
             q = row.get("question") or row.get("Question") if isinstance(row, dict) else None
             if not isinstance(q, str) or not q.strip():
-                raise UserError(f"{path} row {n}: field \"question\" is missing or empty")
+                raise UserError(f'{path} row {n}: field "question" is missing or empty')
             questions.append(q)
         else:
             questions.append(line)
@@ -304,8 +336,12 @@ def _batch(session, questions, sampling, args) -> int:
     desc = "answer (base and adapter)" if args.compare else "answer"
     with atomic_open(out) as f, progress(total=len(questions), desc=desc, unit="q") as bar:
         for i in range(0, len(questions), 8):
-            chunk = questions[i:i + 8]
-            pairs = compare(session, chunk, sampling) if args.compare else [(None, a) for a in answer(session, chunk, sampling)]
+            chunk = questions[i : i + 8]
+            pairs = (
+                compare(session, chunk, sampling)
+                if args.compare
+                else [(None, a) for a in answer(session, chunk, sampling)]
+            )
             bar.update(len(chunk))
             for base, a in pairs:
                 row = {"question": a.question, "reasoning": a.reasoning, "answer": a.final, "source": a.source}
@@ -324,7 +360,9 @@ def prompt_text(session: Session, question: str) -> str:
     ending with the assistant header (as `answer` builds it)."""
     return session.tokenizer.apply_chat_template(
         [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": question.strip()}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False,
+        add_generation_prompt=True,
+    )
 
 
 def start_probability(session: Session, questions: list[str], start: str = "<think>\n"):
@@ -343,15 +381,15 @@ def start_probability(session: Session, questions: list[str], start: str = "<thi
         prompt = prompt_text(session, question)
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         full_ids = tok(prompt + start, add_special_tokens=False)["input_ids"]
-        if full_ids[:len(prompt_ids)] != prompt_ids:  # the start merged with the prompt's last token
+        if full_ids[: len(prompt_ids)] != prompt_ids:  # the start merged with the prompt's last token
             full_ids = prompt_ids + tok(start, add_special_tokens=False)["input_ids"]
-        start_ids = torch.tensor(full_ids[len(prompt_ids):])
+        start_ids = torch.tensor(full_ids[len(prompt_ids) :])
         row = {"question": i}
         for name, use_adapter in variants:
             ctx = contextlib.nullcontext() if use_adapter else session.adapter_off()
             with ctx, torch.inference_mode():
                 logits = session.model(input_ids=torch.tensor([full_ids], device=session.model.device)).logits
-            logp = torch.log_softmax(logits[0, len(prompt_ids) - 1:-1].float().cpu(), dim=-1)
+            logp = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1].float().cpu(), dim=-1)
             row[f"P(start | {name})"] = float(logp.gather(1, start_ids[:, None]).sum().exp())
             row[f"first token {name}"] = repr(tok.decode([int(logp[0].argmax())]))
         if session.adapter:

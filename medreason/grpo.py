@@ -43,8 +43,12 @@ def train_grpo(args, cfg, model_args, recipe: str) -> run.TrainResult:
     if resume_from is not None and init is None:  # a continued adapter keeps its own shape, not the recipe's
         run.check_resume(resume_from, model_args)
     dataset, pool = pool_dataset(args)  # bad data fails here, before the model loads
-    log.info("GRPO prompts: %d questions of the %s; %d completions each", len(dataset), pool["description"],
-             cfg.num_generations)
+    log.info(
+        "GRPO prompts: %d questions of the %s; %d completions each",
+        len(dataset),
+        pool["description"],
+        cfg.num_generations,
+    )
     with run.session(args, cfg, model_args):
         return _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
 
@@ -60,11 +64,24 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
     model, tokenizer, peft_config, model_source = load_policy(args, model_args)
     resolved = {**config_dict(args, cfg, model_args), "init_adapter_sha256": init and init["sha256"]}
     tags = {"trainer": "grpo", "init_adapter": init["path"] if init else "none"}
-    with run.tracked(args, cfg, resolved, recipe, resumed=resume_from is not None,
-                     params=run.logged_params(resolved, GRPO_PARAMS), tags=tags) as tracking:
+    with run.tracked(
+        args,
+        cfg,
+        resolved,
+        recipe,
+        resumed=resume_from is not None,
+        params=run.logged_params(resolved, GRPO_PARAMS),
+        tags=tags,
+    ) as tracking:
         set_seed(cfg.seed)  # right before a new adapter's weights are drawn, and the rollouts' sampling
-        trainer = GRPOTrainer(model=model, reward_funcs=[correctness_reward, format_reward], args=cfg,
-                              train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+        trainer = GRPOTrainer(
+            model=model,
+            reward_funcs=[correctness_reward, format_reward],
+            args=cfg,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=peft_config,
+        )
         use_cpu_head(args, cfg, trainer)
         use_training_progress(trainer)  # step/total, loss, reward, tokens/s and ETA
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -72,7 +89,13 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
         policy = trainer.accelerator.unwrap_model(trainer.model)
         compat.drop_reference_adapter(policy)  # TRL's frozen copy of the init adapter for the KL term: not saved
         meta = training_meta(
-            "grpo", args, model_args, recipe=recipe, resolved=resolved, model=model_source, metrics=metrics,
+            "grpo",
+            args,
+            model_args,
+            recipe=recipe,
+            resolved=resolved,
+            model=model_source,
+            metrics=metrics,
             # what `medreason eval` rebuilds its corpus test split from: the SFT adapter's data, when continued
             dataset=(init or {}).get("dataset") or args.dataset,
             data=(init or {}).get("data") or {},
@@ -85,8 +108,18 @@ def _train_grpo(args, cfg, model_args, recipe, resume_from, init, dataset, pool)
         return run.finish(trainer, policy, tokenizer, args, model_args, meta, metrics, tracking)
 
 
-GRPO_PARAMS = {"trainer", "init_adapter", "init_adapter_sha256", "num_generations", "max_completion_length", "beta",
-               "epsilon", "scale_rewards", "temperature", "num_iterations"}
+GRPO_PARAMS = {
+    "trainer",
+    "init_adapter",
+    "init_adapter_sha256",
+    "num_generations",
+    "max_completion_length",
+    "beta",
+    "epsilon",
+    "scale_rewards",
+    "temperature",
+    "num_iterations",
+}
 
 
 # --------------------------------------------------------------------------------------------- checks before loading
@@ -105,8 +138,9 @@ def check_grpo(args, cfg, model_args):
 
         check_vllm()
     if args.template != "think":
-        raise UserError(f"template '{args.template}': the GRPO format reward checks <think>...</think> blocks: "
-                        f"use template: think")
+        raise UserError(
+            f"template '{args.template}': the GRPO format reward checks <think>...</think> blocks: use template: think"
+        )
 
 
 def read_init_adapter(args, model_args) -> dict | None:
@@ -115,17 +149,28 @@ def read_init_adapter(args, model_args) -> dict | None:
         return None
     folder = Path(args.init_adapter)
     if not folder.is_dir():
-        raise UserError(f"init_adapter {folder} does not exist: train the SFT adapter first "
-                        f"(medreason train --config configs/smollm2-135m-cpu.yaml), or remove init_adapter")
+        raise UserError(
+            f"init_adapter {folder} does not exist: train the SFT adapter first "
+            f"(medreason train --config configs/smollm2-135m-cpu.yaml), or remove init_adapter"
+        )
     meta = read_adapter(folder)
     from medreason.generate import same_model
 
     if not same_model(meta["base_model"], model_args.model_name_or_path):
-        raise UserError(f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
-                        f"{model_args.model_name_or_path}: use the same base model")
-    return {"path": str(folder), "sha256": weights_sha256(folder), "base_model": meta["base_model"],
-            "trainer": meta.get("trainer", "sft"), "run_name": meta.get("run_name"),
-            "recipe_hash": meta.get("recipe_hash"), "dataset": meta.get("dataset"), "data": meta.get("data")}
+        raise UserError(
+            f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
+            f"{model_args.model_name_or_path}: use the same base model"
+        )
+    return {
+        "path": str(folder),
+        "sha256": weights_sha256(folder),
+        "base_model": meta["base_model"],
+        "trainer": meta.get("trainer", "sft"),
+        "run_name": meta.get("run_name"),
+        "recipe_hash": meta.get("recipe_hash"),
+        "dataset": meta.get("dataset"),
+        "data": meta.get("data"),
+    }
 
 
 # --------------------------------------------------------------------------------------------- data and model
@@ -144,14 +189,27 @@ def pool_dataset(args):
 
     items = bundled_split("pool")
     if args.max_examples:
-        items = items[:args.max_examples]
+        items = items[: args.max_examples]
     if not items:
         raise UserError("the bundled MCQ benchmark has no 'pool' split: GRPO needs questions to train on")
     path = bundled_path("mcq.jsonl")
-    record = {"description": "bundled MCQ benchmark, pool split", "kind": "bundled", "path": str(path),
-              "sha256": sha256_file(path), "split": "pool", "rows": {"pool": len(items)}}
-    rows = [{"prompt": prompt_messages(it, args.system_prompt), "answer": it.answer, "options": dict(it.options),
-             "id": it.id} for it in items]
+    record = {
+        "description": "bundled MCQ benchmark, pool split",
+        "kind": "bundled",
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "split": "pool",
+        "rows": {"pool": len(items)},
+    }
+    rows = [
+        {
+            "prompt": prompt_messages(it, args.system_prompt),
+            "answer": it.answer,
+            "options": dict(it.options),
+            "id": it.id,
+        }
+        for it in items
+    ]
     return Dataset.from_list(rows), record
 
 
@@ -179,8 +237,12 @@ def use_cpu_head(args, cfg, trainer):
     if not wants_dense_head(args.lm_head, trainer.args):
         return
     if cfg.temperature != 1.0 or cfg.entropy_coef or cfg.use_adaptive_entropy:
-        log.info("lm_head: keeping TRL's fused head (the dense head scores at temperature 1 without an entropy "
-                 "bonus; this run has temperature %g, entropy_coef %g)", cfg.temperature, cfg.entropy_coef)
+        log.info(
+            "lm_head: keeping TRL's fused head (the dense head scores at temperature 1 without an entropy "
+            "bonus; this run has temperature %g, entropy_coef %g)",
+            cfg.temperature,
+            cfg.entropy_coef,
+        )
         return
     use_dense_lm_head(trainer.model)
 
@@ -192,8 +254,14 @@ def final_metrics(log_history: list[dict]) -> dict[str, float]:
     """The training summary (train_runtime, train_loss, ...) plus the mean reward, KL and length over the run."""
     metrics = {k: float(v) for k, v in log_history[-1].items() if isinstance(v, (int, float))} if log_history else {}
     steps = [h for h in log_history if "reward" in h]
-    for key in ("reward", "rewards/correctness_reward/mean", "rewards/format_reward/mean", "kl",
-                "completions/mean_length", "completions/clipped_ratio"):
+    for key in (
+        "reward",
+        "rewards/correctness_reward/mean",
+        "rewards/format_reward/mean",
+        "kl",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+    ):
         values = [h[key] for h in steps if key in h]
         if values:
             metrics[f"mean_{key.replace('/', '_')}"] = sum(values) / len(values)
@@ -201,8 +269,14 @@ def final_metrics(log_history: list[dict]) -> dict[str, float]:
     return metrics
 
 
-SERIES = {"reward": "reward", "correctness": "rewards/correctness_reward/mean", "format": "rewards/format_reward/mean",
-          "kl": "kl", "truncated": "completions/clipped_ratio", "mean_length": "completions/mean_length"}
+SERIES = {
+    "reward": "reward",
+    "correctness": "rewards/correctness_reward/mean",
+    "format": "rewards/format_reward/mean",
+    "kl": "kl",
+    "truncated": "completions/clipped_ratio",
+    "mean_length": "completions/mean_length",
+}
 
 
 def signal_summary(log_history: list[dict]) -> dict:
@@ -215,8 +289,9 @@ def signal_summary(log_history: list[dict]) -> dict:
 
     steps = [h for h in log_history if "reward" in h]
     per_step = {name: [float(h[key]) for h in steps if key in h] for name, key in SERIES.items()}
-    per_step["groups_with_signal"] = [1.0 - float(h["frac_reward_zero_std"]) for h in steps
-                                      if "frac_reward_zero_std" in h]
+    per_step["groups_with_signal"] = [
+        1.0 - float(h["frac_reward_zero_std"]) for h in steps if "frac_reward_zero_std" in h
+    ]
     per_step["step"] = [int(h.get("step", i + 1)) for i, h in enumerate(steps)]
     out = {"steps": len(steps), "per_step": per_step}
     for name in ("groups_with_signal", "truncated", "correctness", "format", "reward", "kl"):
@@ -226,4 +301,3 @@ def signal_summary(log_history: list[dict]) -> dict:
         if len(per_step[name]) >= 3:
             out[f"{name}_trend"] = trend(per_step[name])
     return out
-

@@ -64,8 +64,10 @@ def _acquire(path: Path, what: str) -> int:
         except BlockingIOError:
             holder = _read(fd)
             os.close(fd)
-            raise UserError(f"{what} is in use by another medreason run (PID {holder or 'unknown'}; lock {path}): "
-                            f"wait for it to finish, or choose another folder") from None
+            raise UserError(
+                f"{what} is in use by another medreason run (PID {holder or 'unknown'}; lock {path}): "
+                f"wait for it to finish, or choose another folder"
+            ) from None
         # the holder may have removed the file between our open and our flock: then we hold a lock on a file
         # nobody else sees, and must try again on the one at `path`
         try:

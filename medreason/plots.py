@@ -30,8 +30,12 @@ def pipeline_diagram():
         ("training", "TRL SFTTrainer\n+ PEFT LoRA\nmedreason.train"),
         ("adapter", "lora_adapter/\n<model>/"),
     ]
-    uses = [("MLflow", "results/mlflow.db\nloss curves"), ("chat", "medreason.generate\nbase vs adapter"),
-            ("eval", "medreason.evaluate\nloss, MCQ"), ("export", "merged model,\nvLLM serving")]
+    uses = [
+        ("MLflow", "results/mlflow.db\nloss curves"),
+        ("chat", "medreason.generate\nbase vs adapter"),
+        ("eval", "medreason.evaluate\nloss, MCQ"),
+        ("export", "merged model,\nvLLM serving"),
+    ]
     fig, ax = plt.subplots(figsize=(11, 4.2))
     ax.set_xlim(0, 11)
     ax.set_ylim(0, 4.2)
@@ -75,12 +79,16 @@ def label_mask_html(tokens: list[tuple[str, bool]]):
         style = "background:#c8ecc8;color:#0b3d0b" if trained else "background:#e6e6e6;color:#555555"
         spans.append(f'<span style="{style};border-right:1px solid #ffffff;padding:0 1px">{shown}</span>')
     n_trained = sum(t for _, t in tokens)
-    legend = (f'<p><span style="background:#e6e6e6;padding:0 4px">grey: label -100, no loss</span> '
-              f'<span style="background:#c8ecc8;padding:0 4px">green: trained on</span> '
-              f"&nbsp;{len(tokens)} tokens, {n_trained} carry loss ({n_trained / len(tokens):.0%})</p>")
+    legend = (
+        f'<p><span style="background:#e6e6e6;padding:0 4px">grey: label -100, no loss</span> '
+        f'<span style="background:#c8ecc8;padding:0 4px">green: trained on</span> '
+        f"&nbsp;{len(tokens)} tokens, {n_trained} carry loss ({n_trained / len(tokens):.0%})</p>"
+    )
     body = "".join(spans)
-    return HTML(f'{legend}<div style="font-family:monospace;font-size:12px;line-height:1.7;'
-                f'max-height:28em;overflow-y:auto;border:1px solid #dddddd;padding:6px">{body}</div>')
+    return HTML(
+        f'{legend}<div style="font-family:monospace;font-size:12px;line-height:1.7;'
+        f'max-height:28em;overflow-y:auto;border:1px solid #dddddd;padding:6px">{body}</div>'
+    )
 
 
 def token_length_hist(lengths: dict[str, list[int]], max_length: int = 1024):
@@ -107,8 +115,12 @@ def split_table(splits):
     import pandas as pd
 
     total = sum(len(ds) for ds in splits.values())
-    return pd.DataFrame({"rows": {k: len(v) for k, v in splits.items()},
-                         "share": {k: f"{len(v) / total:.1%}" for k, v in splits.items()}}).rename_axis("split")
+    return pd.DataFrame(
+        {
+            "rows": {k: len(v) for k, v in splits.items()},
+            "share": {k: f"{len(v) / total:.1%}" for k, v in splits.items()},
+        }
+    ).rename_axis("split")
 
 
 def specialty_bar(splits):
@@ -188,13 +200,20 @@ def runs_table(runs: list[dict]):
 
     if not runs:
         return pd.DataFrame()
-    return pd.DataFrame([{
-        "run id": r["run_id"][:8], "run name": r["run_name"], "status": r["status"],
-        "started": pd.Timestamp(r["start_time"], unit="ms").strftime("%Y-%m-%d %H:%M"),
-        "final train loss": r["metrics"].get("final_train_loss"),
-        "final eval loss": r["metrics"].get("final_eval_loss"),
-        "final test loss": r["metrics"].get("final_test_loss"),
-    } for r in runs]).set_index("run id")
+    return pd.DataFrame(
+        [
+            {
+                "run id": r["run_id"][:8],
+                "run name": r["run_name"],
+                "status": r["status"],
+                "started": pd.Timestamp(r["start_time"], unit="ms").strftime("%Y-%m-%d %H:%M"),
+                "final train loss": r["metrics"].get("final_train_loss"),
+                "final eval loss": r["metrics"].get("final_eval_loss"),
+                "final test loss": r["metrics"].get("final_test_loss"),
+            }
+            for r in runs
+        ]
+    ).set_index("run id")
 
 
 # --------------------------------------------------------------------------------------------- inference
@@ -207,12 +226,25 @@ def answers_table(pairs, references: list[str] | None = None):
     rows = []
     for i, (base, tuned) in enumerate(pairs):
         for label, a in (("base model", base), ("base + adapter", tuned)):
-            rows.append({"question": i + 1, "model": label, "reasoning (think block)": a.reasoning or "(none)",
-                         "final answer": a.final or "(none: still thinking at max_new_tokens)",
-                         "new tokens": a.new_tokens})
+            rows.append(
+                {
+                    "question": i + 1,
+                    "model": label,
+                    "reasoning (think block)": a.reasoning or "(none)",
+                    "final answer": a.final or "(none: still thinking at max_new_tokens)",
+                    "new tokens": a.new_tokens,
+                }
+            )
         if references:
-            rows.append({"question": i + 1, "model": "reference (corpus)", "reasoning (think block)": "",
-                         "final answer": references[i], "new tokens": None})
+            rows.append(
+                {
+                    "question": i + 1,
+                    "model": "reference (corpus)",
+                    "reasoning (think block)": "",
+                    "final answer": references[i],
+                    "new tokens": None,
+                }
+            )
     frame = pd.DataFrame(rows).set_index(["question", "model"])
     return text_table(frame).format({"new tokens": lambda v: "" if pd.isna(v) else f"{v:.0f}"})
 
@@ -220,11 +252,13 @@ def answers_table(pairs, references: list[str] | None = None):
 def text_table(frame):
     """A DataFrame of long texts as a readable HTML table: wrapped, left-aligned, and HTML-escaped, since
     model output can contain tags such as <think> that a browser would otherwise swallow."""
-    return frame.style.format(escape="html").set_properties(
-        **{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top", "font-size": "0.85em"}
-    ).set_table_styles([{"selector": "th", "props": "vertical-align: top; text-align: left"}])
+    return (
+        frame.style.format(escape="html")
+        .set_properties(
+            **{"white-space": "pre-wrap", "text-align": "left", "vertical-align": "top", "font-size": "0.85em"}
+        )
+        .set_table_styles([{"selector": "th", "props": "vertical-align: top; text-align: left"}])
+    )
 
 
 # --------------------------------------------------------------------------------------------- evaluation
-
-

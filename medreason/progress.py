@@ -69,8 +69,15 @@ def progress(total: int, desc: str, unit: str = "it"):
 
         # a terminal that reports no size (a bare pseudo-terminal: 0 x 0) makes tqdm 4.70 hide the bar as
         # "below the last row": give it 100 columns and 24 rows then
-        bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=True, delay=_delay(),
-                   **({"dynamic_ncols": True} if _width(sys.stderr) else {"ncols": 100, "nrows": 24}))
+        bar = tqdm(
+            total=total,
+            desc=desc,
+            unit=unit,
+            file=sys.stderr,
+            leave=True,
+            delay=_delay(),
+            **({"dynamic_ncols": True} if _width(sys.stderr) else {"ncols": 100, "nrows": 24}),
+        )
         try:
             yield bar
         finally:
@@ -109,8 +116,17 @@ class _Lines:
         rate = self.n / elapsed if elapsed > 0 else 0.0
         left = (self.total - self.n) / rate if rate > 0 else float("nan")
         self.said_end = self.n >= self.total
-        log.info("%s: %d/%d %s (%.0f%%), %.2f %s/s, ETA %s", self.desc, self.n, self.total, self.unit,
-                 100 * self.n / self.total, rate, self.unit, _duration(left))
+        log.info(
+            "%s: %d/%d %s (%.0f%%), %.2f %s/s, ETA %s",
+            self.desc,
+            self.n,
+            self.total,
+            self.unit,
+            100 * self.n / self.total,
+            rate,
+            self.unit,
+            _duration(left),
+        )
 
 
 def _duration(seconds: float) -> str:

@@ -27,10 +27,14 @@ def correctness_reward(completions: list, answer: list[str], options: list[dict]
     from medreason.extract import extract_choice
 
     if not len(completions) == len(answer) == len(options):
-        raise ValueError(f"correctness_reward: {len(completions)} completions, {len(answer)} answers and "
-                         f"{len(options)} option sets: the dataset needs one 'answer' and one 'options' per prompt")
-    return [1.0 if extract_choice(completion_text(c), _options(o)) == a else 0.0
-            for c, a, o in zip(completions, answer, options)]
+        raise ValueError(
+            f"correctness_reward: {len(completions)} completions, {len(answer)} answers and "
+            f"{len(options)} option sets: the dataset needs one 'answer' and one 'options' per prompt"
+        )
+    return [
+        1.0 if extract_choice(completion_text(c), _options(o)) == a else 0.0
+        for c, a, o in zip(completions, answer, options)
+    ]
 
 
 def format_reward(completions: list, **kw) -> list[float]:

@@ -45,10 +45,32 @@ class TrainResult:
 
 # the recipe keys logged as MLflow params (the whole resolved recipe is logged as resolved_config.json)
 LOGGED_PARAMS = {
-    "model_name_or_path", "dataset", "template", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules",
-    "use_rslora", "use_dora", "load_in_4bit", "learning_rate", "lr_scheduler_type", "warmup_ratio", "weight_decay",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "num_train_epochs", "max_steps", "max_length",
-    "loss_type", "bf16", "gradient_checkpointing", "seed", "train_sampling_strategy", "packing", "padding_free",
+    "model_name_or_path",
+    "dataset",
+    "template",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target_modules",
+    "use_rslora",
+    "use_dora",
+    "load_in_4bit",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_ratio",
+    "weight_decay",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "num_train_epochs",
+    "max_steps",
+    "max_length",
+    "loss_type",
+    "bf16",
+    "gradient_checkpointing",
+    "seed",
+    "train_sampling_strategy",
+    "packing",
+    "padding_free",
 }
 
 
@@ -101,15 +123,18 @@ def check_hyperparameters(args, cfg, model_args):
     context = getattr(config, "max_position_embeddings", None)
     max_length = getattr(cfg, "max_length", None)  # SFTConfig's; GRPOConfig has max_completion_length
     if max_length is not None and context is not None and max_length > context:
-        raise UserError(f"max_length {max_length} is beyond the context of {model_args.model_name_or_path} "
-                        f"({context} tokens)")
+        raise UserError(
+            f"max_length {max_length} is beyond the context of {model_args.model_name_or_path} ({context} tokens)"
+        )
     targets = lora_targets(model_args)
     if targets != "all-linear":
         names = module_names(config)
         missing = [t for t in targets if t not in names]
         if missing:
-            raise UserError(f"lora_target_modules: {model_args.model_name_or_path} has no module named "
-                            f"'{missing[0]}' (it has {', '.join(sorted(names))})")
+            raise UserError(
+                f"lora_target_modules: {model_args.model_name_or_path} has no module named "
+                f"'{missing[0]}' (it has {', '.join(sorted(names))})"
+            )
 
 
 def lora_targets(model_args) -> str | list[str]:
@@ -136,17 +161,23 @@ def peft_config(model_args):
 def check_steps(cfg):
     """A run that would take no optimizer step is refused, rather than saved as an untrained adapter."""
     if cfg.max_steps == 0:
-        raise UserError("max_steps is 0: the run would train nothing; set max_steps >= 1, or -1 to train "
-                        "for num_train_epochs")
+        raise UserError(
+            "max_steps is 0: the run would train nothing; set max_steps >= 1, or -1 to train for num_train_epochs"
+        )
     if cfg.max_steps < 0 and cfg.num_train_epochs <= 0:
-        raise UserError(f"num_train_epochs is {cfg.num_train_epochs:g} and max_steps is unset: the run would train "
-                        f"nothing; set num_train_epochs > 0 or max_steps >= 1")
+        raise UserError(
+            f"num_train_epochs is {cfg.num_train_epochs:g} and max_steps is unset: the run would train "
+            f"nothing; set num_train_epochs > 0 or max_steps >= 1"
+        )
 
 
 def check_folders(args, cfg, model_args):
     """Where the run writes: checked before anything loads, not when the adapter is saved after training."""
-    checks = [("output_dir", Path(cfg.output_dir)), ("adapter_root", Path(args.adapter_root)),
-              ("adapter_root", adapter_path(args.adapter_root, model_args.model_name_or_path))]
+    checks = [
+        ("output_dir", Path(cfg.output_dir)),
+        ("adapter_root", Path(args.adapter_root)),
+        ("adapter_root", adapter_path(args.adapter_root, model_args.model_name_or_path)),
+    ]
     for name, folder in checks:
         p = first_existing(folder)
         if not p.is_dir():
@@ -189,8 +220,10 @@ def resume_point(args, cfg) -> Path | None:
     if args.resume and found is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
     elif not args.resume and found is not None:
-        raise UserError(f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
-                        f"or choose another --output_dir / --run_name")
+        raise UserError(
+            f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
+            f"or choose another --output_dir / --run_name"
+        )
     return found if args.resume else None
 
 
@@ -201,8 +234,11 @@ def last_checkpoint(output_dir: Path) -> Path | None:
 
     if not output_dir.is_dir():
         return None
-    complete = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-                if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()]
+    complete = [
+        p
+        for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
+        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
@@ -211,8 +247,14 @@ def checkpoint_step(checkpoint: Path) -> int:
 
 
 # the LoRA settings that shape the adapter's tensors or how they are used: a checkpoint only resumes into the same
-LORA_SHAPE = {"lora_r": "r", "lora_alpha": "lora_alpha", "use_dora": "use_dora", "use_rslora": "use_rslora",
-              "lora_target_modules": "target_modules", "lora_modules_to_save": "modules_to_save"}
+LORA_SHAPE = {
+    "lora_r": "r",
+    "lora_alpha": "lora_alpha",
+    "use_dora": "use_dora",
+    "use_rslora": "use_rslora",
+    "lora_target_modules": "target_modules",
+    "lora_modules_to_save": "modules_to_save",
+}
 
 
 def check_resume(checkpoint: Path, model_args):
@@ -232,8 +274,10 @@ def check_resume(checkpoint: Path, model_args):
         elif ours == "lora_modules_to_save":
             new, old = sorted(new or []), sorted(old or [])
         if new != old:
-            raise UserError(f"--resume: {checkpoint} was trained with {ours} {old}, this run has {new}; "
-                            f"resume with the checkpoint's settings, or start anew with another --output_dir")
+            raise UserError(
+                f"--resume: {checkpoint} was trained with {ours} {old}, this run has {new}; "
+                f"resume with the checkpoint's settings, or start anew with another --output_dir"
+            )
 
 
 # --------------------------------------------------------------------------------------------- the session
@@ -251,9 +295,13 @@ def session(args, cfg, model_args):
         if not on_gpu:
             world = int(os.environ.get("WORLD_SIZE", "1"))
             torch.set_num_threads(max(1, (args.num_threads or physical_cores()) // world))
-        log.info("precision: %s (%s); base weights %s; %s", "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
-                 precision_reason(args, on_gpu), model_args.dtype,
-                 "GPU" if on_gpu else f"{torch.get_num_threads()} CPU threads")
+        log.info(
+            "precision: %s (%s); base weights %s; %s",
+            "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
+            precision_reason(args, on_gpu),
+            model_args.dtype,
+            "GPU" if on_gpu else f"{torch.get_num_threads()} CPU threads",
+        )
         try:
             yield
         finally:
@@ -266,8 +314,11 @@ def precision_reason(args, on_gpu: bool) -> str:
         return "--precision"
     from medreason.compat import cpu_supports_bf16
 
-    return "auto: GPU" if on_gpu else ("auto: CPU has native bf16" if cpu_supports_bf16()
-                                      else "auto: this CPU has no native bf16 matmul")
+    return (
+        "auto: GPU"
+        if on_gpu
+        else ("auto: CPU has native bf16" if cpu_supports_bf16() else "auto: this CPU has no native bf16 matmul")
+    )
 
 
 def locks(args, cfg, model_args) -> list[tuple[Path, str]]:
@@ -275,8 +326,10 @@ def locks(args, cfg, model_args) -> list[tuple[Path, str]]:
     if rank() != 0:
         return []
     adapter = adapter_path(args.adapter_root, model_args.model_name_or_path)
-    return [(Path(cfg.output_dir) / ".medreason.lock", f"--output_dir {cfg.output_dir}"),
-            (adapter.parent / f".{adapter.name}.lock", f"the adapter folder {adapter}")]
+    return [
+        (Path(cfg.output_dir) / ".medreason.lock", f"--output_dir {cfg.output_dir}"),
+        (adapter.parent / f".{adapter.name}.lock", f"the adapter folder {adapter}"),
+    ]
 
 
 @contextmanager
@@ -324,7 +377,9 @@ def load_base(model_args):
 
     dtype = "auto" if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
     model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path, dtype=dtype, quantization_config=get_quantization_config(model_args),
+        model_args.model_name_or_path,
+        dtype=dtype,
+        quantization_config=get_quantization_config(model_args),
         attn_implementation=model_args.attn_implementation,
     )
     model.config.use_cache = False
@@ -335,8 +390,17 @@ def load_base(model_args):
 
 
 @contextmanager
-def tracked(args, cfg, resolved: dict, recipe: str, *, resumed: bool, params: dict, tags: dict | None = None,
-            documents: dict | None = None):
+def tracked(
+    args,
+    cfg,
+    resolved: dict,
+    recipe: str,
+    *,
+    resumed: bool,
+    params: dict,
+    tags: dict | None = None,
+    documents: dict | None = None,
+):
     """The run's MLflow run on rank 0 (None elsewhere): a resumed run continues the run its checkpoints logged
     to. Beside the checkpoints it records that run's id, the resolved config and the recipe hash; a new run logs
     `params` (see `logged_params`) and `tags`; every run logs the resolved config and each document (name -> dict)
@@ -392,13 +456,23 @@ def finish(trainer, model, tokenizer, args, model_args, meta: dict, metrics: dic
     state_dict = gathered_state_dict(trainer)
     adapter_dir = None
     if trainer.is_world_process_zero():
-        adapter_dir = save_adapter(model, tokenizer, adapter_path(args.adapter_root, model_args.model_name_or_path),
-                                   meta, state_dict=state_dict)
+        adapter_dir = save_adapter(
+            model,
+            tokenizer,
+            adapter_path(args.adapter_root, model_args.model_name_or_path),
+            meta,
+            state_dict=state_dict,
+        )
         if run is not None:
             import mlflow
 
             mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
             mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
-    return TrainResult(adapter_dir=adapter_dir, output_dir=Path(trainer.args.output_dir), metrics=metrics,
-                       mlflow_run_id=run.info.run_id if run is not None else None,
-                       global_step=trainer.state.global_step, log_history=list(trainer.state.log_history))
+    return TrainResult(
+        adapter_dir=adapter_dir,
+        output_dir=Path(trainer.args.output_dir),
+        metrics=metrics,
+        mlflow_run_id=run.info.run_id if run is not None else None,
+        global_step=trainer.state.global_step,
+        log_history=list(trainer.state.log_history),
+    )

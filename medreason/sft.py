@@ -35,10 +35,15 @@ def train_sft(args, cfg, model_args, recipe: str) -> run.TrainResult:
     splits, report = load_splits(args.dataset, **data_args(args), with_report=True)
     splits, dropped = drop_over_long(splits, cfg, model_args)
     if cfg.eval_strategy != "no" and len(splits["validation"]) == 0:  # TRL would fail with a bare StopIteration
-        raise UserError(f"the validation split is empty ({len(splits['train'])} training rows): use more rows "
-                        f"(--max_examples) or turn evaluation off with --eval_strategy no")
-    log.info("data: %s; %s", report.source.get("description", report.origin),
-             ", ".join(f"{k} {len(v)}" for k, v in splits.items()))
+        raise UserError(
+            f"the validation split is empty ({len(splits['train'])} training rows): use more rows "
+            f"(--max_examples) or turn evaluation off with --eval_strategy no"
+        )
+    log.info(
+        "data: %s; %s",
+        report.source.get("description", report.origin),
+        ", ".join(f"{k} {len(v)}" for k, v in splits.items()),
+    )
     with run.session(args, cfg, model_args):
         return _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped)
 
@@ -53,11 +58,19 @@ def _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped) 
     # The seed is set right before the adapter's weights are drawn, so one seed gives one loss curve.
     set_seed(cfg.seed)
     resolved = config_dict(args, cfg, model_args)
-    provenance = {"data": data_record(args, splits, report) | {"dropped_over_max_length": dropped},
-                  "model": model_source}
-    with run.tracked(args, cfg, resolved, recipe, resumed=resume_from is not None,
-                     params=run.logged_params(resolved) | flat_provenance(provenance),
-                     documents={"provenance": provenance}) as tracking:
+    provenance = {
+        "data": data_record(args, splits, report) | {"dropped_over_max_length": dropped},
+        "model": model_source,
+    }
+    with run.tracked(
+        args,
+        cfg,
+        resolved,
+        recipe,
+        resumed=resume_from is not None,
+        params=run.logged_params(resolved) | flat_provenance(provenance),
+        documents={"provenance": provenance},
+    ) as tracking:
         trainer = trainer_class()(
             model=model,
             args=cfg,
@@ -71,8 +84,11 @@ def _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped) 
         if resume_from is not None and run.checkpoint_step(resume_from) >= cfg.max_steps > 0:
             # Trainer.train runs one optimizer step before it checks max_steps, so a run resumed from its final
             # checkpoint (killed while evaluating or saving) would train past it: take the checkpoint as it is
-            log.info("--resume: %s already reached max_steps %d: no further training; evaluating and saving it",
-                     resume_from, cfg.max_steps)
+            log.info(
+                "--resume: %s already reached max_steps %d: no further training; evaluating and saving it",
+                resume_from,
+                cfg.max_steps,
+            )
             trainer.model.load_adapter(str(resume_from), trainer.model.active_adapter, is_trainable=True)
             compat.load_trainer_state(trainer, resume_from)
         else:
@@ -82,8 +98,16 @@ def _train(args, cfg, model_args, splits, report, recipe, resume_from, dropped) 
             metrics.update(final_validation(trainer, splits["validation"]))
         if args.evaluate_test and len(splits["test"]):
             metrics.update(trainer.evaluate(splits["test"], metric_key_prefix="test"))
-        meta = training_meta("sft", args, model_args, recipe=recipe, resolved=resolved, model=model_source,
-                             metrics=metrics, data=provenance["data"])
+        meta = training_meta(
+            "sft",
+            args,
+            model_args,
+            recipe=recipe,
+            resolved=resolved,
+            model=model_source,
+            metrics=metrics,
+            data=provenance["data"],
+        )
         return run.finish(trainer, trainer.model, tokenizer, args, model_args, meta, metrics, tracking)
 
 
@@ -136,15 +160,24 @@ def final_validation(trainer, validation) -> dict:
 def data_args(args) -> dict:
     """Every argument that decides which rows land in which split: stored with the adapter so that `evaluate`
     rebuilds exactly the split the adapter was trained on."""
-    return {"dataset_config": args.dataset_config, "template": args.template, "system_prompt": args.system_prompt,
-            "skip_invalid": args.skip_invalid, "max_examples": args.max_examples}
+    return {
+        "dataset_config": args.dataset_config,
+        "template": args.template,
+        "system_prompt": args.system_prompt,
+        "skip_invalid": args.skip_invalid,
+        "max_examples": args.max_examples,
+    }
 
 
 def data_record(args, splits, report) -> dict:
     """What was really trained on: source kind, id or absolute path, sha256 or revision, rows per split."""
     dataset = report.source.get("path", args.dataset) if report.source.get("kind") == "file" else args.dataset
-    return {**report.source, "dataset": dataset, "args": data_args(args),
-            "rows": {name: len(ds) for name, ds in splits.items()}}
+    return {
+        **report.source,
+        "dataset": dataset,
+        "args": data_args(args),
+        "rows": {name: len(ds) for name, ds in splits.items()},
+    }
 
 
 def flat_provenance(provenance: dict) -> dict:
@@ -172,17 +205,28 @@ def drop_over_long(splits, cfg, model_args):
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     dropped = {}
     for name, ds in list(splits.items()):
-        fit = fit_max_length(ds, tokenizer, cfg.max_length,
-                             str(getattr(cfg.truncation_mode, "value", cfg.truncation_mode)), cfg.completion_only_loss)
+        fit = fit_max_length(
+            ds,
+            tokenizer,
+            cfg.max_length,
+            str(getattr(cfg.truncation_mode, "value", cfg.truncation_mode)),
+            cfg.completion_only_loss,
+        )
         dropped[name] = fit["dropped"]
         if fit["dropped"]:
             keep = sorted(set(range(len(ds))) - set(fit["dropped_rows"]))
             splits[name] = ds.select(keep)
     if len(splits["train"]) == 0:
-        raise UserError(f"max_length {cfg.max_length}: the prompt alone fills it in every training example, so "
-                        f"nothing would train; raise --max_length (`medreason data stats --max-length N` counts)")
+        raise UserError(
+            f"max_length {cfg.max_length}: the prompt alone fills it in every training example, so "
+            f"nothing would train; raise --max_length (`medreason data stats --max-length N` counts)"
+        )
     if any(dropped.values()):
-        log.warning("max_length %d: %s examples dropped (%s), since their prompt alone fills max_length and TRL "
-                    "would train on no token of them; raise --max_length to keep them", cfg.max_length,
-                    sum(dropped.values()), ", ".join(f"{k} {v}" for k, v in dropped.items()))
+        log.warning(
+            "max_length %d: %s examples dropped (%s), since their prompt alone fills max_length and TRL "
+            "would train on no token of them; raise --max_length to keep them",
+            cfg.max_length,
+            sum(dropped.values()),
+            ", ".join(f"{k} {v}" for k, v in dropped.items()),
+        )
     return splits, dropped

@@ -20,14 +20,30 @@ from collections.abc import Sequence
 BOOTSTRAP_SAMPLES = 10_000
 
 
-def paired_comparison(a_correct: Sequence[bool], b_correct: Sequence[bool], *, level: float = 0.95,
-                      n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> dict:
+def paired_comparison(
+    a_correct: Sequence[bool],
+    b_correct: Sequence[bool],
+    *,
+    level: float = 0.95,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> dict:
     """B versus A on the same items (B - A): accuracies, difference, paired-bootstrap interval, McNemar."""
     a, b = _pair(a_correct, b_correct)
     low, high = paired_bootstrap_ci(a, b, level=level, n_boot=n_boot, seed=seed)
     test = mcnemar_exact(a, b)
-    return {"n": len(a), "acc_a": float(a.mean()), "acc_b": float(b.mean()), "diff": float(b.mean() - a.mean()),
-            "ci_low": low, "ci_high": high, "ci_level": level, "bootstrap_samples": n_boot, "seed": seed, **test}
+    return {
+        "n": len(a),
+        "acc_a": float(a.mean()),
+        "acc_b": float(b.mean()),
+        "diff": float(b.mean() - a.mean()),
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": level,
+        "bootstrap_samples": n_boot,
+        "seed": seed,
+        **test,
+    }
 
 
 def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
@@ -41,8 +57,14 @@ def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict:
     return {"b": only_a, "c": only_b, "p_value": p}
 
 
-def paired_bootstrap_ci(a_correct: Sequence[bool], b_correct: Sequence[bool], *, level: float = 0.95,
-                        n_boot: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap_ci(
+    a_correct: Sequence[bool],
+    b_correct: Sequence[bool],
+    *,
+    level: float = 0.95,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> tuple[float, float]:
     """Percentile interval of mean(B - A) over items resampled with replacement (pairs kept together)."""
     import numpy as np
 
@@ -93,9 +115,17 @@ def trend(values: Sequence[float], *, level: float = 0.95) -> dict:
     half = float(st.t.ppf(0.5 + level / 2, len(y) - 2) * fit.stderr)
     low, high = float(fit.slope) - half, float(fit.slope) + half
     verdict = "rising" if low > 0 else "falling" if high < 0 else "flat"
-    return {"n": len(y), "slope": float(fit.slope), "ci_low": low, "ci_high": high, "ci_level": level,
-            "p_value": float(fit.pvalue), "first_half_mean": float(y[:len(y) // 2].mean()),
-            "second_half_mean": float(y[len(y) // 2:].mean()), "verdict": verdict}
+    return {
+        "n": len(y),
+        "slope": float(fit.slope),
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": level,
+        "p_value": float(fit.pvalue),
+        "first_half_mean": float(y[: len(y) // 2].mean()),
+        "second_half_mean": float(y[len(y) // 2 :].mean()),
+        "verdict": verdict,
+    }
 
 
 def accuracy_by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, dict]:

@@ -50,7 +50,7 @@ def answer_region(text: str) -> tuple[str, bool]:
     for marker in ANSWER_MARKERS:
         at = text.rfind(marker)
         if at >= 0:
-            return text[at + len(marker):], True
+            return text[at + len(marker) :], True
     if THINK_OPEN in text:
         return without_tags(text), False
     return text, True
@@ -66,5 +66,5 @@ def well_formed(text: str) -> bool:
     text = text.strip()
     if not text.startswith(THINK_OPEN) or text.count(THINK_OPEN) != 1 or text.count(THINK_CLOSE) != 1:
         return False
-    reasoning, _, answer = text[len(THINK_OPEN):].partition(THINK_CLOSE)
+    reasoning, _, answer = text[len(THINK_OPEN) :].partition(THINK_CLOSE)
     return bool(reasoning.strip()) and bool(re.search(r"\w", answer))

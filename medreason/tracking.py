@@ -79,8 +79,14 @@ def experiment_id(name: str, uri: str) -> str:
 
 
 @contextmanager
-def mlflow_run(experiment: str, run_name: str | None = None, run_id: str | None = None, *, uri: str | None = None,
-               enabled: bool = True):
+def mlflow_run(
+    experiment: str,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    *,
+    uri: str | None = None,
+    enabled: bool = True,
+):
     """Start (or, with `run_id`, resume) a run and yield it; end it FINISHED, FAILED (an exception) or KILLED
     (KeyboardInterrupt, which medreason also raises on SIGTERM). `enabled=False` (other ranks of a distributed
     run) yields None and touches nothing."""
@@ -139,8 +145,13 @@ def metric_points(run_id: str, key: str, uri: str | None = None) -> list[tuple[i
     return sorted((m.step, m.timestamp, m.value) for m in client(uri).get_metric_history(run_id, key))
 
 
-def find_runs(experiment: str = "medreason", run_name: str | None = None, status: str | None = None,
-              max_runs: int = 5, uri: str | None = None) -> list[dict]:
+def find_runs(
+    experiment: str = "medreason",
+    run_name: str | None = None,
+    status: str | None = None,
+    max_runs: int = 5,
+    uri: str | None = None,
+) -> list[dict]:
     """The latest runs of an experiment, newest first, as plain dicts (run_id, run_name, status, start_time
     in ms, metrics, params), optionally only those with this run name and status. [] without the experiment."""
     store = client(uri)
@@ -152,8 +163,20 @@ def find_runs(experiment: str = "medreason", run_name: str | None = None, status
         filters.append(f"attributes.run_name = '{run_name}'")
     if status is not None:
         filters.append(f"attributes.status = '{status}'")
-    runs = store.search_runs([exp.experiment_id], filter_string=" and ".join(filters),
-                             order_by=["attributes.start_time DESC"], max_results=max_runs)
-    return [{"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
-             "start_time": r.info.start_time, "metrics": dict(r.data.metrics), "params": dict(r.data.params)}
-            for r in runs]
+    runs = store.search_runs(
+        [exp.experiment_id],
+        filter_string=" and ".join(filters),
+        order_by=["attributes.start_time DESC"],
+        max_results=max_runs,
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "run_name": r.info.run_name,
+            "status": r.info.status,
+            "start_time": r.info.start_time,
+            "metrics": dict(r.data.metrics),
+            "params": dict(r.data.params),
+        }
+        for r in runs
+    ]

@@ -10,7 +10,8 @@ os.environ.setdefault("DISABLE_MLFLOW_INTEGRATION", "FALSE")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from prerequisites import ENV_VAR as REQUIRE_TOOLS, PREFIX as MISSING  # noqa: E402
+from prerequisites import ENV_VAR as REQUIRE_TOOLS  # noqa: E402
+from prerequisites import PREFIX as MISSING
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,9 +23,9 @@ def pytest_terminal_summary(terminalreporter):
     for report in terminalreporter.stats.get("skipped", []):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         if reason.startswith("Skipped: "):
-            reason = reason[len("Skipped: "):]
+            reason = reason[len("Skipped: ") :]
         if reason.startswith(MISSING):
-            missing.setdefault(reason[len(MISSING):], []).append(report.nodeid)
+            missing.setdefault(reason[len(MISSING) :], []).append(report.nodeid)
     if not missing:
         return
     terminalreporter.section("missing prerequisites: these tests did not run", sep="!", red=True, bold=True)
@@ -90,14 +91,22 @@ def adapter_dir(tmp_path_factory, tiny_model_dir):
     out = tmp_path_factory.mktemp("lora") / "adapter"
     torch.manual_seed(1)
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            init_lora_weights=False))
+    model = get_peft_model(
+        base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    )
     model.save_pretrained(out, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     tokenizer.save_pretrained(out)
-    meta = {"base_model": str(tiny_model_dir), "vocab_size": len(tokenizer), "template": "think",
-            "system_prompt": DEFAULT_SYSTEM_PROMPT, "dataset": "bundled", "run_name": "test", "metrics": {},
-            "config": {}}
+    meta = {
+        "base_model": str(tiny_model_dir),
+        "vocab_size": len(tokenizer),
+        "template": "think",
+        "system_prompt": DEFAULT_SYSTEM_PROMPT,
+        "dataset": "bundled",
+        "run_name": "test",
+        "metrics": {},
+        "config": {},
+    }
     (out / ADAPTER_META).write_text(json.dumps(meta, indent=2))
     return out
 

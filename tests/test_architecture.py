@@ -59,8 +59,12 @@ def test_recipes_import_the_run_skeleton_and_not_each_other():
 
 
 def test_no_private_name_crosses_a_module():
-    crossing = [f"{m} imports {d}.{n}" for m, deps in _imports().items() for d, n in deps
-                if n.startswith("_") and n != "__version__"]
+    crossing = [
+        f"{m} imports {d}.{n}"
+        for m, deps in _imports().items()
+        for d, n in deps
+        if n.startswith("_") and n != "__version__"
+    ]
     assert not crossing, crossing
 
 
@@ -74,6 +78,10 @@ def _ruff():
 @pytest.mark.parametrize("command", [["check"], ["format", "--check"]], ids=["lint", "format"])
 def test_code_passes_ruff(command):
     """pyproject.toml [tool.ruff]: the configuration the pre-commit hook runs."""
-    result = subprocess.run([_ruff(), *command, "medreason", "benchmarks", "tests", "book/_ext", ".github"],
-                            cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(
+        [_ruff(), *command, "medreason", "benchmarks", "tests", "book/_ext", ".github"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]

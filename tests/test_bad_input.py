@@ -39,10 +39,31 @@ def tiny_adapter(tmp_path_factory, tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-        rc = main(["train", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir),
-                   "--max_steps", "1", "--max_examples", "16", "--max_length", "1024", "--eval_strategy", "no",
-                   "--save_strategy", "no", "--evaluate_test", "false", "--output_dir", str(work / "out"),
-                   "--adapter_root", str(work / "lora")])
+        rc = main(
+            [
+                "train",
+                "--config",
+                str(RECIPE),
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--max_steps",
+                "1",
+                "--max_examples",
+                "16",
+                "--max_length",
+                "1024",
+                "--eval_strategy",
+                "no",
+                "--save_strategy",
+                "no",
+                "--evaluate_test",
+                "false",
+                "--output_dir",
+                str(work / "out"),
+                "--adapter_root",
+                str(work / "lora"),
+            ]
+        )
     assert rc == 0
     return work / "lora" / tiny_model_dir.name
 
@@ -58,9 +79,17 @@ def _recipe_with(folder: Path, name: str, extra: str) -> str:
 
 
 def _rows(n: int, question: str = "A 54-year-old man has crushing chest pain for an hour. What is the first test?"):
-    return "".join(json.dumps({"Question": f"{question} (case {i})",
-                               "Complex_CoT": "Chest pain with risk factors: an ECG within ten minutes comes first.",
-                               "Response": "A 12-lead ECG."}) + "\n" for i in range(n))
+    return "".join(
+        json.dumps(
+            {
+                "Question": f"{question} (case {i})",
+                "Complex_CoT": "Chest pain with risk factors: an ECG within ten minutes comes first.",
+                "Response": "A 12-lead ECG.",
+            }
+        )
+        + "\n"
+        for i in range(n)
+    )
 
 
 def _broken_adapter(ctx, how: str) -> str:
@@ -84,8 +113,13 @@ def ctx(tmp_path, monkeypatch, tiny_model_dir, tiny_adapter):
     inputs.mkdir()
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
-    return SimpleNamespace(cwd=cwd, inputs=inputs, model=str(tiny_model_dir), adapter=tiny_adapter,
-                           a_file=_write(inputs / "a-file", "not a folder\n"))
+    return SimpleNamespace(
+        cwd=cwd,
+        inputs=inputs,
+        model=str(tiny_model_dir),
+        adapter=tiny_adapter,
+        a_file=_write(inputs / "a-file", "not a folder\n"),
+    )
 
 
 def snapshot(*folders: Path) -> dict[str, str]:
@@ -126,12 +160,23 @@ CASES = {
     "stats unknown template": (lambda c: ["data", "stats", "--template", "bogus"], "template"),
     "stats max_length zero": (lambda c: ["data", "stats", "--max-length", "0"], "max-length"),
     "stats max_length not an int": (lambda c: ["data", "stats", "--max_length", "1.5"], "must be an integer, got 1.5"),
-    "stats missing dataset file": (lambda c: ["data", "stats", "--dataset", str(c.inputs / "nope.jsonl")],
-                                   "nope.jsonl"),
-    "stats bad rows": (lambda c: ["data", "stats", "--dataset",
-                                  _write(c.inputs / "bad.jsonl", '{"Question": "", "Complex_CoT": "x", "Response": "y"}\n')],
-                       "bad.jsonl"),
-    "stats unknown tokenizer": (lambda c: ["data", "stats", "--model", "someone/unknown-model"], "someone/unknown-model"),
+    "stats missing dataset file": (
+        lambda c: ["data", "stats", "--dataset", str(c.inputs / "nope.jsonl")],
+        "nope.jsonl",
+    ),
+    "stats bad rows": (
+        lambda c: [
+            "data",
+            "stats",
+            "--dataset",
+            _write(c.inputs / "bad.jsonl", '{"Question": "", "Complex_CoT": "x", "Response": "y"}\n'),
+        ],
+        "bad.jsonl",
+    ),
+    "stats unknown tokenizer": (
+        lambda c: ["data", "stats", "--model", "someone/unknown-model"],
+        "someone/unknown-model",
+    ),
     # data validate
     "validate missing file": (lambda c: ["data", "validate", str(c.inputs / "missing.jsonl")], "missing.jsonl"),
     "validate unknown format": (lambda c: ["data", "validate", _write(c.inputs / "rows.docx", "x")], "rows.docx"),
@@ -140,20 +185,34 @@ CASES = {
     # train: the recipe and its types
     "train no config": (lambda c: ["train", "--model_name_or_path", c.model], "--config"),
     "train missing config": (lambda c: ["train", "--config", str(c.inputs / "nope.yaml")], "nope.yaml"),
-    "train yaml not a mapping": (lambda c: ["train", "--config", _write(c.inputs / "list.yaml", "- a\n- b\n")],
-                                 "list.yaml"),
-    "train yaml syntax": (lambda c: ["train", "--config", _write(c.inputs / "syntax.yaml", "lora_r: [8\n")],
-                          "syntax.yaml"),
-    "train yaml unknown key": (lambda c: ["train", "--config", _recipe_with(c.inputs, "k", "lora_rankk: 8")],
-                               "lora_rankk"),
-    "train yaml float for int": (lambda c: ["train", "--config", _recipe_with(c.inputs, "r", "lora_r: 8.5"),
-                                            "--model_name_or_path", c.model], "lora_r must be an integer, got 8.5"),
-    "train yaml string for float": (lambda c: ["train", "--config", _recipe_with(c.inputs, "lr", "learning_rate: fast")],
-                                    "learning_rate must be a number"),
-    "train yaml int for bool": (lambda c: ["train", "--config", _recipe_with(c.inputs, "b", "packing: 1")],
-                                "packing must be true or false"),
-    "train yaml unknown scheduler": (lambda c: ["train", "--config", _recipe_with(c.inputs, "s", "lr_scheduler_type: fast")],
-                                     "lr_scheduler_type"),
+    "train yaml not a mapping": (
+        lambda c: ["train", "--config", _write(c.inputs / "list.yaml", "- a\n- b\n")],
+        "list.yaml",
+    ),
+    "train yaml syntax": (
+        lambda c: ["train", "--config", _write(c.inputs / "syntax.yaml", "lora_r: [8\n")],
+        "syntax.yaml",
+    ),
+    "train yaml unknown key": (
+        lambda c: ["train", "--config", _recipe_with(c.inputs, "k", "lora_rankk: 8")],
+        "lora_rankk",
+    ),
+    "train yaml float for int": (
+        lambda c: ["train", "--config", _recipe_with(c.inputs, "r", "lora_r: 8.5"), "--model_name_or_path", c.model],
+        "lora_r must be an integer, got 8.5",
+    ),
+    "train yaml string for float": (
+        lambda c: ["train", "--config", _recipe_with(c.inputs, "lr", "learning_rate: fast")],
+        "learning_rate must be a number",
+    ),
+    "train yaml int for bool": (
+        lambda c: ["train", "--config", _recipe_with(c.inputs, "b", "packing: 1")],
+        "packing must be true or false",
+    ),
+    "train yaml unknown scheduler": (
+        lambda c: ["train", "--config", _recipe_with(c.inputs, "s", "lr_scheduler_type: fast")],
+        "lr_scheduler_type",
+    ),
     "train cli float for int (snake)": (lambda c: _train(c, "--lora_r", "8.5"), "--lora_r must be an integer"),
     "train cli float for int (kebab)": (lambda c: _train(c, "--lora-r", "8.5"), "--lora_r must be an integer"),
     "train cli not a bool": (lambda c: _train(c, "--resume", "maybe"), "--resume"),
@@ -164,13 +223,36 @@ CASES = {
     "train unknown precision": (lambda c: _train(c, "--precision", "fp8"), "precision"),
     "train unknown target module": (lambda c: _train(c, "--lora_target_modules", "foo_proj"), "foo_proj"),
     "train max_length beyond context": (lambda c: _train(c, "--max_length", "100000"), "max_length"),
-    "train unknown model": (lambda c: [*TRAIN, "--model_name_or_path", "someone/unknown-model"], "someone/unknown-model"),
+    "train unknown model": (
+        lambda c: [*TRAIN, "--model_name_or_path", "someone/unknown-model"],
+        "someone/unknown-model",
+    ),
     "train missing dataset": (lambda c: _train(c, "--dataset", str(c.inputs / "nope.jsonl")), "nope.jsonl"),
     "train zero steps": (lambda c: _train(c, "--max_steps", "0", "--num_train_epochs", "0"), "max_steps"),
-    "train yaml max_steps 0": (lambda c: ["train", "--config", _recipe_with(c.inputs, "z", "max_steps: 0\nnum_train_epochs: 0"),
-                                          "--model_name_or_path", c.model, "--max_examples", "8"], "max_steps"),
-    "train yaml max_steps 0 alone": (lambda c: ["train", "--config", _recipe_with(c.inputs, "z", "max_steps: 0"),
-                                                "--model_name_or_path", c.model, "--max_examples", "8"], "max_steps is 0"),
+    "train yaml max_steps 0": (
+        lambda c: [
+            "train",
+            "--config",
+            _recipe_with(c.inputs, "z", "max_steps: 0\nnum_train_epochs: 0"),
+            "--model_name_or_path",
+            c.model,
+            "--max_examples",
+            "8",
+        ],
+        "max_steps",
+    ),
+    "train yaml max_steps 0 alone": (
+        lambda c: [
+            "train",
+            "--config",
+            _recipe_with(c.inputs, "z", "max_steps: 0"),
+            "--model_name_or_path",
+            c.model,
+            "--max_examples",
+            "8",
+        ],
+        "max_steps is 0",
+    ),
     "train zero epochs": (lambda c: _train(c, "--max_steps", "-1", "--num_train_epochs", "0"), "num_train_epochs"),
     "train output_dir under a file": (lambda c: _train(c, "--output_dir", c.a_file + "/out"), "output_dir"),
     "train empty validation split": (lambda c: _train(c, "--eval_strategy", "steps"), "validation split is empty"),
@@ -179,24 +261,60 @@ CASES = {
     "train every prompt too long": (lambda c: _train(c, "--max_length", "8"), "max_length"),
     # chat
     "chat missing adapter": (lambda c: ["chat", "--adapter", str(c.inputs / "nope"), "--prompt", "hi"], "nope"),
-    "chat negative repetition penalty": (lambda c: ["chat", "--model", c.model, "--repetition-penalty", "-1",
-                                                    "--prompt", "hi"], "repetition"),
-    "chat zero new tokens (snake)": (lambda c: ["chat", "--model", c.model, "--max_new_tokens", "0", "--prompt", "hi"],
-                                     "--max-new-tokens must be at least 1"),
-    "chat top_p above one": (lambda c: ["chat", "--model", c.model, "--top_p", "2", "--prompt", "hi"], "--top-p must be"),
+    "chat negative repetition penalty": (
+        lambda c: ["chat", "--model", c.model, "--repetition-penalty", "-1", "--prompt", "hi"],
+        "repetition",
+    ),
+    "chat zero new tokens (snake)": (
+        lambda c: ["chat", "--model", c.model, "--max_new_tokens", "0", "--prompt", "hi"],
+        "--max-new-tokens must be at least 1",
+    ),
+    "chat top_p above one": (
+        lambda c: ["chat", "--model", c.model, "--top_p", "2", "--prompt", "hi"],
+        "--top-p must be",
+    ),
     "chat empty prompt": (lambda c: ["chat", "--model", c.model, "--prompt", " "], "prompt"),
-    "chat compare without adapter": (lambda c: ["chat", "--model", c.model, "--compare", "--prompt", "hi"], "--compare"),
+    "chat compare without adapter": (
+        lambda c: ["chat", "--model", c.model, "--compare", "--prompt", "hi"],
+        "--compare",
+    ),
     "chat missing questions": (lambda c: ["chat", "--model", c.model, "--questions", str(c.inputs / "q.txt")], "q.txt"),
-    "chat out is a folder": (lambda c: ["chat", "--model", c.model, "--questions", _write(c.inputs / "q.txt", "Why?\n"),
-                                        "--out", str(c.inputs)], "--out"),
-    "chat out under a file": (lambda c: ["chat", "--model", c.model, "--questions", _write(c.inputs / "q.txt", "Why?\n"),
-                                         "--out", c.a_file + "/answers.jsonl"], "--out"),
-    "chat truncated weights": (lambda c: ["chat", "--adapter", _broken_adapter(c, "truncated"), "--prompt", "hi"],
-                               "adapter_model.safetensors"),
-    "chat missing weights": (lambda c: ["chat", "--adapter", _broken_adapter(c, "no-weights"), "--prompt", "hi"],
-                             "adapter_model.safetensors"),
-    "chat invalid medreason.json": (lambda c: ["chat", "--adapter", _broken_adapter(c, "bad-meta"), "--prompt", "hi"],
-                                    "medreason.json"),
+    "chat out is a folder": (
+        lambda c: [
+            "chat",
+            "--model",
+            c.model,
+            "--questions",
+            _write(c.inputs / "q.txt", "Why?\n"),
+            "--out",
+            str(c.inputs),
+        ],
+        "--out",
+    ),
+    "chat out under a file": (
+        lambda c: [
+            "chat",
+            "--model",
+            c.model,
+            "--questions",
+            _write(c.inputs / "q.txt", "Why?\n"),
+            "--out",
+            c.a_file + "/answers.jsonl",
+        ],
+        "--out",
+    ),
+    "chat truncated weights": (
+        lambda c: ["chat", "--adapter", _broken_adapter(c, "truncated"), "--prompt", "hi"],
+        "adapter_model.safetensors",
+    ),
+    "chat missing weights": (
+        lambda c: ["chat", "--adapter", _broken_adapter(c, "no-weights"), "--prompt", "hi"],
+        "adapter_model.safetensors",
+    ),
+    "chat invalid medreason.json": (
+        lambda c: ["chat", "--adapter", _broken_adapter(c, "bad-meta"), "--prompt", "hi"],
+        "medreason.json",
+    ),
     # eval
     "eval limit zero": (lambda c: ["eval", "--adapter", str(c.adapter), "--limit", "0"], "limit"),
     "eval batch size zero": (lambda c: ["eval", "--adapter", str(c.adapter), "--batch_size", "0"], "batch"),
@@ -205,26 +323,50 @@ CASES = {
     "eval invalid medreason.json": (lambda c: ["eval", "--adapter", _broken_adapter(c, "bad-meta")], "medreason.json"),
     # export
     "export no out": (lambda c: ["export", "--adapter", str(c.adapter)], "--out"),
-    "export missing adapter": (lambda c: ["export", "--adapter", str(c.inputs / "nope"), "--out", str(c.cwd / "m")],
-                               "nope"),
+    "export missing adapter": (
+        lambda c: ["export", "--adapter", str(c.inputs / "nope"), "--out", str(c.cwd / "m")],
+        "nope",
+    ),
     "export out is a file": (lambda c: ["export", "--adapter", str(c.adapter), "--out", c.a_file], "--out"),
     "export out is the adapter": (lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter)], "--out"),
-    "export out inside the adapter": (lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter / "m")],
-                                      "--out"),
-    "export out is the base model": (lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model,
-                                                "--out", c.model], "--out"),
-    "export out is the adapter, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter),
-                                                     "--force"], "its own input"),
-    "export out holds the adapter, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
-                                                        str(c.adapter.parent), "--force"], "contains the adapter"),
-    "export out is the base model, forced": (lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model,
-                                                        "--out", c.model, "--force"], "base model"),
-    "export out not empty": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
-                                        str(Path(_write(c.inputs / "full" / "x.txt", "x")).parent)], "--force"),
-    "export out holds a model": (lambda c: ["export", "--adapter", str(c.adapter), "--out",
-                                            str(shutil.copytree(c.model, c.inputs / "earlier"))], "--force"),
-    "export truncated weights": (lambda c: ["export", "--adapter", _broken_adapter(c, "truncated"), "--out",
-                                            str(c.cwd / "m")], "adapter_model.safetensors"),
+    "export out inside the adapter": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter / "m")],
+        "--out",
+    ),
+    "export out is the base model": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model, "--out", c.model],
+        "--out",
+    ),
+    "export out is the adapter, forced": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter), "--force"],
+        "its own input",
+    ),
+    "export out holds the adapter, forced": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--out", str(c.adapter.parent), "--force"],
+        "contains the adapter",
+    ),
+    "export out is the base model, forced": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--model", c.model, "--out", c.model, "--force"],
+        "base model",
+    ),
+    "export out not empty": (
+        lambda c: [
+            "export",
+            "--adapter",
+            str(c.adapter),
+            "--out",
+            str(Path(_write(c.inputs / "full" / "x.txt", "x")).parent),
+        ],
+        "--force",
+    ),
+    "export out holds a model": (
+        lambda c: ["export", "--adapter", str(c.adapter), "--out", str(shutil.copytree(c.model, c.inputs / "earlier"))],
+        "--force",
+    ),
+    "export truncated weights": (
+        lambda c: ["export", "--adapter", _broken_adapter(c, "truncated"), "--out", str(c.cwd / "m")],
+        "adapter_model.safetensors",
+    ),
 }
 
 

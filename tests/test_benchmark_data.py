@@ -187,15 +187,23 @@ def highest_similarity(corpus_rows, mcq_sft_rows, parts) -> dict[str, float]:
         "mcq_sft": [data._shingles(r["stem"]) for r in mcq_sft_rows],
         **{name: [data._shingles(m["question"]) for m in items] for name, items in parts.items()},
     }
-    return {f"{a}/{b}": max(len(sa & sb) / max(1, len(sa | sb)) for sa in shingled[a] for sb in shingled[b])
-            for a, b in itertools.combinations(shingled, 2)}
+    return {
+        f"{a}/{b}": max(len(sa & sb) / max(1, len(sa | sb)) for sa in shingled[a] for sb in shingled[b])
+        for a, b in itertools.combinations(shingled, 2)
+    }
 
 
 def test_no_pair_reaches_the_contamination_threshold_exhaustively(highest_similarity, parts):
     """contamination() finds candidates with MinHash LSH; this checks every pair across the three sets with the
     exact word-3-gram Jaccard, so a pair LSH happened to miss would still fail here."""
-    assert set(highest_similarity) == {"corpus/mcq_sft", "corpus/pool", "corpus/heldout", "mcq_sft/pool",
-                                       "mcq_sft/heldout", "pool/heldout"}
+    assert set(highest_similarity) == {
+        "corpus/mcq_sft",
+        "corpus/pool",
+        "corpus/heldout",
+        "mcq_sft/pool",
+        "mcq_sft/heldout",
+        "pool/heldout",
+    }
     assert all(j < 0.5 for j in highest_similarity.values()), highest_similarity
     one = parts["pool"][0]["question"]
     assert data._jaccard(one, one) == 1.0  # the measure reaches 1 on identical text, so the maxima mean something
@@ -212,6 +220,7 @@ def test_benchmark_has_no_near_duplicates(mcq):
 
 def datasheet_figures(mcq, parts, highest_similarity) -> list[str]:
     """The benchmark figures DATASHEET.md must state, as they are written there."""
+
     def letters(items):
         return ", ".join(f"{k} {v}" for k, v in sorted(_letters(items).items()))
 

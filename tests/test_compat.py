@@ -13,13 +13,17 @@ from medreason import compat
 def test_every_reach_is_verified_on_the_installed_versions():
     """A bumped pin (requirements.lock) fails here until each reach is checked again on the new release and its
     version added to compat.REACHES."""
-    unverified = {name: f"{r.library} {compat.version_of(r.library)} (checked {r.checked})"
-                  for name, r in compat.REACHES.items() if not compat.verified(name)}
+    unverified = {
+        name: f"{r.library} {compat.version_of(r.library)} (checked {r.checked})"
+        for name, r in compat.REACHES.items()
+        if not compat.verified(name)
+    }
     assert not unverified, unverified
 
 
-@pytest.mark.parametrize("installed, expected", [("1.16.0", True), ("1.16.3", True), ("1.17.0", False),
-                                                 ("1.1", False), ("11.16.0", False)])
+@pytest.mark.parametrize(
+    "installed, expected", [("1.16.0", True), ("1.16.3", True), ("1.17.0", False), ("1.1", False), ("11.16.0", False)]
+)
 def test_verified_matches_release_prefixes(installed, expected):
     assert compat.verified("dense_lm_head", installed) is expected
 
@@ -29,11 +33,24 @@ def test_no_private_names_outside_compat():
     import re
     from pathlib import Path
 
-    names = [r"\b_commit_hash", r"(?<!\w)_name_or_path", r"_is_mkldnn_bf16_supported", r"\._actions\b",
-             r"trainer\.state =", r'delete_adapter\("ref"\)', r"FusedCausalLMOutput", r"trl\.data_utils"]
+    names = [
+        r"\b_commit_hash",
+        r"(?<!\w)_name_or_path",
+        r"_is_mkldnn_bf16_supported",
+        r"\._actions\b",
+        r"trainer\.state =",
+        r'delete_adapter\("ref"\)',
+        r"FusedCausalLMOutput",
+        r"trl\.data_utils",
+    ]
     package = Path(compat.__file__).parent
-    offenders = [f"{p.name}: {n}" for p in package.glob("*.py") if p.name != "compat.py"
-                 for n in names if re.search(n, p.read_text(encoding="utf-8"))]
+    offenders = [
+        f"{p.name}: {n}"
+        for p in package.glob("*.py")
+        if p.name != "compat.py"
+        for n in names
+        if re.search(n, p.read_text(encoding="utf-8"))
+    ]
     assert not offenders, offenders
 
 
@@ -116,11 +133,17 @@ def test_float_fields_and_without_actions(caplog):
     assert caplog.records
 
 
-@pytest.mark.parametrize("message, expected", [
-    ("argument --lora_r/--lora-r: invalid int value: '8.5'", "--lora_r must be an integer, got 8.5"),
-    ("argument --learning_rate/--learning-rate: invalid float value: 'fast'", "--learning_rate must be a number, got fast"),
-    ("unrecognized arguments: --x", "bad option: unrecognized arguments: --x (see `medreason train --help`)"),
-])
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("argument --lora_r/--lora-r: invalid int value: '8.5'", "--lora_r must be an integer, got 8.5"),
+        (
+            "argument --learning_rate/--learning-rate: invalid float value: 'fast'",
+            "--learning_rate must be a number, got fast",
+        ),
+        ("unrecognized arguments: --x", "bad option: unrecognized arguments: --x (see `medreason train --help`)"),
+    ],
+)
 def test_bad_option_message(message, expected):
     assert compat.bad_option_message(message) == expected
 

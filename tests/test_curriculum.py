@@ -67,8 +67,11 @@ def test_budget_covers_the_sft_traces(recipes, mcq_sft, tokenizer):
     from medreason.cli import build_parser
 
     (_, sft, _), (_, grpo, _) = recipes
-    completions = [len(tokenizer(ex["completion"][0]["content"], add_special_tokens=False)["input_ids"]) + 1  # + <|im_end|>
-                   for split in mcq_sft.values() for ex in split]
+    completions = [
+        len(tokenizer(ex["completion"][0]["content"], add_special_tokens=False)["input_ids"]) + 1  # + <|im_end|>
+        for split in mcq_sft.values()
+        for ex in split
+    ]
     p95 = float(np.percentile(completions, 95))
     eval_budget = build_parser().parse_args(["eval"]).max_new_tokens
     assert p95 * 1.5 <= grpo.max_completion_length, (p95, grpo.max_completion_length)
@@ -83,10 +86,20 @@ def test_signal_summary_worked_example():
     0.5, 1.0, 1.5, 2.0 rise by exactly 0.5 a step."""
     from medreason.grpo import signal_summary
 
-    history = [{"reward": r, "frac_reward_zero_std": z, "kl": k, "completions/clipped_ratio": c, "step": i + 1,
-                "rewards/correctness_reward/mean": r / 2, "rewards/format_reward/mean": 1.0}
-               for i, (r, z, k, c) in enumerate(zip([0.5, 1.0, 1.5, 2.0], [1, 0.5, 0, 0], [0, 1e-3, 2e-3, 3e-3],
-                                                    [0.25, 0, 0, 0]))]
+    history = [
+        {
+            "reward": r,
+            "frac_reward_zero_std": z,
+            "kl": k,
+            "completions/clipped_ratio": c,
+            "step": i + 1,
+            "rewards/correctness_reward/mean": r / 2,
+            "rewards/format_reward/mean": 1.0,
+        }
+        for i, (r, z, k, c) in enumerate(
+            zip([0.5, 1.0, 1.5, 2.0], [1, 0.5, 0, 0], [0, 1e-3, 2e-3, 3e-3], [0.25, 0, 0, 0])
+        )
+    ]
     history.append({"train_runtime": 10.0, "step": 4})  # the trainer's closing summary has no reward
     s = signal_summary(history)
     assert s["steps"] == 4 and s["per_step"]["step"] == [1, 2, 3, 4]
@@ -104,9 +117,12 @@ def test_a_local_mcq_reasoning_file_trains_and_a_bad_row_names_itself(tmp_path, 
     from medreason.cli import main
     from medreason.errors import UserError
 
-    item = {"question": "Which vitamin deficiency causes scurvy in a sailor?", "answer": "B",
-            "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"},
-            "reasoning": "Scurvy is impaired collagen synthesis from a lack of ascorbic acid, vitamin C."}
+    item = {
+        "question": "Which vitamin deficiency causes scurvy in a sailor?",
+        "answer": "B",
+        "options": {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D", "D": "Vitamin K"},
+        "reasoning": "Scurvy is impaired collagen synthesis from a lack of ascorbic acid, vitamin C.",
+    }
     good = tmp_path / "mine.jsonl"
     good.write_text(json.dumps(item) + "\n")
     rows, origin, source = data.read_rows(str(good))
@@ -143,15 +159,27 @@ def test_curriculum_script_pairs_by_id_and_the_committed_table_is_complete():
     assert report["recipe_sha256"] == {name: sha256_file(ROOT / path) for name, path in report["recipes"].items()}
     assert report["n_items"] == 126 and set(report["generate"]["variants"]) == {"base", "sft", "grpo"}
     for v in report["generate"]["variants"].values():
-        assert set(v) >= {"accuracy", "accuracy_ci", "extraction_rate", "truncation_rate", "accuracy_when_extracted",
-                          "accuracy_when_extracted_ci", "tokens_median", "tokens_p95", "vs_best_baseline"}
+        assert set(v) >= {
+            "accuracy",
+            "accuracy_ci",
+            "extraction_rate",
+            "truncation_rate",
+            "accuracy_when_extracted",
+            "accuracy_when_extracted_ci",
+            "tokens_median",
+            "tokens_p95",
+            "vs_best_baseline",
+        }
     for mode in ("generate", "loglik_chat"):
         assert set(report[mode]["pairs"]) == {"sft_vs_base", "grpo_vs_sft"}
         for pair in report[mode]["pairs"].values():
             assert pair["ci_low"] <= pair["diff"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
     assert {"majority_label", "same_label", "longest_option", "best"} <= set(report["baselines"])
     grpo = report["grpo"]
-    assert grpo["steps"] == len(grpo["per_step"]["reward"]) and grpo["reward_trend"]["verdict"] in ("rising", "flat",
-                                                                                                      "falling")
+    assert grpo["steps"] == len(grpo["per_step"]["reward"]) and grpo["reward_trend"]["verdict"] in (
+        "rising",
+        "flat",
+        "falling",
+    )
     assert report["machine"]["cpu_native_bf16"] in (True, False) and report["command"].startswith("python ")
     print(script.table(report))

@@ -84,55 +84,122 @@ def _parquet_bytes(p: Path):
 
 # (id, file name, how to write it (None: do not create it), expected message with {path} for the file)
 BAD_INPUTS = [
-    ("missing-column", "bad.jsonl", _jsonl([good(0), without("Response")]),
-     '{path} row 2: field "Response" is missing'),
-    ("empty-field", "bad.jsonl", _jsonl([good(0), good(1, Response="")]),
-     '{path} row 2: field "Response" is empty'),
-    ("whitespace-field", "bad.jsonl", _jsonl([good(0), good(1), good(2, Complex_CoT=" \t\n  ")]),
-     '{path} row 3: field "Complex_CoT" is empty'),
-    ("null-field", "bad.jsonl", _jsonl([good(0, Question=None)]),
-     '{path} row 1: field "Question" is null'),
-    ("number-field", "bad.jsonl", _jsonl([good(0), good(1, Response=42)]),
-     '{path} row 2: field "Response" is a int, not text'),
-    ("list-field", "bad.jsonl", _jsonl([good(0), good(1, Complex_CoT=["step one", "step two"])]),
-     '{path} row 2: field "Complex_CoT" is a list, not text'),
-    ("too-short", "bad.jsonl", _jsonl([good(0), good(1, Response="A")]),
-     '{path} row 2: field "Response" is too short (1 characters, at least 2)'),
-    ("too-long", "bad.jsonl", _jsonl([good(0, Question="why " * 2500)]),
-     '{path} row 1: field "Question" is too long (9999 characters, at most 8000)'),
-    ("row-is-a-list", "bad.jsonl", _jsonl([good(0), ["a question", "a chain of thought", "an answer"]]),
-     "{path} row 2: is a list, not an object with Question, Complex_CoT, Response"),
-    ("invalid-json-line", "bad.jsonl", _text(json.dumps(good(0)) + "\n{\"Question\": \"unterminated\n"),
-     "{path} row 2: not valid JSON (Unterminated string starting at)"),
-    ("json-not-json", "bad.json", _text('[{"Question": "x",'),
-     "{path}: not valid JSON (line 1: Expecting property name enclosed in double quotes); "
-     "for one object per line use .jsonl"),
-    ("json-top-level-object", "bad.json", _text(json.dumps({"Question": "q", "Response": "r"})),
-     "{path}: expected a JSON list of rows"),
-    ("json-top-level-string", "bad.json", _text('"just a string"'),
-     "{path}: expected a JSON list of rows"),
-    ("parquet-that-is-text", "bad.parquet", _text("Question,Complex_CoT,Response\n"),
-     "{path}: not a Parquet file (its first bytes are not the Parquet magic)"),
-    ("parquet-truncated", "bad.parquet", _bytes(b"PAR1 then nothing that pyarrow can read"),
-     "{path}: unreadable Parquet file ("),
-    ("jsonl-that-is-parquet", "bad.jsonl", _parquet_bytes,
-     "{path}: binary content, not text as its extension '.jsonl' says"),
-    ("jsonl-with-nul-bytes", "bad.jsonl", _bytes(b"\x00\x01\x02binary\x00"),
-     "{path}: binary content, not text as its extension '.jsonl' says"),
-    ("unsupported-extension", "bad.txt", _text("Question: what?\n"),
-     "{path}: unsupported file type '.txt' (use .jsonl, .json, .csv or .parquet)"),
-    ("empty-file", "bad.jsonl", _text(""),
-     "{path}: file is empty"),
-    ("missing-file", "absent.jsonl", None,
-     "{path}: file not found"),
-    ("csv-without-header", "bad.csv", _text("q,cot,answer\nwhat?,because,this\n"),
-     "{path}: not a CSV with a header row naming Question, Complex_CoT, Response"),
-    ("csv-extra-cells", "bad.csv",
-     lambda p: write_csv(p, [good(0), [good(1)["Question"], GOOD["Complex_CoT"], "An answer", "Hematology", "extra"]]),
-     "{path} row 2: has more cells than the header"),
-    ("not-utf8", "bad.jsonl", _bytes(json.dumps(good(0), ensure_ascii=False).replace("anaemia", "an\u00e6mia")
-                                     .encode("latin-1")),
-     "{path}: not UTF-8 text (byte "),
+    (
+        "missing-column",
+        "bad.jsonl",
+        _jsonl([good(0), without("Response")]),
+        '{path} row 2: field "Response" is missing',
+    ),
+    ("empty-field", "bad.jsonl", _jsonl([good(0), good(1, Response="")]), '{path} row 2: field "Response" is empty'),
+    (
+        "whitespace-field",
+        "bad.jsonl",
+        _jsonl([good(0), good(1), good(2, Complex_CoT=" \t\n  ")]),
+        '{path} row 3: field "Complex_CoT" is empty',
+    ),
+    ("null-field", "bad.jsonl", _jsonl([good(0, Question=None)]), '{path} row 1: field "Question" is null'),
+    (
+        "number-field",
+        "bad.jsonl",
+        _jsonl([good(0), good(1, Response=42)]),
+        '{path} row 2: field "Response" is a int, not text',
+    ),
+    (
+        "list-field",
+        "bad.jsonl",
+        _jsonl([good(0), good(1, Complex_CoT=["step one", "step two"])]),
+        '{path} row 2: field "Complex_CoT" is a list, not text',
+    ),
+    (
+        "too-short",
+        "bad.jsonl",
+        _jsonl([good(0), good(1, Response="A")]),
+        '{path} row 2: field "Response" is too short (1 characters, at least 2)',
+    ),
+    (
+        "too-long",
+        "bad.jsonl",
+        _jsonl([good(0, Question="why " * 2500)]),
+        '{path} row 1: field "Question" is too long (9999 characters, at most 8000)',
+    ),
+    (
+        "row-is-a-list",
+        "bad.jsonl",
+        _jsonl([good(0), ["a question", "a chain of thought", "an answer"]]),
+        "{path} row 2: is a list, not an object with Question, Complex_CoT, Response",
+    ),
+    (
+        "invalid-json-line",
+        "bad.jsonl",
+        _text(json.dumps(good(0)) + '\n{"Question": "unterminated\n'),
+        "{path} row 2: not valid JSON (Unterminated string starting at)",
+    ),
+    (
+        "json-not-json",
+        "bad.json",
+        _text('[{"Question": "x",'),
+        "{path}: not valid JSON (line 1: Expecting property name enclosed in double quotes); "
+        "for one object per line use .jsonl",
+    ),
+    (
+        "json-top-level-object",
+        "bad.json",
+        _text(json.dumps({"Question": "q", "Response": "r"})),
+        "{path}: expected a JSON list of rows",
+    ),
+    ("json-top-level-string", "bad.json", _text('"just a string"'), "{path}: expected a JSON list of rows"),
+    (
+        "parquet-that-is-text",
+        "bad.parquet",
+        _text("Question,Complex_CoT,Response\n"),
+        "{path}: not a Parquet file (its first bytes are not the Parquet magic)",
+    ),
+    (
+        "parquet-truncated",
+        "bad.parquet",
+        _bytes(b"PAR1 then nothing that pyarrow can read"),
+        "{path}: unreadable Parquet file (",
+    ),
+    (
+        "jsonl-that-is-parquet",
+        "bad.jsonl",
+        _parquet_bytes,
+        "{path}: binary content, not text as its extension '.jsonl' says",
+    ),
+    (
+        "jsonl-with-nul-bytes",
+        "bad.jsonl",
+        _bytes(b"\x00\x01\x02binary\x00"),
+        "{path}: binary content, not text as its extension '.jsonl' says",
+    ),
+    (
+        "unsupported-extension",
+        "bad.txt",
+        _text("Question: what?\n"),
+        "{path}: unsupported file type '.txt' (use .jsonl, .json, .csv or .parquet)",
+    ),
+    ("empty-file", "bad.jsonl", _text(""), "{path}: file is empty"),
+    ("missing-file", "absent.jsonl", None, "{path}: file not found"),
+    (
+        "csv-without-header",
+        "bad.csv",
+        _text("q,cot,answer\nwhat?,because,this\n"),
+        "{path}: not a CSV with a header row naming Question, Complex_CoT, Response",
+    ),
+    (
+        "csv-extra-cells",
+        "bad.csv",
+        lambda p: write_csv(
+            p, [good(0), [good(1)["Question"], GOOD["Complex_CoT"], "An answer", "Hematology", "extra"]]
+        ),
+        "{path} row 2: has more cells than the header",
+    ),
+    (
+        "not-utf8",
+        "bad.jsonl",
+        _bytes(json.dumps(good(0), ensure_ascii=False).replace("anaemia", "an\u00e6mia").encode("latin-1")),
+        "{path}: not UTF-8 text (byte ",
+    ),
 ]
 
 
@@ -309,8 +376,9 @@ def test_split_does_not_depend_on_row_order(corpus_rows):
 
 def test_split_has_no_question_in_two_parts_and_loses_none(corpus_rows):
     parts = _membership(data.split_rows(corpus_rows))
-    assert not (parts["train"] & parts["validation"] or parts["train"] & parts["test"]
-                or parts["validation"] & parts["test"])
+    assert not (
+        parts["train"] & parts["validation"] or parts["train"] & parts["test"] or parts["validation"] & parts["test"]
+    )
     assert set.union(*parts.values()) == {r["Question"] for r in corpus_rows}
 
 
@@ -327,9 +395,10 @@ def test_split_shares_are_80_10_10_within_one_row(n):
 def test_split_ignores_case_and_punctuation_of_the_question():
     rows = [good(i, Response=f"Answer number {i}.") for i in range(50)]
     shouted = [dict(r, Question=r["Question"].upper().replace(".", " ! ")) for r in rows]
-    assert ([[r["Response"] for r in p] for p in data.split_rows(rows).values()]
-            == [[r["Response"] for r in p] for p in data.split_rows(shouted).values()])
-    assert ([data.question_hash(r["Question"]) for r in rows] == [data.question_hash(r["Question"]) for r in shouted])
+    assert [[r["Response"] for r in p] for p in data.split_rows(rows).values()] == [
+        [r["Response"] for r in p] for p in data.split_rows(shouted).values()
+    ]
+    assert [data.question_hash(r["Question"]) for r in rows] == [data.question_hash(r["Question"]) for r in shouted]
 
 
 # --------------------------------------------------------------------------------------------- duplicates
@@ -346,8 +415,11 @@ LONG_QUESTION = (
 def test_deduplicate_removes_exact_and_near_duplicates_and_keeps_distinct_questions(corpus_rows):
     base = dict(good(0), Question=LONG_QUESTION)
     # two words changed in an 84-word question: still the same item
-    near = dict(base, Question=LONG_QUESTION.replace("wife", "daughter").replace("several weeks", "several months"),
-                Response="Intravenous thiamine first.")
+    near = dict(
+        base,
+        Question=LONG_QUESTION.replace("wife", "daughter").replace("several weeks", "several months"),
+        Response="Intravenous thiamine first.",
+    )
     distinct = corpus_rows[:5]
     rows = [base, *distinct, dict(base), near]
     kept, exact, near_count = data.deduplicate(rows)
@@ -388,9 +460,11 @@ def test_deduplicate_counts_case_and_spacing_variants_as_exact():
 
 def test_deduplicate_keeps_questions_that_only_share_a_stem():
     stem = "A 45-year-old woman presents to clinic with three months of symptoms. "
-    endings = ["She has weight loss, heat intolerance, tremor and a diffuse goitre; what is the cause?",
-               "She has joint pain in both hands with morning stiffness lasting two hours; which test?",
-               "She has episodic headaches, palpitations and sweating with severe hypertension; next step?"]
+    endings = [
+        "She has weight loss, heat intolerance, tremor and a diffuse goitre; what is the cause?",
+        "She has joint pain in both hands with morning stiffness lasting two hours; which test?",
+        "She has episodic headaches, palpitations and sweating with severe hypertension; next step?",
+    ]
     rows = [good(i, Question=stem + ending) for i, ending in enumerate(endings)]
     kept, exact, near = data.deduplicate(rows)
     assert kept == rows and (exact, near) == (0, 0)
@@ -479,12 +553,16 @@ def test_bundled_mcq_shape(mcq, corpus_rows):
     assert not [m["id"] for m in mcq if data.normalize(m["question"]) in corpus_questions]
 
 
-@pytest.mark.parametrize("corrupt, expected", [
-    (lambda rows: rows[2].update(answer="E"), "row 3: field \"answer\" is 'E', not one of A, B, C, D"),
-    (lambda rows: rows[1].pop("options"), 'row 2: field "options" is missing'),
-    (lambda rows: rows[0]["options"].update(B="  "), 'row 1: field "options" option B is empty'),
-    (lambda rows: rows.__setitem__(4, "{not json"), "row 5: not valid JSON ("),
-], ids=["answer-letter", "missing-options", "empty-option", "invalid-json"])
+@pytest.mark.parametrize(
+    "corrupt, expected",
+    [
+        (lambda rows: rows[2].update(answer="E"), "row 3: field \"answer\" is 'E', not one of A, B, C, D"),
+        (lambda rows: rows[1].pop("options"), 'row 2: field "options" is missing'),
+        (lambda rows: rows[0]["options"].update(B="  "), 'row 1: field "options" option B is empty'),
+        (lambda rows: rows.__setitem__(4, "{not json"), "row 5: not valid JSON ("),
+    ],
+    ids=["answer-letter", "missing-options", "empty-option", "invalid-json"],
+)
 def test_load_mcq_names_the_bad_row(tmp_path, mcq, corrupt, expected):
     """The contamination check reads the benchmark with medreason.mcq's loader, the one evaluation uses."""
     rows = [{k: (dict(v) if isinstance(v, dict) else v) for k, v in m.items()} for m in mcq[:6]]
@@ -514,8 +592,10 @@ def test_datasheet_states_the_figures_and_not_for_clinical_use(corpus_rows, mcq)
 
 ROW = {
     "Question": "A 24-year-old woman has a malar rash and joint pain. Which antibody is most specific?",
-    "Complex_CoT": ("Malar rash and arthritis suggest lupus.\n"
-                    "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific."),
+    "Complex_CoT": (
+        "Malar rash and arthritis suggest lupus.\n"
+        "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific."
+    ),
     "Response": "Anti-Smith (anti-Sm) antibody.",
     "specialty": "Rheumatology",
 }
@@ -527,14 +607,19 @@ def test_format_example_think_golden():
             {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
             {"role": "user", "content": ROW["Question"]},
         ],
-        "completion": [{"role": "assistant", "content": (
-            "<think>\n"
-            "Malar rash and arthritis suggest lupus.\n"
-            "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific.\n"
-            "</think>\n"
-            "\n"
-            "Anti-Smith (anti-Sm) antibody."
-        )}],
+        "completion": [
+            {
+                "role": "assistant",
+                "content": (
+                    "<think>\n"
+                    "Malar rash and arthritis suggest lupus.\n"
+                    "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific.\n"
+                    "</think>\n"
+                    "\n"
+                    "Anti-Smith (anti-Sm) antibody."
+                ),
+            }
+        ],
         "specialty": "Rheumatology",
     }
 
@@ -542,11 +627,16 @@ def test_format_example_think_golden():
 def test_format_example_huatuo_golden_and_custom_system_prompt():
     ex = data.format_example(ROW, "huatuo", system_prompt="Be brief.")
     assert ex["prompt"][0] == {"role": "system", "content": "Be brief."}
-    assert ex["completion"] == [{"role": "assistant", "content": (
-        "## Thinking\n\nMalar rash and arthritis suggest lupus.\n"
-        "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific.\n\n"
-        "## Final Response\n\nAnti-Smith (anti-Sm) antibody."
-    )}]
+    assert ex["completion"] == [
+        {
+            "role": "assistant",
+            "content": (
+                "## Thinking\n\nMalar rash and arthritis suggest lupus.\n"
+                "ANA is sensitive but not specific; anti-dsDNA and anti-Sm are specific.\n\n"
+                "## Final Response\n\nAnti-Smith (anti-Sm) antibody."
+            ),
+        }
+    ]
 
 
 def test_format_example_default_specialty():
@@ -588,10 +678,15 @@ def sft_example(tiny_model_dir, tokenizer, tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
-    args = trl.SFTConfig(output_dir=str(tmp_path_factory.mktemp("sft")), max_length=1024, report_to=[],
-                         bf16=False, use_cpu=True)
-    trainer = trl.SFTTrainer(model=model, args=args, processing_class=tokenizer,
-                             train_dataset=Dataset.from_list([data.format_example(ROW, "think")]))
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path_factory.mktemp("sft")), max_length=1024, report_to=[], bf16=False, use_cpu=True
+    )
+    trainer = trl.SFTTrainer(
+        model=model,
+        args=args,
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list([data.format_example(ROW, "think")]),
+    )
     assert trainer.completion_only_loss  # TRL's default for prompt-completion data
     example = trainer.train_dataset[0]
     batch = trainer.data_collator([example])
@@ -613,8 +708,8 @@ def test_only_the_completion_and_its_end_token_carry_loss(sft_example, tokenizer
     assert all(labels[i] == input_ids[i] for i in trained)
     completion = data.format_example(ROW, "think")["completion"][0]["content"]
     # TRL trains on what the chat template puts after the prompt: the completion, <|im_end|>, then "\n"
-    assert tokenizer.decode(input_ids[trained[0]:]) == completion + "<|im_end|>\n"
-    learned = tokenizer.decode(input_ids[trained[0]:])
+    assert tokenizer.decode(input_ids[trained[0] :]) == completion + "<|im_end|>\n"
+    learned = tokenizer.decode(input_ids[trained[0] :])
     assert "Malar rash and arthritis suggest lupus." in learned and "</think>" in learned
     assert "Anti-Smith (anti-Sm) antibody.<|im_end|>" in learned
 

@@ -35,9 +35,16 @@ def _free_port() -> int:
 
 def _env(tmp: Path, **extra) -> dict[str, str]:
     """Offline, the MLflow store of the test, and this checkout's medreason first on the path of every rank."""
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-            "TOKENIZERS_PARALLELISM": "false", "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])), **extra}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        **extra,
+    }
 
 
 # --------------------------------------------------------------------------------------------- the launch
@@ -73,13 +80,17 @@ def test_plain_launch_on_several_gpus_is_one_line_naming_the_launchers(gpus):
     assert (ROOT / "configs" / "accelerate" / "ddp.yaml").is_file()
 
 
-@pytest.mark.parametrize("n, use_cpu, env", [
-    (1, False, {}),                                   # one GPU: nothing to choose
-    (0, False, {}),                                   # a CPU machine
-    (4, True, {}),                                    # --use_cpu on a GPU machine
-    (4, False, {"LOCAL_RANK": "0", "WORLD_SIZE": "4"}),   # under torchrun / accelerate launch
-    (4, False, {"LOCAL_RANK": "0", "WORLD_SIZE": "1"}),   # accelerate launch --num_processes 1
-], ids=["one-gpu", "cpu", "use-cpu", "launched", "launched-one-process"])
+@pytest.mark.parametrize(
+    "n, use_cpu, env",
+    [
+        (1, False, {}),  # one GPU: nothing to choose
+        (0, False, {}),  # a CPU machine
+        (4, True, {}),  # --use_cpu on a GPU machine
+        (4, False, {"LOCAL_RANK": "0", "WORLD_SIZE": "4"}),  # under torchrun / accelerate launch
+        (4, False, {"LOCAL_RANK": "0", "WORLD_SIZE": "1"}),  # accelerate launch --num_processes 1
+    ],
+    ids=["one-gpu", "cpu", "use-cpu", "launched", "launched-one-process"],
+)
 def test_launches_that_can_train_pass(gpus, monkeypatch, n, use_cpu, env):
     from medreason.distributed import check_launch
 
@@ -103,8 +114,22 @@ def test_cli_refuses_plain_launch_on_several_gpus_with_exit_2(gpus, in_tmp, caps
     gpus(2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)  # parsing the recipe picks a device
     # --precision fp32: precision auto would ask the (fake) CUDA whether it has bf16
-    assert main(["train", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir),
-                 "--dataset", "bundled", "--precision", "fp32"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(RECIPE),
+                "--model_name_or_path",
+                str(tiny_model_dir),
+                "--dataset",
+                "bundled",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if line.startswith("medreason: error:")]
     assert len(lines) == 1 and "torchrun --nproc_per_node 2" in lines[0], err
@@ -122,7 +147,8 @@ def test_fsdp_config_on_cpus_says_it_trains_as_ddp(gpus, monkeypatch, caplog):
         check_launch(use_cpu=True)
     assert [r.getMessage() for r in caplog.records] == [
         "FSDP: accelerate shards only across GPUs; on CPUs these 2 processes train as DDP over gloo, "
-        "each holding the whole model"]
+        "each holding the whole model"
+    ]
 
 
 # --------------------------------------------------------------------------------------------- the LM head
@@ -164,12 +190,18 @@ def test_save_adapter_writes_the_state_dict_it_is_given(tmp_path, tiny_model_dir
     from medreason.adapter import WEIGHTS, save_adapter
     from medreason.distributed import full_state_dict
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    )
     assert full_state_dict(model) is None
     full = {k: (torch.full_like(v, 0.5) if "lora_B" in k else v) for k, v in model.state_dict().items()}
-    folder = save_adapter(model, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "adapter",
-                          {"base_model": str(tiny_model_dir)}, state_dict=full)
+    folder = save_adapter(
+        model,
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        tmp_path / "adapter",
+        {"base_model": str(tiny_model_dir)},
+        state_dict=full,
+    )
     saved = load_file(folder / WEIGHTS)
     b = [v for k, v in saved.items() if "lora_B" in k]
     assert b and all(bool((v == 0.5).all()) for v in b)  # the model's own B is all zeros
@@ -239,8 +271,20 @@ def test_fsdp2_sharded_adapter_is_gathered_then_saved_whole(tmp_path, tiny_model
 
     worker = tmp_path / "fsdp2_worker.py"
     worker.write_text(FSDP2_WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(worker), str(tiny_model_dir), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(worker),
+        str(tiny_model_dir),
+        str(tmp_path),
+    ]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     reference = load_file(tmp_path / "reference.safetensors")
@@ -249,8 +293,9 @@ def test_fsdp2_sharded_adapter_is_gathered_then_saved_whole(tmp_path, tiny_model
     # what rank 0 alone writes from shards (torch 2.13: "Attempted to access the data pointer on an invalid python
     # storage"); recorded, not asserted, since a later PEFT may gather by itself
     print("PEFT save_pretrained from shards on rank 0 alone:", report["naive"])
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-                                      tmp_path / "adapter")
+    model = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32), tmp_path / "adapter"
+    )
     loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
     assert sorted(loaded) == sorted(reference)
     for name, tensor in reference.items():
@@ -264,11 +309,34 @@ def test_fsdp2_sharded_adapter_is_gathered_then_saved_whole(tmp_path, tiny_model
 
 def train_args(model_dir: Path, work: Path) -> list[str]:
     """The CPU recipe on the tiny model, 2 steps, a checkpoint after each, no evaluation."""
-    return ["--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--dataset", "bundled",
-            "--max_steps", "2", "--max_examples", "40", "--max_length", "256", "--eval_strategy", "no",
-            "--save_steps", "1", "--logging_steps", "1", "--evaluate_test", "false",
-            "--per_device_train_batch_size", "2",
-            "--output_dir", str(work / "out"), "--adapter_root", str(work / "lora")]
+    return [
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset",
+        "bundled",
+        "--max_steps",
+        "2",
+        "--max_examples",
+        "40",
+        "--max_length",
+        "256",
+        "--eval_strategy",
+        "no",
+        "--save_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--evaluate_test",
+        "false",
+        "--per_device_train_batch_size",
+        "2",
+        "--output_dir",
+        str(work / "out"),
+        "--adapter_root",
+        str(work / "lora"),
+    ]
 
 
 @pytest.mark.slow
@@ -279,11 +347,31 @@ def test_accelerate_fsdp_config_two_cpu_processes(tmp_path, tiny_model_dir, chec
     from safetensors.torch import load_file
 
     dump = tmp_path / "gathered"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--config_file",
-           str(FSDP_CONFIG), "--main_process_ip", "127.0.0.1", "--main_process_port", str(_free_port()),
-           "-m", "medreason", "train", *train_args(tiny_model_dir, tmp_path)]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=_env(tmp_path, MEDREASON_DUMP_GATHERED=str(dump)),
-                          capture_output=True, text=True, timeout=480)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "2",
+        "--config_file",
+        str(FSDP_CONFIG),
+        "--main_process_ip",
+        "127.0.0.1",
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "medreason",
+        "train",
+        *train_args(tiny_model_dir, tmp_path),
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=tmp_path,
+        env=_env(tmp_path, MEDREASON_DUMP_GATHERED=str(dump)),
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert output.count("medreason: data: bundled corpus; train") == 2  # both ranks ran
@@ -316,8 +404,14 @@ def _gpu_smoke():
 
 
 def test_gpu_smoke_without_cuda_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py")], cwd=tmp_path,
-                          env=_env(tmp_path, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu_smoke.py")],
+        cwd=tmp_path,
+        env=_env(tmp_path, CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("gpu_smoke: error: no CUDA GPU is visible"), proc.stderr

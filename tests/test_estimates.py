@@ -10,9 +10,15 @@ def _llama(vocab=512, hidden=128, intermediate=256, layers=4, heads=4, kv_heads=
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                         attn_implementation="sdpa")
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
 
@@ -92,13 +98,15 @@ def test_tokens_per_second_and_duration():
 def test_label_mask_trains_the_completion_only(tokenizer):
     from medreason.data import label_mask
 
-    example = {"prompt": [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}],
-               "completion": [{"role": "assistant", "content": "<think>\nCollagen.\n</think>\n\nVitamin C."}]}
+    example = {
+        "prompt": [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}],
+        "completion": [{"role": "assistant", "content": "<think>\nCollagen.\n</think>\n\nVitamin C."}],
+    }
     mask = label_mask(tokenizer, example)
     trained = [i for i, (_, carries) in enumerate(mask) if carries]
     assert trained == list(range(trained[0], trained[-1] + 1))
-    assert "".join(t for t, _ in mask[:trained[0]]).rstrip().endswith("<|im_start|>assistant")
-    assert "<|im_end|>" in [t for t, _ in mask[trained[-1] - 1:trained[-1] + 1]]  # then the template's newline
+    assert "".join(t for t, _ in mask[: trained[0]]).rstrip().endswith("<|im_start|>assistant")
+    assert "<|im_end|>" in [t for t, _ in mask[trained[-1] - 1 : trained[-1] + 1]]  # then the template's newline
     assert "scurvy" not in "".join(t for t, carries in mask if carries)
 
 
@@ -108,11 +116,22 @@ def test_plots_draw_what_they_are_handed():
     matplotlib.use("Agg")
     from medreason import plots
 
-    fig = plots.loss_curves({"loss": [(1, 3.0), (2, 2.5)], "eval_loss": [(0, 3.2), (2, 2.9)],
-                             "learning_rate": [(1, 1e-3), (2, 5e-4)]}, title="run")
+    fig = plots.loss_curves(
+        {"loss": [(1, 3.0), (2, 2.5)], "eval_loss": [(0, 3.2), (2, 2.9)], "learning_rate": [(1, 1e-3), (2, 5e-4)]},
+        title="run",
+    )
     assert len(fig.axes[0].lines) == 2
-    table = plots.runs_table([{"run_id": "abcdef123456", "run_name": "r", "status": "FINISHED",
-                               "start_time": 0, "metrics": {"final_eval_loss": 2.9}}])
+    table = plots.runs_table(
+        [
+            {
+                "run_id": "abcdef123456",
+                "run_name": "r",
+                "status": "FINISHED",
+                "start_time": 0,
+                "metrics": {"final_eval_loss": 2.9},
+            }
+        ]
+    )
     assert table.loc["abcdef12", "final eval loss"] == 2.9
     assert plots.runs_table([]).empty
 
@@ -141,15 +160,22 @@ def test_recipe_tables_cover_every_shipped_recipe():
     recipes = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
     table = estimates.recipe_table(recipes)
     assert list(table.columns) == [p.name for p in recipes]
-    steps = estimates.step_estimate_table(recipes, {"bundled": 100, estimates_dataset(): 1000}, 500,
-                                          model_params={"SmolLM2-135M-Instruct": 1e8, "Qwen2.5-0.5B-Instruct": 5e8})
+    steps = estimates.step_estimate_table(
+        recipes,
+        {"bundled": 100, estimates_dataset(): 1000},
+        500,
+        model_params={"SmolLM2-135M-Instruct": 1e8, "Qwen2.5-0.5B-Instruct": 5e8},
+    )
     names = {recipe for recipe, _ in steps.index}
     assert names == {name for name in table.columns if table.loc["trainer", name] == "sft"}
     assert steps.loc[("qwen2.5-0.5b-qlora-gpu.yaml", 1), "FLOP / token"] == "6N"
     assert steps.loc[("smollm2-135m-cpu.yaml", 1), "FLOP / token"] == "4N"
     # tokens per example per dataset: the CPU recipe (bundled-mcq, 27 steps of 4) at 300 tokens an example
-    per_dataset = estimates.step_estimate_table(recipes, {"bundled-mcq": 108, "bundled": 180, estimates_dataset(): 1000},
-                                                {"bundled-mcq": 300, "bundled": 600, estimates_dataset(): 600})
+    per_dataset = estimates.step_estimate_table(
+        recipes,
+        {"bundled-mcq": 108, "bundled": 180, estimates_dataset(): 1000},
+        {"bundled-mcq": 300, "bundled": 600, estimates_dataset(): 600},
+    )
     cpu = per_dataset.loc[("smollm2-135m-cpu.yaml", 1)]
     assert cpu["train rows"] == 108 and cpu["tokens (M)"] == round(27 * 4 * 300 / 1e6, 2) and cpu["epochs"] == 1.0
 

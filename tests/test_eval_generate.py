@@ -11,32 +11,73 @@ from medreason.cli import main
 
 FIVE = [
     {"id": f"five-{i}", "question": q, "options": dict(zip("ABCDE", opts)), "answer": a, "specialty": s}
-    for i, (q, opts, a, s) in enumerate([
-        ("A 15-year-old has arm hypertension and delayed femoral pulses. Associated cardiac lesion?",
-         ["Tetralogy of Fallot", "Ebstein anomaly", "Transposition", "Bicuspid aortic valve", "Truncus arteriosus"],
-         "D", "Cardiology"),
-        ("A woman has apical ballooning after emotional stress with clean coronaries. Diagnosis?",
-         ["Prinzmetal angina", "Myocarditis", "Takotsubo cardiomyopathy", "Anterior STEMI", "Aortic dissection"],
-         "C", "Cardiology"),
-        ("Which drug reverses heparin?", ["Vitamin K", "Protamine sulfate", "Idarucizumab", "Andexanet", "Plasma"],
-         "B", "Hematology"),
-        ("First-line treatment of anaphylaxis?", ["IM epinephrine", "IV diphenhydramine", "Oral prednisone",
-                                                  "Nebulized albuterol", "IV ranitidine"], "A", "Emergency"),
-        ("Most common cause of community-acquired pneumonia?", ["S. aureus", "Klebsiella", "Legionella",
-                                                               "Mycoplasma", "Streptococcus pneumoniae"], "E",
-         "Infectious"),
-    ], 1)
+    for i, (q, opts, a, s) in enumerate(
+        [
+            (
+                "A 15-year-old has arm hypertension and delayed femoral pulses. Associated cardiac lesion?",
+                [
+                    "Tetralogy of Fallot",
+                    "Ebstein anomaly",
+                    "Transposition",
+                    "Bicuspid aortic valve",
+                    "Truncus arteriosus",
+                ],
+                "D",
+                "Cardiology",
+            ),
+            (
+                "A woman has apical ballooning after emotional stress with clean coronaries. Diagnosis?",
+                ["Prinzmetal angina", "Myocarditis", "Takotsubo cardiomyopathy", "Anterior STEMI", "Aortic dissection"],
+                "C",
+                "Cardiology",
+            ),
+            (
+                "Which drug reverses heparin?",
+                ["Vitamin K", "Protamine sulfate", "Idarucizumab", "Andexanet", "Plasma"],
+                "B",
+                "Hematology",
+            ),
+            (
+                "First-line treatment of anaphylaxis?",
+                ["IM epinephrine", "IV diphenhydramine", "Oral prednisone", "Nebulized albuterol", "IV ranitidine"],
+                "A",
+                "Emergency",
+            ),
+            (
+                "Most common cause of community-acquired pneumonia?",
+                ["S. aureus", "Klebsiella", "Legionella", "Mycoplasma", "Streptococcus pneumoniae"],
+                "E",
+                "Infectious",
+            ),
+        ],
+        1,
+    )
 ]
 PUBMEDQA = [
     {"id": f"pq-{i}", "context": c, "question": q, "options": ["yes", "no", "maybe"], "answer": a, "group": g}
-    for i, (c, q, a, g) in enumerate([
-        ("In 200 adults, drug X lowered systolic pressure by 12 mm Hg versus placebo (p < 0.001).",
-         "Does drug X lower blood pressure?", "yes", "cardiology"),
-        ("A cohort of 90 found no difference in infection rates with or without the dressing (p = 0.62).",
-         "Does the dressing reduce infections?", "no", "surgery"),
-        ("A pilot study of 12 patients suggested a trend toward shorter stays (p = 0.09).",
-         "Does early mobilisation shorten stays?", "maybe", "surgery"),
-    ], 1)
+    for i, (c, q, a, g) in enumerate(
+        [
+            (
+                "In 200 adults, drug X lowered systolic pressure by 12 mm Hg versus placebo (p < 0.001).",
+                "Does drug X lower blood pressure?",
+                "yes",
+                "cardiology",
+            ),
+            (
+                "A cohort of 90 found no difference in infection rates with or without the dressing (p = 0.62).",
+                "Does the dressing reduce infections?",
+                "no",
+                "surgery",
+            ),
+            (
+                "A pilot study of 12 patients suggested a trend toward shorter stays (p = 0.09).",
+                "Does early mobilisation shorten stays?",
+                "maybe",
+                "surgery",
+            ),
+        ],
+        1,
+    )
 ]
 
 
@@ -55,8 +96,23 @@ def _read_jsonl(path):
 
 @pytest.mark.parametrize("name, n, chance", [("five", 5, 1 / 5), ("pubmedqa", 3, 1 / 3)])
 def test_generate_mode_end_to_end(adapter_dir, files, in_tmp, capsys, name, n, chance):
-    code = main(["eval", "--adapter", str(adapter_dir), "--mode", "generate", "--mcq", str(files[name]),
-                 "--max-new-tokens", "6", "--batch-size", "2", "--run-name", name])
+    code = main(
+        [
+            "eval",
+            "--adapter",
+            str(adapter_dir),
+            "--mode",
+            "generate",
+            "--mcq",
+            str(files[name]),
+            "--max-new-tokens",
+            "6",
+            "--batch-size",
+            "2",
+            "--run-name",
+            name,
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "chance level" in out and "adapter - base" in out and "McNemar" in out and "extracted" in out
@@ -99,12 +155,29 @@ def test_base_variant_is_the_plain_base_model(adapter_dir, tiny_model_dir, files
     """adapter_off() gives what the base model alone generates, token for token."""
     from medreason.evaluate import evaluate
 
-    with_adapter = evaluate(str(adapter_dir), mode="generate", mcq=str(files["five"]), max_new_tokens=5,
-                            batch_size=5, run_name="pair", cache=False)
-    alone = evaluate(None, model=str(tiny_model_dir), mode="generate", mcq=str(files["five"]), max_new_tokens=5,
-                     batch_size=5, run_name="alone", cache=False)
+    with_adapter = evaluate(
+        str(adapter_dir),
+        mode="generate",
+        mcq=str(files["five"]),
+        max_new_tokens=5,
+        batch_size=5,
+        run_name="pair",
+        cache=False,
+    )
+    alone = evaluate(
+        None,
+        model=str(tiny_model_dir),
+        mode="generate",
+        mcq=str(files["five"]),
+        max_new_tokens=5,
+        batch_size=5,
+        run_name="alone",
+        cache=False,
+    )
     assert set(alone["variants"]) == {"base"} and "paired" not in alone
-    pair_rows = [r for r in _read_jsonl(__import__("pathlib").Path(with_adapter["items_path"])) if r["variant"] == "base"]
+    pair_rows = [
+        r for r in _read_jsonl(__import__("pathlib").Path(with_adapter["items_path"])) if r["variant"] == "base"
+    ]
     alone_rows = _read_jsonl(__import__("pathlib").Path(alone["items_path"]))
     assert [r["output"] for r in pair_rows] == [r["output"] for r in alone_rows]
 
@@ -112,32 +185,42 @@ def test_base_variant_is_the_plain_base_model(adapter_dir, tiny_model_dir, files
 def test_cache_reuses_answers(adapter_dir, files, monkeypatch):
     from medreason import evaluate as ev
 
-    first = ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4,
-                        batch_size=3, run_name="c1")
+    first = ev.evaluate(
+        str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4, batch_size=3, run_name="c1"
+    )
     assert list((ev.CACHE_DIR).glob("*.jsonl"))
 
     def no_generation(*a, **k):
         raise AssertionError("generated although every answer is cached")
 
     monkeypatch.setattr(ev, "generate_batch", no_generation)
-    again = ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4,
-                        batch_size=1, run_name="c2")
+    again = ev.evaluate(
+        str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4, batch_size=1, run_name="c2"
+    )
     assert _read_jsonl(__import__("pathlib").Path(again["items_path"])) == _read_jsonl(
-        __import__("pathlib").Path(first["items_path"]))
+        __import__("pathlib").Path(first["items_path"])
+    )
     # another budget is another setting: not served from the cache
     with pytest.raises(AssertionError, match="generated although"):
         ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=5, run_name="c3")
     with pytest.raises(AssertionError, match="generated although"):  # so is another repetition penalty
-        ev.evaluate(str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4,
-                    repetition_penalty=1.1, run_name="c4")
+        ev.evaluate(
+            str(adapter_dir),
+            mode="generate",
+            mcq=str(files["pubmedqa"]),
+            max_new_tokens=4,
+            repetition_penalty=1.1,
+            run_name="c4",
+        )
 
 
 def test_limit_is_stratified(adapter_dir, in_tmp):
     from medreason.evaluate import evaluate
     from medreason.mcq import bundled_split, stratified_subset
 
-    report = evaluate(str(adapter_dir), mode="generate", limit=18, max_new_tokens=2, batch_size=9, run_name="strat",
-                      cache=False)
+    report = evaluate(
+        str(adapter_dir), mode="generate", limit=18, max_new_tokens=2, batch_size=9, run_name="strat", cache=False
+    )
     expected = stratified_subset(bundled_split("heldout"), 18, seed=0)
     assert report["groups"] == {g: 1 for g in sorted({i.group for i in expected})}  # one per specialty
     rows = _read_jsonl(in_tmp / "results" / "strat" / "eval_items.jsonl")
@@ -145,8 +228,23 @@ def test_limit_is_stratified(adapter_dir, in_tmp):
 
 
 def test_loglik_mode_any_option_count(adapter_dir, files, in_tmp, capsys):
-    code = main(["eval", "--adapter", str(adapter_dir), "--mode", "loglik", "--mcq", str(files["five"]),
-                 "--batch-size", "4", "--run-name", "ll", "--limit", "4"])
+    code = main(
+        [
+            "eval",
+            "--adapter",
+            str(adapter_dir),
+            "--mode",
+            "loglik",
+            "--mcq",
+            str(files["five"]),
+            "--batch-size",
+            "4",
+            "--run-name",
+            "ll",
+            "--limit",
+            "4",
+        ]
+    )
     assert code == 0 and "chance level" in capsys.readouterr().out
     report = json.loads((in_tmp / "results" / "ll" / "eval.json").read_text())
     rows = _read_jsonl(in_tmp / "results" / "ll" / "eval_items.jsonl")
@@ -165,8 +263,7 @@ def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     from medreason.evaluate import evaluate
 
     evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), run_name="p", batch_size=3)
-    chat = evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), chat=True, run_name="q",
-                    batch_size=3)
+    chat = evaluate(str(adapter_dir), mode="loglik", mcq=str(files["pubmedqa"]), chat=True, run_name="q", batch_size=3)
     assert chat["settings"]["chat"] is True
     p_rows = _read_jsonl(in_tmp / "results" / "p" / "eval_items.jsonl")
     c_rows = _read_jsonl(in_tmp / "results" / "q" / "eval_items.jsonl")
@@ -174,10 +271,16 @@ def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     assert [r["logliks"] for r in p_rows] != [r["logliks"] for r in c_rows]  # the template changes the context
 
 
-@pytest.mark.parametrize("row, message", [
-    ({"question": "Q?", "options": {"A": "x", "C": "y"}, "answer": "A"}, 'row 2: field "options" must map the letters'),
-    ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "row 2: field \"answer\" is 'perhaps'"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        (
+            {"question": "Q?", "options": {"A": "x", "C": "y"}, "answer": "A"},
+            'row 2: field "options" must map the letters',
+        ),
+        ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "row 2: field \"answer\" is 'perhaps'"),
+    ],
+)
 def test_bad_row_exits_2_with_one_line_before_loading(in_tmp, capsys, monkeypatch, row, message):
     import medreason.generate
 
@@ -198,15 +301,19 @@ def test_scores_from_outputs_without_a_model():
     from medreason.mcq import parse_row
 
     items = [parse_row(r, n, "t") for n, r in enumerate(FIVE[:4], 1)]
-    outputs = [{"output": "<think>x</think>\nThe answer is D.", "tokens": 10, "truncated": False},
-               {"output": "<think>ballooning... maybe A or", "tokens": 64, "truncated": True},
-               {"output": "Answer: A", "tokens": 5, "truncated": False},
-               {"output": "IM epinephrine", "tokens": 3, "truncated": False}]
+    outputs = [
+        {"output": "<think>x</think>\nThe answer is D.", "tokens": 10, "truncated": False},
+        {"output": "<think>ballooning... maybe A or", "tokens": 64, "truncated": True},
+        {"output": "Answer: A", "tokens": 5, "truncated": False},
+        {"output": "IM epinephrine", "tokens": 3, "truncated": False},
+    ]
     rows = score_outputs(items, outputs, "adapter")
     assert [r["extracted"] for r in rows] == ["D", None, "A", "A"]
     assert [r["correct"] for r in rows] == [True, False, False, True]
     s = summarize_generate(rows, 64)
-    assert s["accuracy"] == 0.5 and s["extraction_rate"] == 0.75 and s["accuracy_when_extracted"] == pytest.approx(2 / 3)
+    assert (
+        s["accuracy"] == 0.5 and s["extraction_rate"] == 0.75 and s["accuracy_when_extracted"] == pytest.approx(2 / 3)
+    )
     assert s["tokens_median"] == 7.5 and s["truncation_rate"] == 0.25
     assert s["accuracy_by_group"]["Cardiology"] == {"n": 2, "correct": 1, "accuracy": 0.5}
 
@@ -223,26 +330,63 @@ def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "MedQA-USMLE" in b)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "US").mkdir()
-    medqa = [{"question": "A 30-year-old has fatigue and a low ferritin. Most likely cause?",
-              "answer": "Iron deficiency", "options": {"A": "B12 deficiency", "B": "Iron deficiency",
-                                                      "C": "Thalassemia", "D": "Hemolysis", "E": "Folate deficiency"},
-              "meta_info": "step1", "answer_idx": "B"},
-             {"question": "Drug of choice for absence seizures in a child?", "answer": "Ethosuximide",
-              "options": {"A": "Phenytoin", "B": "Carbamazepine", "C": "Ethosuximide", "D": "Gabapentin",
-                          "E": "Tiagabine"}, "meta_info": "step2&3", "answer_idx": "C"}]
+    medqa = [
+        {
+            "question": "A 30-year-old has fatigue and a low ferritin. Most likely cause?",
+            "answer": "Iron deficiency",
+            "options": {
+                "A": "B12 deficiency",
+                "B": "Iron deficiency",
+                "C": "Thalassemia",
+                "D": "Hemolysis",
+                "E": "Folate deficiency",
+            },
+            "meta_info": "step1",
+            "answer_idx": "B",
+        },
+        {
+            "question": "Drug of choice for absence seizures in a child?",
+            "answer": "Ethosuximide",
+            "options": {
+                "A": "Phenytoin",
+                "B": "Carbamazepine",
+                "C": "Ethosuximide",
+                "D": "Gabapentin",
+                "E": "Tiagabine",
+            },
+            "meta_info": "step2&3",
+            "answer_idx": "C",
+        },
+    ]
     (tmp_path / "US" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in medqa))
-    pq = {"21645374": {"QUESTION": "Do statins reduce stroke recurrence?", "CONTEXTS": ["Background.", "Results."],
-                       "LABELS": ["BACKGROUND", "RESULTS"], "final_decision": "yes", "LONG_ANSWER": "They do."},
-          "16418930": {"QUESTION": "Is the score useful?", "CONTEXTS": ["Methods."], "LABELS": ["METHODS"],
-                       "final_decision": "maybe", "LONG_ANSWER": "Unclear."}}
+    pq = {
+        "21645374": {
+            "QUESTION": "Do statins reduce stroke recurrence?",
+            "CONTEXTS": ["Background.", "Results."],
+            "LABELS": ["BACKGROUND", "RESULTS"],
+            "final_decision": "yes",
+            "LONG_ANSWER": "They do.",
+        },
+        "16418930": {
+            "QUESTION": "Is the score useful?",
+            "CONTEXTS": ["Methods."],
+            "LABELS": ["METHODS"],
+            "final_decision": "maybe",
+            "LONG_ANSWER": "Unclear.",
+        },
+    }
     (tmp_path / "ori_pqal.json").write_text(json.dumps(pq))
     exec(compile(block, "README.md", "exec"), {})
     five = load_benchmark(tmp_path / "medqa.jsonl")
     assert [(i.id, list(i.options), i.answer, i.group) for i in five] == [
-        ("medqa-0", list("ABCDE"), "B", "step1"), ("medqa-1", list("ABCDE"), "C", "step2&3")]
+        ("medqa-0", list("ABCDE"), "B", "step1"),
+        ("medqa-1", list("ABCDE"), "C", "step2&3"),
+    ]
     ynm = load_benchmark(tmp_path / "pubmedqa.jsonl")
-    assert [(i.id, i.answer, i.context) for i in ynm] == [("21645374", "yes", "Background. Results."),
-                                                           ("16418930", "maybe", "Methods.")]
+    assert [(i.id, i.answer, i.context) for i in ynm] == [
+        ("21645374", "yes", "Background. Results."),
+        ("16418930", "maybe", "Methods."),
+    ]
     assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
 
 
@@ -263,23 +407,46 @@ def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp)
     costs, and a projection that follows from the figures, in one JSON file."""
     bench = _benchmark_module()
     out = in_tmp / "eval_throughput.json"
-    assert bench.main(["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "4", "--batch-sizes", "1,2",
-                       "--dtypes", "float32", "--step-batch-sizes", "1,4", "--step-tokens", "3",
-                       "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--adapter",
+                str(adapter_dir),
+                "--n",
+                "3",
+                "--max-new-tokens",
+                "4",
+                "--batch-sizes",
+                "1,2",
+                "--dtypes",
+                "float32",
+                "--step-batch-sizes",
+                "1,4",
+                "--step-tokens",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     run = report["runs"]["float32"]
     assert run["complete"] and run["dtype"] == "float32"
     assert {(r["variant"], r["batch_size"]) for r in run["results"]} == {
-        (v, b) for v in ("base", "adapter") for b in (1, 2)}
+        (v, b) for v in ("base", "adapter") for b in (1, 2)
+    }
     for r in run["results"]:
         assert r["n"] == 3 and r["questions_per_minute"] == pytest.approx(3 / r["seconds"] * 60)
         assert 0 <= r["truncation_rate"] <= 1 and 0 <= r["extraction_rate"] <= 1
     assert {(r["variant"], r["batch_size"]) for r in run["decoding_step_ms"]} == {
-        (v, b) for v in ("base", "adapter") for b in (1, 4)}
+        (v, b) for v in ("base", "adapter") for b in (1, 4)
+    }
     # a step's cost is the difference of two timings; on the tiny model both take milliseconds, so its sign is noise
     assert all(math.isfinite(r["ms_per_step"]) and r["prompt_tokens"] > 0 for r in run["decoding_step_ms"])
-    assert all(r["ms_per_step_per_row"] == pytest.approx(r["ms_per_step"] / r["batch_size"])
-               for r in run["decoding_step_ms"])
+    assert all(
+        r["ms_per_step_per_row"] == pytest.approx(r["ms_per_step"] / r["batch_size"]) for r in run["decoding_step_ms"]
+    )
     p = run["projection"]
     best = [r for r in run["results"] if r["batch_size"] == p["batch_size"]]
     assert p["minutes"] == pytest.approx(sum(p["items"] / r["questions_per_minute"] for r in best))

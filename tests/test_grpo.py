@@ -17,18 +17,43 @@ ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m-grpo-cpu.yaml"
 GPU_RECIPE = ROOT / "configs" / "qwen2.5-0.5b-grpo-gpu.yaml"
 # what the chapter and the README read from MLflow; a TRL rename would silently empty the curves
-LOGGED = {"reward", "rewards/correctness_reward/mean", "rewards/format_reward/mean", "kl",
-          "completions/mean_length", "completions/clipped_ratio", "clip_ratio/region_mean"}
+LOGGED = {
+    "reward",
+    "rewards/correctness_reward/mean",
+    "rewards/format_reward/mean",
+    "kl",
+    "completions/mean_length",
+    "completions/clipped_ratio",
+    "clip_ratio/region_mean",
+}
 
 
 def grpo_args(model_dir: Path, work: Path, *extra: str, steps: int = 2) -> list[str]:
     """The CPU recipe on the tiny model: 2 questions x 2 completions of 8 tokens per step."""
     return [
-        "--config", str(RECIPE), "--model_name_or_path", str(model_dir),
-        "--max_steps", str(steps), "--max_examples", "8", "--num_generations", "2",
-        "--per_device_train_batch_size", "4", "--max_completion_length", "8", "--save_steps", "1",
-        "--num_threads", "1",  # on a shared 2-core machine a second thread mostly waits for the first
-        "--output_dir", str(work / "out"), "--adapter_root", str(work / "grpo"), *extra,
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(model_dir),
+        "--max_steps",
+        str(steps),
+        "--max_examples",
+        "8",
+        "--num_generations",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--max_completion_length",
+        "8",
+        "--save_steps",
+        "1",
+        "--num_threads",
+        "1",  # on a shared 2-core machine a second thread mostly waits for the first
+        "--output_dir",
+        str(work / "out"),
+        "--adapter_root",
+        str(work / "grpo"),
+        *extra,
     ]
 
 
@@ -43,10 +68,16 @@ def sft_adapter(tmp_path_factory, tiny_model_dir):
 
     folder = tmp_path_factory.mktemp("sft") / "tiny"
     torch.manual_seed(1)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    save_adapter(model, AutoTokenizer.from_pretrained(tiny_model_dir), folder,
-                 {"base_model": str(tiny_model_dir), "template": "think", "trainer": "sft", "metrics": {}, "config": {}})
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False),
+    )
+    save_adapter(
+        model,
+        AutoTokenizer.from_pretrained(tiny_model_dir),
+        folder,
+        {"base_model": str(tiny_model_dir), "template": "think", "trainer": "sft", "metrics": {}, "config": {}},
+    )
     return folder
 
 
@@ -68,10 +99,17 @@ def test_recipes_parse_into_grpo_config(monkeypatch):
     assert not gpu.use_vllm  # on only where vllm is installed (the recipe's header shows the override)
 
 
-@pytest.mark.parametrize("installed, ok", [
-    ("0.22.0", True), ("0.31.0", True), ("0.24.0+cu129", True),   # a local tag is the same release
-    ("0.21.1", False), ("0.32.0", False), (None, False),          # None: not installed
-])
+@pytest.mark.parametrize(
+    "installed, ok",
+    [
+        ("0.22.0", True),
+        ("0.31.0", True),
+        ("0.24.0+cu129", True),  # a local tag is the same release
+        ("0.21.1", False),
+        ("0.32.0", False),
+        (None, False),  # None: not installed
+    ],
+)
 def test_use_vllm_outside_trls_range_is_one_line(installed, ok, monkeypatch):
     import importlib.metadata
 
@@ -129,14 +167,19 @@ def test_gpu_recipe_comment_counts_questions_from_its_values(monkeypatch):
     questions = generations * cfg.generation_batch_size / cfg.num_generations
     pool = len(bundled_split("pool"))
     line = next(l for l in GPU_RECIPE.read_text().splitlines() if l.startswith("max_steps:"))
-    m = re.search(r"([\d,]+) questions drawn \((\d+) steps x (\d+) questions / (\d+) iterations\), "
-                  r"about ([\d.]+) passes over the (\d+)-question pool", line)
+    m = re.search(
+        r"([\d,]+) questions drawn \((\d+) steps x (\d+) questions / (\d+) iterations\), "
+        r"about ([\d.]+) passes over the (\d+)-question pool",
+        line,
+    )
     assert m, line
     drawn, steps, per_step, iterations, passes, pool_size = m.groups()
     assert int(drawn.replace(",", "")) == questions
     assert (int(steps), int(per_step), int(iterations)) == (
-        cfg.max_steps, cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations,
-        cfg.num_iterations)
+        cfg.max_steps,
+        cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps // cfg.num_generations,
+        cfg.num_iterations,
+    )
     assert int(pool_size) == pool and passes == f"{questions / pool:.1f}"
 
 
@@ -163,11 +206,14 @@ def test_sft_recipe_still_parses_into_sft_config():
     assert type(cfg) is SFTConfig and args.trainer == "sft"
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--max_length", "512"], "unknown option '--max_length'"),  # an SFT key, refused by GRPOConfig
-    (["--trainer", "ppo"], "trainer 'ppo' is unknown"),
-    (["--num_generations", "3"], "divisible by num_generations"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--max_length", "512"], "unknown option '--max_length'"),  # an SFT key, refused by GRPOConfig
+        (["--trainer", "ppo"], "trainer 'ppo' is unknown"),
+        (["--num_generations", "3"], "divisible by num_generations"),
+    ],
+)
 def test_bad_grpo_options_are_one_line(argv, message, tmp_path):
     from medreason.config import parse_config
     from medreason.errors import UserError

@@ -68,12 +68,19 @@ def _reference(model, tokenizer, question: str, max_new_tokens: int, seed: int |
 
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
-        out = model.generate(**ids, **decoding, max_new_tokens=max_new_tokens, repetition_penalty=1.1,
-                             pad_token_id=tokenizer.pad_token_id)
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+        out = model.generate(
+            **ids,
+            **decoding,
+            max_new_tokens=max_new_tokens,
+            repetition_penalty=1.1,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
 
 
 def _error_line(capsys) -> str:
@@ -164,11 +171,13 @@ def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapt
     def counter(name):
         return lambda *a: calls.__setitem__(name, calls[name] + 1)
 
-    hooks = [lora_layer.base_layer.register_forward_hook(counter("base_layer")),
-             lora_layer.lora_A["default"].register_forward_hook(counter("lora_A"))]
-    (base, tuned), = compare(s, [QUESTION], Sampling(greedy=True, max_new_tokens=8))
+    hooks = [
+        lora_layer.base_layer.register_forward_hook(counter("base_layer")),
+        lora_layer.lora_A["default"].register_forward_hook(counter("lora_A")),
+    ]
+    ((base, tuned),) = compare(s, [QUESTION], Sampling(greedy=True, max_new_tokens=8))
     # the tiny random base answers greedily with blank lines only, so also compare sampled answers
-    (sampled_base, sampled_tuned), = compare(s, [QUESTION], Sampling(max_new_tokens=8, temperature=1.0, seed=5))
+    ((sampled_base, sampled_tuned),) = compare(s, [QUESTION], Sampling(max_new_tokens=8, temperature=1.0, seed=5))
     for h in hooks:
         h.remove()
     gc.collect()
@@ -233,20 +242,35 @@ def test_compare_needs_an_adapter(tiny_model_dir):
 # --------------------------------------------------------------------------------------------- reasoning split
 
 
-@pytest.mark.parametrize("text, template, expected", [
-    ("<think>\nLow ferritin means iron deficiency.\n</think>\n\nIron deficiency anaemia.", "think",
-     ("Low ferritin means iron deficiency.", "Iron deficiency anaemia.")),
-    ("<think>Pallor and fatigue, so check the haemoglobin", "think",  # ran out of tokens while thinking
-     ("Pallor and fatigue, so check the haemoglobin", "")),
-    ("  Iron deficiency anaemia.  ", "think", ("", "Iron deficiency anaemia.")),
-    ("<think></think>Answer: B", "think", ("", "Answer: B")),
-    ("<think>\nstep one\nstep two\n</think>\nfirst line\nsecond line", "think",
-     ("step one\nstep two", "first line\nsecond line")),
-    ("## Thinking\n\nLow ferritin.\n\n## Final Response\n\nIron deficiency.", "huatuo",
-     ("Low ferritin.", "Iron deficiency.")),
-    ("Iron deficiency.", "huatuo", ("", "Iron deficiency.")),
-    ("<think>x</think>y", "huatuo", ("", "<think>x</think>y")),  # the adapter's template decides
-])
+@pytest.mark.parametrize(
+    "text, template, expected",
+    [
+        (
+            "<think>\nLow ferritin means iron deficiency.\n</think>\n\nIron deficiency anaemia.",
+            "think",
+            ("Low ferritin means iron deficiency.", "Iron deficiency anaemia."),
+        ),
+        (
+            "<think>Pallor and fatigue, so check the haemoglobin",
+            "think",  # ran out of tokens while thinking
+            ("Pallor and fatigue, so check the haemoglobin", ""),
+        ),
+        ("  Iron deficiency anaemia.  ", "think", ("", "Iron deficiency anaemia.")),
+        ("<think></think>Answer: B", "think", ("", "Answer: B")),
+        (
+            "<think>\nstep one\nstep two\n</think>\nfirst line\nsecond line",
+            "think",
+            ("step one\nstep two", "first line\nsecond line"),
+        ),
+        (
+            "## Thinking\n\nLow ferritin.\n\n## Final Response\n\nIron deficiency.",
+            "huatuo",
+            ("Low ferritin.", "Iron deficiency."),
+        ),
+        ("Iron deficiency.", "huatuo", ("", "Iron deficiency.")),
+        ("<think>x</think>y", "huatuo", ("", "<think>x</think>y")),  # the adapter's template decides
+    ],
+)
 def test_split_reasoning(text, template, expected):
     assert split_reasoning(text, template) == expected
 
@@ -300,8 +324,11 @@ def test_corrupt_mcq_file_names_the_row(in_tmp, capsys, monkeypatch):
         raise AssertionError("the model was loaded before the MCQ file was checked")
 
     monkeypatch.setattr(medreason.generate, "load_for_inference", refuse)
-    good = {"question": "Which vitamin deficiency causes scurvy?",
-            "options": {"A": "Vitamin A", "B": "Vitamin B12", "C": "Vitamin C", "D": "Vitamin D"}, "answer": "C"}
+    good = {
+        "question": "Which vitamin deficiency causes scurvy?",
+        "options": {"A": "Vitamin A", "B": "Vitamin B12", "C": "Vitamin C", "D": "Vitamin D"},
+        "answer": "C",
+    }
     bad = dict(good, answer="E")
     Path("bad.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n" + json.dumps(good) + "\n")
     assert main(["eval", "--mcq", "bad.jsonl"]) == 2
@@ -315,16 +342,47 @@ def test_corrupt_mcq_file_names_the_row(in_tmp, capsys, monkeypatch):
 def test_chat_batch_mode_writes_one_row_per_question(tiny_model_dir, adapter_dir, in_tmp):
     questions = ["What is anemia?", QUESTION, "Name one cause of chest pain."]
     Path("questions.txt").write_text("\n".join(questions[:2]) + "\n\n" + questions[2] + "\n")
-    assert main(["chat", "--model", str(tiny_model_dir), "--questions", "questions.txt", "--out", "out/a.jsonl",
-                 "--greedy", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--model",
+                str(tiny_model_dir),
+                "--questions",
+                "questions.txt",
+                "--out",
+                "out/a.jsonl",
+                "--greedy",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in Path("out/a.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == questions
     assert all(r["source"] == "base" and "base_answer" not in r and isinstance(r["answer"], str) for r in rows)
     assert not list(Path("out").glob("*.tmp"))
 
     Path("questions.jsonl").write_text("\n".join(json.dumps({"question": q}) for q in questions) + "\n")
-    assert main(["chat", "--adapter", str(adapter_dir), "--compare", "--questions", "questions.jsonl",
-                 "--out", "out/b.jsonl", "--greedy", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--adapter",
+                str(adapter_dir),
+                "--compare",
+                "--questions",
+                "questions.jsonl",
+                "--out",
+                "out/b.jsonl",
+                "--greedy",
+                "--max-new-tokens",
+                "5",
+            ]
+        )
+        == 0
+    )
     rows = [json.loads(line) for line in Path("out/b.jsonl").read_text().splitlines()]
     assert [r["question"] for r in rows] == questions
     assert all(r["source"] == "adapter" and isinstance(r["base_answer"], str) for r in rows)
@@ -334,8 +392,22 @@ def test_chat_batch_mode_writes_one_row_per_question(tiny_model_dir, adapter_dir
 
 
 def test_chat_prompt_with_compare_prints_both(adapter_dir, capsys):
-    assert main(["chat", "--adapter", str(adapter_dir), "--compare", "--prompt", "What is anemia?",
-                 "--greedy", "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "chat",
+                "--adapter",
+                str(adapter_dir),
+                "--compare",
+                "--prompt",
+                "What is anemia?",
+                "--greedy",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "=== base model" in out and f"=== with adapter ({adapter_dir})" in out
 
@@ -343,15 +415,21 @@ def test_chat_prompt_with_compare_prints_both(adapter_dir, capsys):
 def _chat_subprocess(cwd, stdin_text, *args):
     return subprocess.run(
         [sys.executable, "-m", "medreason", "chat", *args, "--greedy", "--max-new-tokens", "4"],
-        input=stdin_text, capture_output=True, text=True, timeout=300, cwd=cwd,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        input=stdin_text,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=cwd,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
 
 
 @pytest.mark.slow
 def test_interactive_chat_answers_then_quits(tiny_model_dir, adapter_dir, session, in_tmp):
     # with the adapter: the tiny random base alone answers greedily with blank lines only
-    proc = _chat_subprocess(in_tmp, "What is anemia?\nquit\n", "--model", str(tiny_model_dir),
-                            "--adapter", str(adapter_dir))
+    proc = _chat_subprocess(
+        in_tmp, "What is anemia?\nquit\n", "--model", str(tiny_model_dir), "--adapter", str(adapter_dir)
+    )
     assert proc.returncode == 0, proc.stderr
     assert "model>" in proc.stdout
     expected = answer(session, ["What is anemia?"], Sampling(greedy=True, max_new_tokens=4))[0].text
@@ -405,7 +483,7 @@ def test_heldout_loss_equals_a_hand_computation(session):
         assert full.startswith(prompt)
         prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
         ids = tok(full, add_special_tokens=False)["input_ids"]
-        assert ids[:len(prompt_ids)] == prompt_ids
+        assert ids[: len(prompt_ids)] == prompt_ids
         with torch.inference_mode():
             logp = torch.log_softmax(session.model(torch.tensor([ids])).logits[0].float(), dim=-1)
         nll = -sum(logp[i - 1, ids[i]].item() for i in range(len(prompt_ids), len(ids)))

@@ -36,7 +36,9 @@ def test_gitignore_and_clean_follow_the_layout():
     assert "_build/" in ignored, ".gitignore does not ignore the top-level _build/"
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
     recipe = makefile[makefile.index("\nclean:") :].splitlines()[2:]
-    commands = " ".join(line for line in recipe[: next((i for i, l in enumerate(recipe) if not l.startswith("\t")), None)])
+    commands = " ".join(
+        line for line in recipe[: next((i for i, l in enumerate(recipe) if not l.startswith("\t")), None)]
+    )
     assert "rm -rf _build " in commands + " ", f"make clean does not remove the top-level _build: {commands!r}"
 
 

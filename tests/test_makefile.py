@@ -20,8 +20,9 @@ from prerequisites import missing
 REPO = Path(__file__).resolve().parents[1]
 MAKE = shutil.which("make")
 if MAKE is None:
-    missing("make", "sudo apt-get install make (Fedora: sudo dnf install make; macOS: xcode-select --install)",
-            module=True)
+    missing(
+        "make", "sudo apt-get install make (Fedora: sudo dnf install make; macOS: xcode-select --install)", module=True
+    )
 
 
 def _make(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -54,13 +55,18 @@ def _script(path: Path, body: str) -> Path:
 def _fake_python(tmp_path: Path, version: str, *, imports: bool = True, venv_fails: bool = False) -> Path:
     """A `python3` that reports `version` to `-c` version queries, imports venv and ensurepip or not, and fails
     anything else when venv_fails."""
-    return _script(tmp_path / "fake" / "python3", "\n".join([
-        'case "$1 $2" in',
-        f'  "-c "*version_info*) echo {version};;',
-        f'  "-c "*ensurepip*) exit {0 if imports else 1};;',
-        f'  *) exit {1 if venv_fails else 0};;',
-        "esac",
-    ]))
+    return _script(
+        tmp_path / "fake" / "python3",
+        "\n".join(
+            [
+                'case "$1 $2" in',
+                f'  "-c "*version_info*) echo {version};;',
+                f'  "-c "*ensurepip*) exit {0 if imports else 1};;',
+                f"  *) exit {1 if venv_fails else 0};;",
+                "esac",
+            ]
+        ),
+    )
 
 
 def _one_line(proc: subprocess.CompletedProcess) -> str:
@@ -74,8 +80,9 @@ def _one_line(proc: subprocess.CompletedProcess) -> str:
 def test_old_python_is_named_with_its_version(tmp_path, version):
     python = _fake_python(tmp_path, version)
     proc = _make(f"PYTHON={python}", "prerequisites")
-    assert _one_line(proc).startswith(
-        f"medreason: {python} is Python {version}; medreason needs 3.11.5 or newer: "), _shown(proc)
+    assert _one_line(proc).startswith(f"medreason: {python} is Python {version}; medreason needs 3.11.5 or newer: "), (
+        _shown(proc)
+    )
 
 
 @pytest.mark.parametrize("version", ["3.11.5", "3.11.12", "3.12.0", "3.14.1"])
@@ -86,8 +93,9 @@ def test_new_enough_python_passes_silently(tmp_path, version):
 
 def test_missing_python_is_named(tmp_path):
     proc = _make("PYTHON=python3-that-is-not-there", "prerequisites", env={"PATH": str(tmp_path)})
-    assert _one_line(proc).startswith("medreason: python3-that-is-not-there not found: install Python 3.11.5"), \
-        _shown(proc)
+    assert _one_line(proc).startswith("medreason: python3-that-is-not-there not found: install Python 3.11.5"), _shown(
+        proc
+    )
 
 
 def test_python_found_on_path(tmp_path):
@@ -100,8 +108,10 @@ def test_python_found_on_path(tmp_path):
 def test_python_without_venv_module_names_python3_venv(tmp_path):
     python = _fake_python(tmp_path, "3.11.9", imports=False)
     proc = _make(f"PYTHON={python}", "prerequisites")
-    assert _one_line(proc) == (f"medreason: {python} has no venv/ensurepip module: install python3-venv "
-                               "(Debian/Ubuntu: sudo apt-get install python3-venv), then run make again"), _shown(proc)
+    assert _one_line(proc) == (
+        f"medreason: {python} has no venv/ensurepip module: install python3-venv "
+        "(Debian/Ubuntu: sudo apt-get install python3-venv), then run make again"
+    ), _shown(proc)
 
 
 def test_setup_checks_prerequisites_first(tmp_path):
@@ -147,7 +157,9 @@ def test_unrepairable_venv_names_python3_venv(tmp_path):
 def test_unreachable_torch_index_fails_on_github(tmp_path):
     """On GitHub Actions an unreachable CPU index must not fall back to PyPI (whose torch bundles CUDA)."""
     venv = tmp_path / "venv"
-    python = _script(venv / "bin" / "python", 'case "$*" in *"import sys, torch"*) exit 1;; esac\nexec "%s" "$@"' % sys.executable)
+    python = _script(
+        venv / "bin" / "python", 'case "$*" in *"import sys, torch"*) exit 1;; esac\nexec "%s" "$@"' % sys.executable
+    )
     assert python.is_file()
     # port 9 (discard) on loopback: nothing listens, the connection is refused at once
     proc = _make(f"VENV={venv}", "TORCH_INDEX=http://127.0.0.1:9/cpu", "torch", env={"GITHUB_ACTIONS": "true"})

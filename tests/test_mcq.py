@@ -8,12 +8,26 @@ import pytest
 from medreason import mcq
 from medreason.errors import UserError
 
-FIVE = {"id": "usmle-1", "question": "A 67-year-old woman has chest pain after her son's death. What is the diagnosis?",
-        "options": {"A": "Prinzmetal angina", "B": "Myocarditis", "C": "Takotsubo cardiomyopathy",
-                    "D": "Anterior STEMI", "E": "Aortic dissection"}, "answer": "C", "specialty": "Cardiology"}
-PUBMEDQA = {"context": "In 120 adults, drug X lowered systolic pressure by 4 mm Hg versus placebo (p = 0.30).",
-            "question": "Does drug X lower blood pressure?", "options": ["yes", "no", "maybe"], "answer": "No",
-            "group": "pharmacology"}
+FIVE = {
+    "id": "usmle-1",
+    "question": "A 67-year-old woman has chest pain after her son's death. What is the diagnosis?",
+    "options": {
+        "A": "Prinzmetal angina",
+        "B": "Myocarditis",
+        "C": "Takotsubo cardiomyopathy",
+        "D": "Anterior STEMI",
+        "E": "Aortic dissection",
+    },
+    "answer": "C",
+    "specialty": "Cardiology",
+}
+PUBMEDQA = {
+    "context": "In 120 adults, drug X lowered systolic pressure by 4 mm Hg versus placebo (p = 0.30).",
+    "question": "Does drug X lower blood pressure?",
+    "options": ["yes", "no", "maybe"],
+    "answer": "No",
+    "group": "pharmacology",
+}
 
 
 def write_jsonl(path, rows):
@@ -48,16 +62,21 @@ def test_chance_is_averaged_per_item(tmp_path):
 
 
 def test_list_of_texts_with_a_letter_answer_is_lettered(tmp_path):
-    row = {"question": "Which vitamin deficiency causes scurvy?", "options": ["Vitamin A", "Vitamin C", "Vitamin D"],
-           "answer": "B"}
-    item, = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [row]))
+    row = {
+        "question": "Which vitamin deficiency causes scurvy?",
+        "options": ["Vitamin A", "Vitamin C", "Vitamin D"],
+        "answer": "B",
+    }
+    (item,) = mcq.load_benchmark(write_jsonl(tmp_path / "b.jsonl", [row]))
     assert item.options == {"A": "Vitamin A", "B": "Vitamin C", "C": "Vitamin D"} and item.answer == "B"
 
 
 @pytest.mark.parametrize("suffix", [".json", ".csv", ".parquet"])
 def test_other_file_types(tmp_path, suffix):
-    rows = [FIVE, {**FIVE, "id": "usmle-2", "options": {k: v for k, v in FIVE["options"].items() if k != "E"},
-                   "answer": "D"}]
+    rows = [
+        FIVE,
+        {**FIVE, "id": "usmle-2", "options": {k: v for k, v in FIVE["options"].items() if k != "E"}, "answer": "D"},
+    ]
     path = tmp_path / f"b{suffix}"
     if suffix == ".json":
         path.write_text(json.dumps(rows))
@@ -65,7 +84,8 @@ def test_other_file_types(tmp_path, suffix):
         import pandas as pd
 
         pd.DataFrame([{**{k: v for k, v in r.items() if k != "options"}, **r["options"]} for r in rows]).to_csv(
-            path, index=False)
+            path, index=False
+        )
     else:
         import pandas as pd
 
@@ -82,26 +102,30 @@ def test_csv_with_json_options_cell(tmp_path):
     with path.open("w", newline="") as f:
         w = csv.DictWriter(f, ["context", "question", "options", "answer"])
         w.writeheader()
-        w.writerow({**{k: PUBMEDQA[k] for k in ("context", "question", "answer")},
-                    "options": json.dumps(PUBMEDQA["options"])})
-    item, = mcq.load_benchmark(path)
+        w.writerow(
+            {**{k: PUBMEDQA[k] for k in ("context", "question", "answer")}, "options": json.dumps(PUBMEDQA["options"])}
+        )
+    (item,) = mcq.load_benchmark(path)
     assert item.options == {"yes": "yes", "no": "no", "maybe": "maybe"} and item.answer == "no"
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"options": {"A": "x", "B": "y", "D": "z"}}, 'row 2: field "options" must map the letters A, B, C'),
-    ({"options": {"A": "x"}}, 'row 2: field "options" has 1 options: give 2 to 10'),
-    ({"options": [f"o{i}" for i in range(11)], "answer": "o1"}, 'row 2: field "options" has 11 options'),
-    ({"options": {"A": "x", "B": " "}}, 'row 2: field "options" option B is empty'),
-    ({"options": {"A": "x", "B": "X"}, "answer": "A"}, 'row 2: field "options" has two options with the same text'),
-    ({"answer": "F"}, 'row 2: field "answer" is \'F\', not one of A, B, C, D, E'),
-    ({"answer": 3}, 'row 2: field "answer" is a number, not one of'),
-    ({"question": ""}, 'row 2: field "question" is empty'),
-    ({"question": None}, 'row 2: field "question" is missing'),
-    ({"options": 5}, 'row 2: field "options" is a number'),
-    ({"context": 7}, 'row 2: field "context" is a number, not text'),
-    ({"id": "usmle-1"}, 'row 2: field "id" repeats'),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"options": {"A": "x", "B": "y", "D": "z"}}, 'row 2: field "options" must map the letters A, B, C'),
+        ({"options": {"A": "x"}}, 'row 2: field "options" has 1 options: give 2 to 10'),
+        ({"options": [f"o{i}" for i in range(11)], "answer": "o1"}, 'row 2: field "options" has 11 options'),
+        ({"options": {"A": "x", "B": " "}}, 'row 2: field "options" option B is empty'),
+        ({"options": {"A": "x", "B": "X"}, "answer": "A"}, 'row 2: field "options" has two options with the same text'),
+        ({"answer": "F"}, "row 2: field \"answer\" is 'F', not one of A, B, C, D, E"),
+        ({"answer": 3}, 'row 2: field "answer" is a number, not one of'),
+        ({"question": ""}, 'row 2: field "question" is empty'),
+        ({"question": None}, 'row 2: field "question" is missing'),
+        ({"options": 5}, 'row 2: field "options" is a number'),
+        ({"context": 7}, 'row 2: field "context" is a number, not text'),
+        ({"id": "usmle-1"}, 'row 2: field "id" repeats'),
+    ],
+)
 def test_bad_row_names_row_and_field(tmp_path, change, message):
     path = write_jsonl(tmp_path / "b.jsonl", [FIVE, {**FIVE, "id": "x2", **change}])
     with pytest.raises(UserError) as e:
@@ -151,12 +175,14 @@ def test_prompt_lists_the_options(tmp_path):
     assert msgs[1]["content"] == (
         f"Question: {FIVE['question']}\n\nOptions:\nA. Prinzmetal angina\nB. Myocarditis\n"
         "C. Takotsubo cardiomyopathy\nD. Anterior STEMI\nE. Aortic dissection\n\n"
-        'Think it through, then end with "The answer is X", where X is one of A, B, C, D, E.')
+        'Think it through, then end with "The answer is X", where X is one of A, B, C, D, E.'
+    )
     user = mcq.prompt_messages(ynm, None)
     assert len(user) == 1
     assert user[0]["content"] == (
         f"Context: {PUBMEDQA['context']}\n\nQuestion: {PUBMEDQA['question']}\n\nOptions: yes / no / maybe\n\n"
-        'Think it through, then end with "The answer is X", where X is one of yes, no, maybe.')
+        'Think it through, then end with "The answer is X", where X is one of yes, no, maybe.'
+    )
 
 
 # --------------------------------------------------------------------------------------------- trivial baselines
@@ -195,8 +221,10 @@ def test_majority_label_comes_from_the_prior_when_given():
 
 
 def test_trivial_baselines_free_labels_and_the_bundled_heldout_split():
-    ynm = [mcq.MCQItem(str(i), "q", {"yes": "yes", "no": "no", "maybe": "maybe"}, a)
-           for i, a in enumerate(["yes", "yes", "no", "maybe"])]
+    ynm = [
+        mcq.MCQItem(str(i), "q", {"yes": "yes", "no": "no", "maybe": "maybe"}, a)
+        for i, a in enumerate(["yes", "yes", "no", "maybe"])
+    ]
     b = mcq.trivial_baselines(ynm)
     assert b["same_label"]["label"] == "yes" and b["same_label"]["accuracy"] == 0.5
     assert b["longest_option"]["accuracy"] == 0.25  # "maybe" is the longest label, right once

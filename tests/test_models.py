@@ -22,7 +22,9 @@ def test_cache_is_used_once_converted(smollm2_dir):
     source = models.resolve_model(models.DEFAULT_MODEL)
     assert source.kind == "cache"
     assert (smollm2_dir / "model.safetensors").is_file()
-    assert (smollm2_dir / "chat_template.jinja").is_file() or "chat_template" in (smollm2_dir / "tokenizer_config.json").read_text()
+    assert (smollm2_dir / "chat_template.jinja").is_file() or "chat_template" in (
+        smollm2_dir / "tokenizer_config.json"
+    ).read_text()
 
 
 def test_local_folder_loads_unchanged(tiny_model_dir):
@@ -75,7 +77,7 @@ def test_greedy_answer_is_fluent_english(smollm2_dir):
     x = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():
         out = model.generate(**x, max_new_tokens=40, do_sample=False)
-    text = tok.decode(out[0][x["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0][x["input_ids"].shape[1] :], skip_special_tokens=True)
     words = text.split()
     assert len(words) >= 15
     # fluent English: mostly dictionary-like lowercase words, with common function words present

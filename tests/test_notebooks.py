@@ -106,8 +106,9 @@ def test_config_loads_the_local_extension():
     """The root _config.yml names book/_ext/medreason_sphinx as a local extension, and Jupyter Book resolves it."""
     from jupyter_book.config import get_final_config
 
-    config, _ = get_final_config(user_yaml=ROOT / "_config.yml", sourcedir=BOOK,
-                                 cli_config={"latex_individualpages": False})
+    config, _ = get_final_config(
+        user_yaml=ROOT / "_config.yml", sourcedir=BOOK, cli_config={"latex_individualpages": False}
+    )
     assert "medreason_sphinx" in config["extensions"]
     assert str(EXT) in sys.path
     import medreason_sphinx
@@ -140,16 +141,20 @@ def test_tiny_book_offers_notebook_downloads(tmp_path):
     (tmp_path / "book").mkdir()
     (tmp_path / "_config.yml").write_text(
         "title: tiny\nonly_build_toc_files: true\nexecute:\n  execute_notebooks: 'off'\n"
-        f"sphinx:\n  local_extensions:\n    medreason_sphinx: {EXT}\n", encoding="utf-8")
+        f"sphinx:\n  local_extensions:\n    medreason_sphinx: {EXT}\n",
+        encoding="utf-8",
+    )
     (tmp_path / "book" / "_toc.yml").write_text(
-        "format: jb-book\nroot: intro\nchapters:\n  - file: zeta\n  - file: alpha\n", encoding="utf-8")
+        "format: jb-book\nroot: intro\nchapters:\n  - file: zeta\n  - file: alpha\n", encoding="utf-8"
+    )
     front = (BOOK / "intro.md").read_text(encoding="utf-8").split("\n---\n", 1)[0] + "\n---\n"
     (tmp_path / "book" / "intro.md").write_text(front + "\n# Intro\n\n```{code-cell} ipython3\nprint(1)\n```\n")
     (tmp_path / "book" / "zeta.md").write_text(front + "\n# Zeta\n\n```{code-cell} ipython3\nprint(2)\n```\n")
     (tmp_path / "book" / "alpha.md").write_text("# Alpha\n\nA page without code.\n")
     jb = Path(sys.executable).parent / "jupyter-book"
-    proc = subprocess.run([str(jb), "build", "book/", "--warningiserror", "-v"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(jb), "build", "book/", "--warningiserror", "-v"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # Sphinx colours its log
     read = re.findall(r"^reading sources\.\.\. \[\s*\d+%\] (\w+)$", log, re.M)
@@ -199,12 +204,22 @@ def test_downloaded_notebook_runs_from_a_folder_of_a_clone(tmp_path):
         medreason_sphinx.write_chapter_notebook(BOOK / "intro.md", folder / "intro.ipynb")
     notebook = nbformat.read(folder / "intro.ipynb", as_version=4)
     NotebookClient(notebook, timeout=600, resources={"metadata": {"path": str(folder)}}).execute()
-    printed = "".join(out.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
-                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
+    printed = "".join(
+        out.get("text", "")
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "stream"
+    )
     # the first cell moved to the clone copy's root, not to the checkout the test runs from
     assert f"the repository root, {clone.name}/" in printed, printed[:2000]
-    errors = [out for cell in notebook.cells if cell.cell_type == "code" for out in cell.get("outputs", [])
-              if out.get("output_type") == "error" or out.get("name") == "stderr"]
+    errors = [
+        out
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for out in cell.get("outputs", [])
+        if out.get("output_type") == "error" or out.get("name") == "stderr"
+    ]
     assert not errors, errors
 
 
@@ -224,11 +239,24 @@ class _Server:
     def __init__(self, root: Path, scratch: Path):
         self.port, self.token = _free_port(), secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
-        env = dict(os.environ, HF_HUB_OFFLINE="1", JUPYTER_RUNTIME_DIR=str(scratch / "runtime"),
-                   JUPYTER_CONFIG_DIR=str(scratch / "config"), JUPYTER_DATA_DIR=str(scratch / "data"))
-        args = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
-                f"--ServerApp.port={self.port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={self.token}",
-                f"--ServerApp.root_dir={root}"]
+        env = dict(
+            os.environ,
+            HF_HUB_OFFLINE="1",
+            JUPYTER_RUNTIME_DIR=str(scratch / "runtime"),
+            JUPYTER_CONFIG_DIR=str(scratch / "config"),
+            JUPYTER_DATA_DIR=str(scratch / "data"),
+        )
+        args = [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.port={self.port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={self.token}",
+            f"--ServerApp.root_dir={root}",
+        ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI runners often run as root
             args.append("--allow-root")
         self.log = open(scratch / "server.log", "w")
@@ -251,9 +279,12 @@ class _Server:
 
     def request(self, method: str, path: str, body=None):
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(self.base + path, data=data, method=method,
-                                     headers={"Authorization": f"token {self.token}",
-                                              "Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.base + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=60) as response:
             text = response.read().decode()
         return json.loads(text) if text else None
@@ -263,16 +294,35 @@ class _Server:
         import websocket
 
         ws = websocket.create_connection(
-            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout)
+            f"ws://127.0.0.1:{self.port}/api/kernels/{kernel_id}/channels?token={self.token}", timeout=timeout
+        )
         try:
             msg_id = uuid.uuid4().hex
-            ws.send(json.dumps({
-                "header": {"msg_id": msg_id, "username": "test", "session": uuid.uuid4().hex,
-                           "msg_type": "execute_request", "version": "5.3"},
-                "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
-                "content": {"code": code, "silent": False, "store_history": True, "user_expressions": {},
-                            "allow_stdin": False, "stop_on_error": True},
-            }))
+            ws.send(
+                json.dumps(
+                    {
+                        "header": {
+                            "msg_id": msg_id,
+                            "username": "test",
+                            "session": uuid.uuid4().hex,
+                            "msg_type": "execute_request",
+                            "version": "5.3",
+                        },
+                        "parent_header": {},
+                        "metadata": {},
+                        "channel": "shell",
+                        "buffers": [],
+                        "content": {
+                            "code": code,
+                            "silent": False,
+                            "store_history": True,
+                            "user_expressions": {},
+                            "allow_stdin": False,
+                            "stop_on_error": True,
+                        },
+                    }
+                )
+            )
             streams, reply, idle = {"stdout": "", "stderr": ""}, None, False
             deadline = time.monotonic() + timeout
             while not (reply and idle):
@@ -329,11 +379,16 @@ def test_jupyter_server_opens_a_chapter_and_runs_its_first_cell(jupyter_server):
     assert [(c["cell_type"], c["source"]) for c in cells] == [(c.cell_type, c.source) for c in expected.cells]
     kernel_name = model["content"]["metadata"]["kernelspec"]["name"]
 
-    session = server.request("POST", "/api/sessions", {
-        "path": "book/training.md", "name": "training.md", "type": "notebook", "kernel": {"name": kernel_name}})
+    session = server.request(
+        "POST",
+        "/api/sessions",
+        {"path": "book/training.md", "name": "training.md", "type": "notebook", "kernel": {"name": kernel_name}},
+    )
     try:
         first = next(c["source"] for c in cells if c["cell_type"] == "code")
-        code = first + "\nimport logging, os\nprint('cwd', os.getcwd())\nlogging.getLogger('medreason.x').info('hello')\n"
+        code = (
+            first + "\nimport logging, os\nprint('cwd', os.getcwd())\nlogging.getLogger('medreason.x').info('hello')\n"
+        )
         reply, stdout, stderr = server.execute(session["kernel"]["id"], code)
         assert reply["status"] == "ok", (reply, stderr)
         assert f"cwd {ROOT}" in stdout.splitlines(), stdout

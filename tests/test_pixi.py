@@ -196,8 +196,11 @@ def test_recorded_wheels_are_the_locked_versions():
             name, version = line.split("#", 1)[0].strip().split("==", 1)
             locked[canonicalize_name(name)] = version
     assert "bitsandbytes" in WHEEL_TAGS and "torch" not in WHEEL_TAGS, sorted(WHEEL_TAGS)
-    stale = {name: (package["version"], locked.get(canonicalize_name(name)))
-             for name, package in WHEEL_TAGS.items() if locked.get(canonicalize_name(name)) != package["version"]}
+    stale = {
+        name: (package["version"], locked.get(canonicalize_name(name)))
+        for name, package in WHEEL_TAGS.items()
+        if locked.get(canonicalize_name(name)) != package["version"]
+    }
     assert not stale, f"recorded != requirements.lock (run python tests/wheel_tags.py --refresh): {stale}"
     for name, package in WHEEL_TAGS.items():
         assert package["wheels"], f"{name}: no wheel recorded"

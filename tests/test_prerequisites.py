@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
-TINY = '''
+TINY = """
 from prerequisites import missing
 
 
@@ -19,7 +19,7 @@ def test_needs_a_tool():
 
 def test_plain():
     pass
-'''
+"""
 
 
 def _pytest(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
@@ -29,7 +29,11 @@ def _pytest(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     # -p conftest: the summary hook of tests/conftest.py, loaded as a plugin from PYTHONPATH
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider", "-rs", "test_tiny.py"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environ,
     )
 
 
@@ -37,7 +41,7 @@ def test_missing_tool_is_a_loud_skip(tmp_path):
     proc = _pytest(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 passed, 1 skipped" in proc.stdout, proc.stdout
-    block = proc.stdout[proc.stdout.index("missing prerequisites: these tests did not run"):]
+    block = proc.stdout[proc.stdout.index("missing prerequisites: these tests did not run") :]
     assert "frobnicator is not installed; install it with: apt-get install frobnicator" in block, block
     assert "test_tiny.py::test_needs_a_tool" in block and "MEDREASON_REQUIRE_TOOLS=1" in block, block
 

@@ -66,16 +66,39 @@ def test_quick_work_and_off_say_nothing(monkeypatch, caplog):
 
 
 def _eval_cmd(adapter_dir, mcq_file):
-    return [sys.executable, "-m", "medreason", "eval", "--adapter", str(adapter_dir), "--mode", "generate",
-            "--mcq", str(mcq_file), "--max-new-tokens", "4", "--batch-size", "2", "--no-cache", "--run-name", "p"]
+    return [
+        sys.executable,
+        "-m",
+        "medreason",
+        "eval",
+        "--adapter",
+        str(adapter_dir),
+        "--mode",
+        "generate",
+        "--mcq",
+        str(mcq_file),
+        "--max-new-tokens",
+        "4",
+        "--batch-size",
+        "2",
+        "--no-cache",
+        "--run-name",
+        "p",
+    ]
 
 
 @pytest.fixture()
 def mcq_file(tmp_path):
     import json
 
-    rows = [{"question": f"Question {i} about a patient?", "answer": "A",
-             "options": {"A": "one", "B": "two", "C": "three", "D": "four"}} for i in range(4)]
+    rows = [
+        {
+            "question": f"Question {i} about a patient?",
+            "answer": "A",
+            "options": {"A": "one", "B": "two", "C": "three", "D": "four"},
+        }
+        for i in range(4)
+    ]
     path = tmp_path / "b.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -87,8 +110,9 @@ def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_fi
     env.pop("TQDM_DISABLE", None)
     # stderr on a pseudo-terminal: tqdm's bar, with the total
     leader, follower = pty.openpty()
-    proc = subprocess.run(_eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=follower, timeout=600)
+    proc = subprocess.run(
+        _eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=follower, timeout=600
+    )
     os.close(follower)
     screen = b""
     while True:
@@ -104,8 +128,9 @@ def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_fi
     assert proc.returncode == 0, text[-2000:]
     assert "generate (base)" in text and "4/4" in text and ("q/s" in text or "s/q" in text), text[-2000:]
     # stderr piped: percentage lines instead of a bar
-    proc = subprocess.run(_eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        _eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "generate (adapter): 4/4 q (100%)" in proc.stderr and "\r" not in proc.stderr
 
@@ -115,8 +140,7 @@ def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_fi
 
 def _stray_warnings(stderr: str) -> list[str]:
     """Lines that carry a warning medreason did not write (its own lines start with "medreason:")."""
-    return [line for line in stderr.splitlines()
-            if "warning" in line.lower() and not line.startswith("medreason:")]
+    return [line for line in stderr.splitlines() if "warning" in line.lower() and not line.startswith("medreason:")]
 
 
 def test_subcommands_print_no_library_warning(adapter_dir, tiny_model_dir, mcq_file, tmp_path):
@@ -127,24 +151,74 @@ def test_subcommands_print_no_library_warning(adapter_dir, tiny_model_dir, mcq_f
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.ENV: "lines"}
     env.pop("PYTHONWARNINGS", None)
     data_file = tmp_path / "sft.jsonl"
-    data_file.write_text("".join(json.dumps({"Question": f"Question {i}: which drug treats condition {i}?",
-                                             "Complex_CoT": "Think about the mechanism and the evidence first.",
-                                             "Response": f"Drug {i}.", "specialty": "s"}) + "\n" for i in range(20)))
+    data_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "Question": f"Question {i}: which drug treats condition {i}?",
+                    "Complex_CoT": "Think about the mechanism and the evidence first.",
+                    "Response": f"Drug {i}.",
+                    "specialty": "s",
+                }
+            )
+            + "\n"
+            for i in range(20)
+        )
+    )
     recipe = ROOT / "configs" / "smollm2-135m-cpu.yaml"
     commands = {
         "data": ["data", "validate", str(data_file)],
-        "train": ["train", "--config", str(recipe), "--model_name_or_path", str(tiny_model_dir), "--dataset",
-                  str(data_file), "--max_steps", "2", "--max_length", "128", "--eval_strategy", "no",
-                  "--save_strategy", "no", "--evaluate_test", "false", "--output_dir", str(tmp_path / "out"),
-                  "--adapter_root", str(tmp_path / "lora")],
-        "eval": ["eval", "--adapter", str(adapter_dir), "--mode", "generate", "--mcq", str(mcq_file),
-                 "--max-new-tokens", "4", "--batch-size", "4", "--no-cache", "--run-name", "w"],
+        "train": [
+            "train",
+            "--config",
+            str(recipe),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset",
+            str(data_file),
+            "--max_steps",
+            "2",
+            "--max_length",
+            "128",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--evaluate_test",
+            "false",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--adapter_root",
+            str(tmp_path / "lora"),
+        ],
+        "eval": [
+            "eval",
+            "--adapter",
+            str(adapter_dir),
+            "--mode",
+            "generate",
+            "--mcq",
+            str(mcq_file),
+            "--max-new-tokens",
+            "4",
+            "--batch-size",
+            "4",
+            "--no-cache",
+            "--run-name",
+            "w",
+        ],
         "chat": ["chat", "--adapter", str(adapter_dir), "--prompt", "What is anemia?", "--max-new-tokens", "4"],
         "export": ["export", "--adapter", str(adapter_dir), "--out", str(tmp_path / "merged")],
     }
     for name, argv in commands.items():
-        proc = subprocess.run([sys.executable, "-m", "medreason", *argv], cwd=tmp_path, env=env, capture_output=True,
-                              text=True, timeout=600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "medreason", *argv],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert proc.returncode == 0, (name, proc.stderr[-3000:])
         assert not _stray_warnings(proc.stderr), (name, _stray_warnings(proc.stderr))
 
@@ -191,19 +265,57 @@ def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_d
     import re
 
     data_file = tmp_path / "sft.jsonl"
-    data_file.write_text("".join(json.dumps({"Question": f"Question {i}: which drug treats condition {i}?",
-                                             "Complex_CoT": "Think about the mechanism and the evidence first.",
-                                             "Response": f"Drug {i}.", "specialty": "s"}) + "\n" for i in range(40)))
+    data_file.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "Question": f"Question {i}: which drug treats condition {i}?",
+                    "Complex_CoT": "Think about the mechanism and the evidence first.",
+                    "Response": f"Drug {i}.",
+                    "specialty": "s",
+                }
+            )
+            + "\n"
+            for i in range(40)
+        )
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
     env.pop(progress.ENV, None)
     env.pop("TQDM_DISABLE", None)
 
     def argv(out):
-        return [sys.executable, "-m", "medreason", "train", "--config", str(ROOT / "configs" / "smollm2-135m-cpu.yaml"),
-                "--model_name_or_path", str(tiny_model_dir), "--dataset", str(data_file), "--max_steps", "4",
-                "--logging_steps", "1", "--max_length", "128", "--eval_strategy", "steps", "--eval_steps", "2",
-                "--save_strategy", "no", "--evaluate_test", "false", "--output_dir", str(tmp_path / out),
-                "--adapter_root", str(tmp_path / f"lora-{out}"), "--per_device_train_batch_size", "2"]
+        return [
+            sys.executable,
+            "-m",
+            "medreason",
+            "train",
+            "--config",
+            str(ROOT / "configs" / "smollm2-135m-cpu.yaml"),
+            "--model_name_or_path",
+            str(tiny_model_dir),
+            "--dataset",
+            str(data_file),
+            "--max_steps",
+            "4",
+            "--logging_steps",
+            "1",
+            "--max_length",
+            "128",
+            "--eval_strategy",
+            "steps",
+            "--eval_steps",
+            "2",
+            "--save_strategy",
+            "no",
+            "--evaluate_test",
+            "false",
+            "--output_dir",
+            str(tmp_path / out),
+            "--adapter_root",
+            str(tmp_path / f"lora-{out}"),
+            "--per_device_train_batch_size",
+            "2",
+        ]
 
     proc = subprocess.run(argv("piped"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -219,12 +331,30 @@ def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_d
 
 
 def test_chat_questions_with_compare_shows_progress(adapter_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0",
-           progress.ENV: "lines"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0", progress.ENV: "lines"}
     (tmp_path / "q.txt").write_text("".join(f"What causes condition {i}?\n" for i in range(10)))
-    proc = subprocess.run([sys.executable, "-m", "medreason", "chat", "--adapter", str(adapter_dir), "--compare",
-                           "--questions", "q.txt", "--out", "a.jsonl", "--max-new-tokens", "3"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "medreason",
+            "chat",
+            "--adapter",
+            str(adapter_dir),
+            "--compare",
+            "--questions",
+            "q.txt",
+            "--out",
+            "a.jsonl",
+            "--max-new-tokens",
+            "3",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "answer (base and adapter): 8/10 q (80%)" in proc.stderr
     assert "answer (base and adapter): 10/10 q (100%)" in proc.stderr

@@ -34,8 +34,21 @@ def local_run(tmp_path_factory, tiny_model_dir):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
         mp.setenv("MLFLOW_TRACKING_URI", uri)
-        result = train(tiny_args(tiny_model_dir, work, "--dataset", "in/x.jsonl", "--max_examples", "60",
-                                 "--evaluate_test", "true", "--eval_steps", "2", steps=2))
+        result = train(
+            tiny_args(
+                tiny_model_dir,
+                work,
+                "--dataset",
+                "in/x.jsonl",
+                "--max_examples",
+                "60",
+                "--evaluate_test",
+                "true",
+                "--eval_steps",
+                "2",
+                steps=2,
+            )
+        )
     return work, uri, result
 
 
@@ -112,7 +125,9 @@ def test_unreachable_hub_dataset_is_one_line_and_writes_nothing(in_tmp, capsys, 
     from medreason.cli import main
 
     before = sorted(p.name for p in in_tmp.iterdir())
-    code = main(["train", *tiny_args(tiny_model_dir, in_tmp, "--dataset", "FreedomIntelligence/medical-o1-reasoning-SFT")])
+    code = main(
+        ["train", *tiny_args(tiny_model_dir, in_tmp, "--dataset", "FreedomIntelligence/medical-o1-reasoning-SFT")]
+    )
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medreason: error:")]
     assert code == 2 and len(err) == 1
     assert "FreedomIntelligence/medical-o1-reasoning-SFT" in err[0] and "--dataset bundled" in err[0]

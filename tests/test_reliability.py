@@ -22,15 +22,41 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tiny(model_dir, work: Path, *extra: str, steps: int = 2) -> list[str]:
-    return ["--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--max_steps", str(steps),
-            "--max_examples", "24", "--max_length", "512", "--eval_strategy", "no", "--evaluate_test", "false",
-            "--save_steps", "2", "--logging_steps", "1", "--output_dir", str(work / "out"),
-            "--adapter_root", str(work / "lora"), *extra]
+    return [
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(model_dir),
+        "--max_steps",
+        str(steps),
+        "--max_examples",
+        "24",
+        "--max_length",
+        "512",
+        "--eval_strategy",
+        "no",
+        "--evaluate_test",
+        "false",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--output_dir",
+        str(work / "out"),
+        "--adapter_root",
+        str(work / "lora"),
+        *extra,
+    ]
 
 
 def env(uri: str) -> dict:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_TRACKING_URI": uri, "MLFLOW_DISABLE_TELEMETRY": "true",
-            "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def status(uri: str, run_id: str) -> str:
@@ -51,8 +77,14 @@ def long_run(tmp_path_factory, tiny_model_dir):
     """`medreason train` in a subprocess, far from done, with its first checkpoint written."""
     work = tmp_path_factory.mktemp("long-run")
     uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = subprocess.Popen([sys.executable, "-m", "medreason", "train", *tiny(tiny_model_dir, work, steps=5000)],
-                            cwd=work, env=env(uri), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "medreason", "train", *tiny(tiny_model_dir, work, steps=5000)],
+        cwd=work,
+        env=env(uri),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not (work / "out" / "checkpoint-2" / "trainer_state.json").is_file():
         assert proc.poll() is None, proc.communicate()
@@ -131,7 +163,11 @@ def test_lock_refuses_a_live_holder_and_cleans_up(tmp_path):
 
     lock = tmp_path / "new" / "deeper" / ".x.lock"
     with run_lock(lock, "the folder"):
-        holder = subprocess.run([sys.executable, "-c", f"""
+        holder = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"""
 from medreason.locks import run_lock
 from medreason.errors import UserError
 try:
@@ -139,7 +175,12 @@ try:
         print("acquired")
 except UserError as e:
     print(e)
-"""], capture_output=True, text=True, check=True).stdout
+""",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         assert f"PID {os.getpid()}" in holder and "in use" in holder
         with pytest.raises(UserError):  # the same process twice is refused too (flock is per open file)
             with run_lock(lock, "the folder"):
@@ -203,14 +244,21 @@ def test_over_long_counts_match_what_trl_drops(tiny_model_dir):
 
     ds = load_splits("bundled", max_examples=40)["train"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = sorted(len(tok.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True,
-                                                 add_generation_prompt=True)["input_ids"]) for ex in ds)
+    prompts = sorted(
+        len(
+            tok.apply_chat_template(ex["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True)[
+                "input_ids"
+            ]
+        )
+        for ex in ds
+    )
     max_length = prompts[len(prompts) // 2]  # about half the prompts fill it
     fit = fit_max_length(ds, tok, max_length)
     assert 0 < fit["dropped"] < len(ds) and fit["kept"] + fit["dropped"] == len(ds)
     args = SFTConfig(output_dir="/tmp/unused", max_length=max_length, report_to=[], use_cpu=True, bf16=False)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, train_dataset=ds,
-                         processing_class=tok)
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=args, train_dataset=ds, processing_class=tok
+    )
     assert len(trainer.train_dataset) == fit["kept"]
 
 
@@ -236,8 +284,21 @@ def test_over_long_examples_are_counted_logged_and_tracked(tmp_path, tiny_model_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     with caplog.at_level("INFO"):
-        result = train(tiny(tiny_model_dir, tmp_path, "--dataset", data, "--max_length", "300", "--save_strategy",
-                            "no", "--max_examples", "100", steps=1))
+        result = train(
+            tiny(
+                tiny_model_dir,
+                tmp_path,
+                "--dataset",
+                data,
+                "--max_length",
+                "300",
+                "--save_strategy",
+                "no",
+                "--max_examples",
+                "100",
+                steps=1,
+            )
+        )
     assert any("4 examples dropped" in r.getMessage() and "max_length" in r.getMessage() for r in caplog.records)
     params = mlflow.MlflowClient(uri).get_run(result.mlflow_run_id).data.params
     dropped = sum(int(v) for k, v in params.items() if k.startswith("data_dropped_over_max_length_"))
@@ -260,8 +321,15 @@ def test_every_prompt_too_long_is_one_line(tmp_path, tiny_model_dir, monkeypatch
 
     data = _long_rows(tmp_path / "rows.jsonl", 12, 12)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", *tiny(tiny_model_dir, tmp_path, "--dataset", data, "--max_length", "300",
-                                  "--max_examples", "100")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                *tiny(tiny_model_dir, tmp_path, "--dataset", data, "--max_length", "300", "--max_examples", "100"),
+            ]
+        )
+        == 2
+    )
     (line,) = error_lines(capsys.readouterr().err)
     assert "max_length 300" in line
     assert not (tmp_path / "out").exists() and not (tmp_path / "lora").exists()
@@ -280,8 +348,19 @@ def test_adapter_metadata_has_absolute_data_path_and_hash(tmp_path, tiny_model_d
     _long_rows(tmp_path / "in" / "x.jsonl", 30, 0)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    result = train(tiny(tiny_model_dir, tmp_path, "--dataset", "in/x.jsonl", "--save_strategy", "no",
-                          "--max_examples", "100", steps=1))
+    result = train(
+        tiny(
+            tiny_model_dir,
+            tmp_path,
+            "--dataset",
+            "in/x.jsonl",
+            "--save_strategy",
+            "no",
+            "--max_examples",
+            "100",
+            steps=1,
+        )
+    )
     data = read_adapter(result.adapter_dir)["data"]
     assert Path(data["path"]).is_absolute() and len(data["sha256"]) == 64
     elsewhere = tmp_path / "elsewhere"
@@ -310,8 +389,9 @@ def test_export_writes_once_then_needs_force(finished_run, tiny_model_dir, tmp_p
     before = (out / "model.safetensors").stat().st_mtime_ns
     assert main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out)]) == 2
     assert "--force" in error_lines(capsys.readouterr().err)[0]
-    assert main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out),
-                 "--force"]) == 0
+    assert (
+        main(["export", "--adapter", str(adapter), "--model", str(tiny_model_dir), "--out", str(out), "--force"]) == 0
+    )
     assert (out / "model.safetensors").stat().st_mtime_ns != before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary left
 
@@ -323,13 +403,23 @@ def test_eval_table_stays_aligned_at_large_perplexity():
     def variant(loss):
         import math
 
-        return {"accuracy": 0.25, "test_loss": loss, "test_perplexity": math.exp(loss),
-                "tasks": {"medreason_mcq": {"acc": 0.25, "acc_stderr": 0.04}},
-                "accuracy_by_group": {"Cardiology": {"accuracy": 0.25}}}
+        return {
+            "accuracy": 0.25,
+            "test_loss": loss,
+            "test_perplexity": math.exp(loss),
+            "tasks": {"medreason_mcq": {"acc": 0.25, "acc_stderr": 0.04}},
+            "accuracy_by_group": {"Cardiology": {"accuracy": 0.25}},
+        }
 
-    results = {"mode": "loglik", "variants": {"base": variant(2.5), "adapter": variant(25.0)},
-               "settings": {"chat": False}, "chance": 0.25, "n_mcq": 40, "benchmark": "bundled",
-               "groups": {"Cardiology": 4}}
+    results = {
+        "mode": "loglik",
+        "variants": {"base": variant(2.5), "adapter": variant(25.0)},
+        "settings": {"chat": False},
+        "chance": 0.25,
+        "n_mcq": 40,
+        "benchmark": "bundled",
+        "groups": {"Cardiology": 4},
+    }
     head, base, adapter = table(results).splitlines()[:3]
     for row in (base, adapter):
         cells = row.split()

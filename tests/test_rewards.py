@@ -67,8 +67,14 @@ def test_correctness_trl_call_shape():
     group = ["<think>\nx\n</think>\n\nB", "<think>\nx\n</think>\n\nA", "<think>\nx", "<think>\nx\n</think>\n\nE"]
     padded = {**OPTIONS, "E": None}
     rewards = correctness_reward(
-        prompts=[[{"role": "user", "content": "q"}]] * 4, completions=group, completion_ids=[[1]] * 4,
-        answer=["B"] * 4, options=[padded] * 4, trainer_state=None, log_extra=None, log_metric=None,
+        prompts=[[{"role": "user", "content": "q"}]] * 4,
+        completions=group,
+        completion_ids=[[1]] * 4,
+        answer=["B"] * 4,
+        options=[padded] * 4,
+        trainer_state=None,
+        log_extra=None,
+        log_metric=None,
     )
     assert rewards == [1.0, 0.0, 0.0, 0.0]  # "E" is not an option of this question: never correct
     assert format_reward(prompts=None, completions=group, completion_ids=None, answer=None) == [1.0, 1.0, 0.0, 1.0]

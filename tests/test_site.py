@@ -242,9 +242,7 @@ def check_page(page, site_url: str, name: str, *, needs_outputs: bool) -> list[s
         problems.append("page text contains 'Traceback (most recent call last)'")
     # copy buttons
     if info["codeCells"] and info["copyButtons"] < info["codeCells"]:
-        problems.append(
-            f"{info['codeCells']} code cell(s) but {info['copyButtons']} copy button(s) (button.copybtn)"
-        )
+        problems.append(f"{info['codeCells']} code cell(s) but {info['copyButtons']} copy button(s) (button.copybtn)")
     # images
     images = page.locator("article img")
     for i in range(images.count()):

@@ -45,11 +45,32 @@ def tiny_args(model_dir: Path, work: Path, *extra: str, steps: int = 4) -> list[
     """The recipe on the tiny model, shortened, on the open-ended bundled corpus (12 rows per specialty, so 40 rows
     still leave a validation split; the recipe's own bundled-mcq has 8); later `extra` options override earlier ones."""
     return [
-        "--config", str(RECIPE), "--model_name_or_path", str(model_dir), "--dataset", "bundled",
-        "--max_steps", str(steps), "--max_examples", "40", "--max_length", "256",
-        "--eval_steps", "2", "--eval_on_start", "false", "--save_steps", "2", "--logging_steps", "1",
-        "--evaluate_test", "false",
-        "--output_dir", str(work / "out"), "--adapter_root", str(work / "lora"),
+        "--config",
+        str(RECIPE),
+        "--model_name_or_path",
+        str(model_dir),
+        "--dataset",
+        "bundled",
+        "--max_steps",
+        str(steps),
+        "--max_examples",
+        "40",
+        "--max_length",
+        "256",
+        "--eval_steps",
+        "2",
+        "--eval_on_start",
+        "false",
+        "--save_steps",
+        "2",
+        "--logging_steps",
+        "1",
+        "--evaluate_test",
+        "false",
+        "--output_dir",
+        str(work / "out"),
+        "--adapter_root",
+        str(work / "lora"),
         *extra,
     ]
 
@@ -82,8 +103,13 @@ def error_lines(err: str) -> list[str]:
 
 def offline_env(tracking_uri: str | None = None) -> dict[str, str]:
     """Environment for the subprocesses: offline, no telemetry, MLflow store of the test."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     if tracking_uri:
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     return env
@@ -124,10 +150,21 @@ def runs(tmp_path_factory, tiny_model_dir):
         a = train(tiny_args(tiny_model_dir, work, "--output_dir", str(work / "out-a")))
         a_adapter = folder_digest(a.adapter_dir)
         b = train(tiny_args(tiny_model_dir, work, "--output_dir", str(work / "out-b")))
-        c = train(tiny_args(tiny_model_dir, work, "--output_dir", str(work / "out-c"), "--seed", "7",
-                            "--adapter_root", str(work / "lora-c")))
-    return SimpleNamespace(work=work, uri=uri, a=a, b=b, c=c, a_adapter=a_adapter,
-                           name=tiny_model_dir.name, model_dir=tiny_model_dir)
+        c = train(
+            tiny_args(
+                tiny_model_dir,
+                work,
+                "--output_dir",
+                str(work / "out-c"),
+                "--seed",
+                "7",
+                "--adapter_root",
+                str(work / "lora-c"),
+            )
+        )
+    return SimpleNamespace(
+        work=work, uri=uri, a=a, b=b, c=c, a_adapter=a_adapter, name=tiny_model_dir.name, model_dir=tiny_model_dir
+    )
 
 
 @pytest.mark.slow
@@ -161,8 +198,14 @@ def test_adapter_folder_is_complete_and_loads_with_plain_peft(runs):
     final = root / runs.name
     assert runs.b.adapter_dir == final
     names = {p.name for p in final.iterdir()}
-    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
-            "README.md", "medreason.json"} <= names
+    assert {
+        "adapter_model.safetensors",
+        "adapter_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "README.md",
+        "medreason.json",
+    } <= names
     assert not [n for n in names if n.endswith(".bin")]
     assert [p.name for p in root.iterdir()] == [runs.name]  # no .<name>.tmp-* nor .<name>.old left
     card = (final / "README.md").read_text()
@@ -236,7 +279,9 @@ def test_failed_swap_puts_previous_adapter_back(in_tmp, monkeypatch, tiny_model_
     (final / "adapter_config.json").write_text('{"r": 16}')
     before = folder_digest(final)
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), LoraConfig(r=2, target_modules=["q_proj"])
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     meta = {"base_model": str(tiny_model_dir), "metrics": {"train_loss": 1.0}}
     real_replace = os.replace
@@ -273,13 +318,28 @@ def mlflow_server(tmp_path):
     """A real `mlflow server` on a free local port, SQLite backend, proxied artifacts; stopped afterwards."""
     port = free_port()
     log_path = tmp_path / "mlflow-server.log"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'm.db'}", "--artifacts-destination", str(tmp_path / "art")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "art"),
+    ]
     # without job execution: no job runner and huey consumer processes, which only cost CPU here
     env = {**offline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -334,17 +394,25 @@ def test_metrics_params_and_adapter_reach_a_tracking_server(mlflow_server, in_tm
     metrics = {m["key"] for m in run["data"]["metrics"]}
     assert {"loss", "eval_loss", "final_train_loss"} <= metrics
     files = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=run_id, path="adapter").get("files", [])}
-    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/README.md",
-            "adapter/medreason.json"} <= files
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/README.md",
+        "adapter/medreason.json",
+    } <= files
     root = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=run_id).get("files", [])}
     assert "resolved_config.json" in root
     assert not (in_tmp / "mlruns").exists() and not (in_tmp / "results" / "mlflow.db").exists()  # all on the server
 
 
-@pytest.mark.parametrize("error, status, code", [
-    (RuntimeError("simulated failure in the training loop"), "FAILED", 1),
-    (KeyboardInterrupt(), "KILLED", 130),
-], ids=["error", "ctrl-c"])
+@pytest.mark.parametrize(
+    "error, status, code",
+    [
+        (RuntimeError("simulated failure in the training loop"), "FAILED", 1),
+        (KeyboardInterrupt(), "KILLED", 130),
+    ],
+    ids=["error", "ctrl-c"],
+)
 def test_crash_during_training_ends_the_mlflow_run(error, status, code, in_tmp, monkeypatch, capsys, tiny_model_dir):
     import trl
 
@@ -391,14 +459,21 @@ def test_sigkill_then_resume_finishes_the_run(in_tmp, capsys, caplog, monkeypatc
     env = offline_env(uri)
     log_path = in_tmp / "first.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "medreason", "train", *args], cwd=in_tmp, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medreason", "train", *args],
+            cwd=in_tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
         deadline = time.monotonic() + 300
         while not any(_parses(p) for p in out.glob("checkpoint-*/trainer_state.json")):
             if proc.poll() is not None:
-                pytest.fail(f"training ended (exit {proc.returncode}) before a checkpoint was seen:\n"
-                            f"{log_path.read_text()[-3000:]}")
+                pytest.fail(
+                    f"training ended (exit {proc.returncode}) before a checkpoint was seen:\n"
+                    f"{log_path.read_text()[-3000:]}"
+                )
             if time.monotonic() > deadline:
                 pytest.fail(f"no checkpoint after 300 s:\n{log_path.read_text()[-3000:]}")
             time.sleep(0.1)
@@ -459,8 +534,20 @@ def test_qlora_4bit_on_cpu(in_tmp, monkeypatch, tiny_model_dir):
         return model, tokenizer
 
     monkeypatch.setattr(medreason.models, "load_model_and_tokenizer", spy)
-    result = train(tiny_args(tiny_model_dir, in_tmp, "--load_in_4bit", "true", "--use_bnb_nested_quant", "true",
-                             "--bnb_4bit_quant_type", "nf4", *NO_EVAL_NO_SAVE, steps=2))
+    result = train(
+        tiny_args(
+            tiny_model_dir,
+            in_tmp,
+            "--load_in_4bit",
+            "true",
+            "--use_bnb_nested_quant",
+            "true",
+            "--bnb_4bit_quant_type",
+            "nf4",
+            *NO_EVAL_NO_SAVE,
+            steps=2,
+        )
+    )
     model = loaded[0]
     quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(quantized) == 2 * len(LORA_MODULES)  # every linear layer of both blocks is 4-bit
@@ -480,9 +567,19 @@ def test_torchrun_two_processes_ddp_over_gloo(in_tmp, tiny_model_dir, check_adap
     out, lora = in_tmp / "out", in_tmp / "lora"
     # every rank dumps the adapter tensors it holds at the final save (medreason.distributed)
     env = offline_env(f"sqlite:///{in_tmp / 'mlflow.db'}") | {"MEDREASON_DUMP_GATHERED": str(in_tmp / "gathered")}
-    cmd = [*launcher, "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-           "-m", "medreason", "train", *tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no",
-                                                  "--per_device_train_batch_size", "2", steps=2)]
+    cmd = [
+        *launcher,
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "medreason",
+        "train",
+        *tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no", "--per_device_train_batch_size", "2", steps=2),
+    ]
     proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=480)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
@@ -511,35 +608,74 @@ def _bad_yaml(tmp: Path) -> str:
 
 def _bad_rows(tmp: Path) -> str:
     path = tmp / "bad.jsonl"
-    rows = [{"Question": "", "Complex_CoT": "reasoning " * 5, "Response": "answer"},
-            {"Question": "What is the first-line treatment of X?", "Response": "answer"}]
+    rows = [
+        {"Question": "", "Complex_CoT": "reasoning " * 5, "Response": "answer"},
+        {"Question": "What is the first-line treatment of X?", "Response": "answer"},
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
     return str(path)
 
 
 BAD_INPUT = {
-    "lora_r 0": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_r", "0"],
-                 "lora_r must be a positive integer"),
-    "negative learning rate": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--learning_rate", "-0.0001"],
-                               "learning_rate must be positive"),
-    "max_length beyond context": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--max_length", "100000"],
-                                  "max_length 100000 is beyond the context"),
-    "unknown target module": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_target_modules", "foo_proj"],
-                              "no module named 'foo_proj'"),
-    "unknown target among several": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m,
-                                                   "--lora_target_modules", "q_proj", "foo_proj"],
-                                     "no module named 'foo_proj'"),
-    "unknown yaml key": (lambda t, m: ["--config", _bad_yaml(t), "--model_name_or_path", m], "unknown config key 'lora_rankk'"),
-    "unknown option": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_rankk", "8"],
-                       "unknown option '--lora_rankk'"),
+    "lora_r 0": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_r", "0"],
+        "lora_r must be a positive integer",
+    ),
+    "negative learning rate": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--learning_rate", "-0.0001"],
+        "learning_rate must be positive",
+    ),
+    "max_length beyond context": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--max_length", "100000"],
+        "max_length 100000 is beyond the context",
+    ),
+    "unknown target module": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_target_modules", "foo_proj"],
+        "no module named 'foo_proj'",
+    ),
+    "unknown target among several": (
+        lambda t, m: [
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            m,
+            "--lora_target_modules",
+            "q_proj",
+            "foo_proj",
+        ],
+        "no module named 'foo_proj'",
+    ),
+    "unknown yaml key": (
+        lambda t, m: ["--config", _bad_yaml(t), "--model_name_or_path", m],
+        "unknown config key 'lora_rankk'",
+    ),
+    "unknown option": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_rankk", "8"],
+        "unknown option '--lora_rankk'",
+    ),
     "missing config": (lambda t, m: ["--config", str(t / "nope.yaml")], "does not exist"),
     "no config": (lambda t, m: ["--model_name_or_path", m], "needs a recipe"),
-    "unknown model offline": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", "someone/unknown-model"],
-                              "'someone/unknown-model' cannot be loaded"),
-    "all rows invalid": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--dataset", _bad_rows(t)],
-                         'row 1: field "Question" is empty (and 2 more'),
-    "all rows invalid, skipped": (lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--dataset",
-                                                _bad_rows(t), "--skip_invalid", "true"], "no valid rows"),
+    "unknown model offline": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", "someone/unknown-model"],
+        "'someone/unknown-model' cannot be loaded",
+    ),
+    "all rows invalid": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--dataset", _bad_rows(t)],
+        'row 1: field "Question" is empty (and 2 more',
+    ),
+    "all rows invalid, skipped": (
+        lambda t, m: [
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            m,
+            "--dataset",
+            _bad_rows(t),
+            "--skip_invalid",
+            "true",
+        ],
+        "no valid rows",
+    ),
 }
 
 
@@ -567,8 +703,9 @@ def test_bad_input_is_one_line_and_exit_2(case, in_tmp, capsys, monkeypatch, tin
 def test_bad_value_is_one_line_and_exit_2(in_tmp, capsys, tiny_model_dir):
     from medreason.cli import main
 
-    assert main(["train", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir),
-                 "--resume", "maybe"]) == 2
+    assert (
+        main(["train", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--resume", "maybe"]) == 2
+    )
     assert len(error_lines(capsys.readouterr().err)) == 1
 
 
@@ -577,8 +714,9 @@ def test_bool_options_parse_as_documented():
 
     args, _, _ = parse_config(["--config", str(RECIPE), "--resume"])
     assert args.resume is True and args.evaluate_test is True
-    args, _, model_args = parse_config(["--config", str(RECIPE), "--resume", "true", "--evaluate_test", "false",
-                                        "--load_in_4bit", "true"])
+    args, _, model_args = parse_config(
+        ["--config", str(RECIPE), "--resume", "true", "--evaluate_test", "false", "--load_in_4bit", "true"]
+    )
     assert args.resume is True and args.evaluate_test is False and model_args.load_in_4bit is True
 
 
@@ -588,8 +726,9 @@ def test_single_target_module_becomes_a_list(tiny_model_dir):
     from medreason.config import parse_config
     from medreason.run import check_hyperparameters, lora_targets, peft_config
 
-    args, sft, model_args = parse_config(["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir),
-                                          "--lora_target_modules", "q_proj"])
+    args, sft, model_args = parse_config(
+        ["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--lora_target_modules", "q_proj"]
+    )
     check_hyperparameters(args, sft, model_args)
     assert lora_targets(model_args) == ["q_proj"]
     assert peft_config(model_args).target_modules == {"q_proj"}
@@ -622,7 +761,7 @@ def _check_documented_command(command: str):
     if "--config_file" in words:
         assert (ROOT / words[words.index("--config_file") + 1]).is_file(), command
     assert "train" in words, command
-    parse_config(words[words.index("train") + 1:])  # overrides included, as written
+    parse_config(words[words.index("train") + 1 :])  # overrides included, as written
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=[p.name for p in RECIPES])
@@ -633,8 +772,9 @@ def test_recipe_parses_and_documents_its_command(recipe, monkeypatch):
     args, sft, model_args = parse_config(["--config", str(recipe)])
     assert model_args.model_name_or_path and model_args.use_peft
     commands = _header_commands(recipe)
-    assert any(f"--config configs/{recipe.name}" in c for c in commands), \
+    assert any(f"--config configs/{recipe.name}" in c for c in commands), (
         f"{recipe.name}: the first comment lines must show the command that runs it"
+    )
     for command in commands:
         _check_documented_command(command)
 
@@ -653,12 +793,15 @@ def test_accelerate_config_is_yaml_with_distributed_type(config, monkeypatch):
 # --------------------------------------------------------------------------------------------- CPU speed paths
 
 
-@pytest.mark.parametrize("argv, precision, dtype", [
-    ([], "bf16", "bfloat16"),                            # adapter under bf16: frozen base weights in bf16
-    (["--dtype", "float32"], "bf16", "float32"),         # an explicit dtype is kept
-    (["--use_peft", "false"], "bf16", "float32"),        # full fine-tuning keeps fp32 master weights
-    ([], "fp32", "float32"),
-])
+@pytest.mark.parametrize(
+    "argv, precision, dtype",
+    [
+        ([], "bf16", "bfloat16"),  # adapter under bf16: frozen base weights in bf16
+        (["--dtype", "float32"], "bf16", "float32"),  # an explicit dtype is kept
+        (["--use_peft", "false"], "bf16", "float32"),  # full fine-tuning keeps fp32 master weights
+        ([], "fp32", "float32"),
+    ],
+)
 def test_precision_reaches_the_accelerator_and_the_weights(argv, precision, dtype):
     """Regression: bf16 set after parsing never reached TrainingArguments.mixed_precision, and TRL's default
     dtype kept fp32 weights, so a 'bf16' run silently trained in fp32 at a third of the speed."""
@@ -694,8 +837,8 @@ def test_dense_lm_head_matches_trls_fused_head(loss_outputs, tiny_model_dir):
     torch.manual_seed(1)
     input_ids = torch.randint(0, 49152, (2, 12))
     labels = input_ids.clone()
-    labels[:, :4] = -100      # prompt
-    labels[1, 9:] = -100      # padding
+    labels[:, :4] = -100  # prompt
+    labels[1, 9:] = -100  # padding
     attention_mask = torch.ones_like(input_ids)
     attention_mask[1, 9:] = 0
     results = []

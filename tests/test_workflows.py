@@ -130,8 +130,9 @@ def test_actionlint_can_fail(actionlint, tmp_path):
 
 def test_actionlint_accepts_current_runners(actionlint, tmp_path):
     workflow = tmp_path / "runner.yml"
-    workflow.write_text("on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo\n",
-                        encoding="utf-8")
+    workflow.write_text(
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - run: echo\n", encoding="utf-8"
+    )
     proc = _run([*actionlint, str(workflow)])
     assert proc.returncode == 0, _shown(proc)
 
@@ -272,13 +273,19 @@ def test_pin_checks_can_fail(tmp_path, monkeypatch):
     sha, other = "a" * 40, "b" * 40
     workflow = tmp_path / "w.yml"
     monkeypatch.setattr(sys.modules[__name__], "WORKFLOWS", [workflow])
-    for bad in (f"actions/checkout@{sha[:7]} # v7.0.1", "actions/checkout@v7", f"actions/checkout@{sha} # v7",
-                f"some-owner/some-action@{sha} # v1.0.0"):
+    for bad in (
+        f"actions/checkout@{sha[:7]} # v7.0.1",
+        "actions/checkout@v7",
+        f"actions/checkout@{sha} # v7",
+        f"some-owner/some-action@{sha} # v1.0.0",
+    ):
         workflow.write_text(f"jobs:\n  j:\n    steps:\n      - uses: {bad}\n", encoding="utf-8")
         with pytest.raises(AssertionError):
             test_actions_pinned_by_full_sha_with_version()
-    workflow.write_text(f"steps:\n  - uses: actions/cache@{sha} # v5.0.5\n  - uses: actions/cache/save@{other} # v5.0.5\n",
-                        encoding="utf-8")
+    workflow.write_text(
+        f"steps:\n  - uses: actions/cache@{sha} # v5.0.5\n  - uses: actions/cache/save@{other} # v5.0.5\n",
+        encoding="utf-8",
+    )
     with pytest.raises(AssertionError, match="more than one commit"):
         test_each_action_repository_has_one_pin()
 
@@ -327,9 +334,11 @@ def test_book_cache_restored_unless_cold_and_saved_right_after_the_build():
     build = _index(doc, "build", lambda s: "make book" in str(s.get("run", "")))
     browser = _index(doc, "build", lambda s: "-m book" in str(s.get("run", "")))
 
-    (restore_i, restore), = _named(doc, "build", "actions/cache/restore", ".jupyter_cache")
-    (save_i, save), = _named(doc, "build", "actions/cache/save", ".jupyter_cache")
-    assert _paths(restore) == _paths(save) == BOOK_CACHE_PATHS, "the book cache must hold the notebooks, adapter and runs"
+    ((restore_i, restore),) = _named(doc, "build", "actions/cache/restore", ".jupyter_cache")
+    ((save_i, save),) = _named(doc, "build", "actions/cache/save", ".jupyter_cache")
+    assert _paths(restore) == _paths(save) == BOOK_CACHE_PATHS, (
+        "the book cache must hold the notebooks, adapter and runs"
+    )
     assert keys < restore_i < build < save_i < browser, "restore before the build, save right after it"
     assert save_i == build + 1, "save directly after the build step"
     assert restore["if"] == "env.COLD != 'true'", restore.get("if")
@@ -347,7 +356,11 @@ def test_book_cache_restored_unless_cold_and_saved_right_after_the_build():
 def test_model_cache_keyed_on_conversion_and_pin():
     for name in ("book.yml", "tests.yml"):
         doc = _load(WORKFLOWS_DIR / name)
-        model = [step for _, step in _steps(doc) if _action(step).startswith("actions/cache") and ".cache/medreason" in _paths(step)]
+        model = [
+            step
+            for _, step in _steps(doc)
+            if _action(step).startswith("actions/cache") and ".cache/medreason" in _paths(step)
+        ]
         assert model, f"{name}: the converted model is not cached"
         for step in model:
             assert step["with"]["key"] == "${{ steps.keys.outputs.model }}", f"{name}: {step}"
@@ -362,8 +375,8 @@ def test_converted_model_saved_whatever_fails_later():
     the converted model away. So: restore, then a separate save that runs always(), unless the restore hit or
     there is nothing to save."""
     doc = _load(WORKFLOWS_DIR / "book.yml")
-    (restore_i, restore), = _named(doc, "build", "actions/cache/restore", ".cache/medreason")
-    (save_i, save), = _named(doc, "build", "actions/cache/save", ".cache/medreason")
+    ((restore_i, restore),) = _named(doc, "build", "actions/cache/restore", ".cache/medreason")
+    ((save_i, save),) = _named(doc, "build", "actions/cache/save", ".cache/medreason")
     build = _index(doc, "build", lambda s: "make book" in str(s.get("run", "")))
     assert restore_i < build < save_i, "restore before the build, save after it"
     assert restore["id"] == "model-cache" and save["with"]["key"] == restore["with"]["key"]
@@ -399,7 +412,7 @@ def test_playwright_installs_its_own_browser_on_github():
 # ------------------------------------------------------------------------------------------------ tests.yml
 def test_fast_suite_on_every_supported_python():
     doc = _load(WORKFLOWS_DIR / "tests.yml")
-    (job_id, job), = doc["jobs"].items()
+    ((job_id, job),) = doc["jobs"].items()
     assert job["strategy"]["matrix"]["python"] == ["3.11", "3.12", "3.13"], job["strategy"]
     assert job["strategy"].get("fail-fast") is False
     setup = [s for s in job["steps"] if _action(s) == "actions/setup-python"]
@@ -412,9 +425,19 @@ def test_fast_suite_on_every_supported_python():
 
 
 # ------------------------------------------------------------------------------------------- cache_keys.py
-KEY_INPUTS = ["medreason/models.py", "medreason/data.py", "configs/x.yaml", "book/intro.md", "_toc.yml",
-              "_config.yml", "pyproject.toml", "requirements.lock", "Makefile", "README.md",
-              "results/benchmarks/curriculum.json"]
+KEY_INPUTS = [
+    "medreason/models.py",
+    "medreason/data.py",
+    "configs/x.yaml",
+    "book/intro.md",
+    "_toc.yml",
+    "_config.yml",
+    "pyproject.toml",
+    "requirements.lock",
+    "Makefile",
+    "README.md",
+    "results/benchmarks/curriculum.json",
+]
 
 
 @pytest.fixture()
@@ -501,9 +524,16 @@ def test_cache_keys_write_github_output(key_repo, tmp_path):
     output = tmp_path / "github_output"
     output.write_text("earlier=1\n", encoding="utf-8")
     env = {**os.environ, "RUNNER_OS": "Linux", "GITHUB_RUN_ID": "7", "GITHUB_OUTPUT": str(output)}
-    subprocess.run([sys.executable, str(key_repo / ".github" / "cache_keys.py")], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(key_repo / ".github" / "cache_keys.py")], check=True, env=env, capture_output=True
+    )
     lines = output.read_text(encoding="utf-8").splitlines()
-    assert lines[0] == "earlier=1" and [line.split("=")[0] for line in lines[1:]] == ["model", "book-package", "book-sources", "book"]
+    assert lines[0] == "earlier=1" and [line.split("=")[0] for line in lines[1:]] == [
+        "model",
+        "book-package",
+        "book-sources",
+        "book",
+    ]
 
 
 def test_real_makefile_pins_smollm2():
@@ -527,13 +557,14 @@ def test_every_file_a_chapter_reads_is_in_the_book_cache_key():
     covered = set(map(str, keys.files(root, keys.PACKAGE + keys.BOOK_SOURCES)))
     found = set()
     for chapter in (root / "book").glob("*.md"):
-        for path in re.findall(r"""["'`(]((?:results/benchmarks|configs|medreason/resources)/[\w./-]+\.\w+)""",
-                               chapter.read_text(encoding="utf-8")):
+        for path in re.findall(
+            r"""["'`(]((?:results/benchmarks|configs|medreason/resources)/[\w./-]+\.\w+)""",
+            chapter.read_text(encoding="utf-8"),
+        ):
             if (root / path).is_file():
                 found.add(path)
     assert "results/benchmarks/curriculum.json" in found or not (root / "results/benchmarks/curriculum.json").exists()
     assert found and found <= covered, sorted(found - covered)
-
 
 
 # ------------------------------------------------------------------------------------------------ pre-commit
@@ -541,8 +572,9 @@ def test_pre_commit_hooks_run_the_locked_linters():
     """.pre-commit-config.yaml's ruff tag and actionlint wheel are the versions requirements.lock pins, so the
     hooks and the test suite judge the same way."""
     config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
-    lock = dict(line.split("==", 1) for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split()
-                if "==" in line)
+    lock = dict(
+        line.split("==", 1) for line in (REPO / "requirements.lock").read_text(encoding="utf-8").split() if "==" in line
+    )
     repos = {repo["repo"]: repo for repo in config["repos"]}
     ruff = repos["https://github.com/astral-sh/ruff-pre-commit"]
     assert ruff["rev"] == f"v{lock['ruff']}", (ruff["rev"], lock["ruff"])

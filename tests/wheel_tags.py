@@ -64,8 +64,7 @@ def wheels(name: str, version: str) -> list[str]:
 def refresh() -> dict:
     pinned = pins()
     packages = {name: {"version": pinned[name], "wheels": files} for name, files in platform_specific(pinned).items()}
-    return {"source": "https://pypi.org/pypi/<name>/json, by tests/wheel_tags.py --refresh",
-            "packages": packages}
+    return {"source": "https://pypi.org/pypi/<name>/json, by tests/wheel_tags.py --refresh", "packages": packages}
 
 
 def main() -> int:

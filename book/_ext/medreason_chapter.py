@@ -33,8 +33,24 @@ import warnings
 from pathlib import Path
 
 # Loggers that are chatty at INFO; medreason's own stay at INFO.
-_QUIET_LOGGERS = ("transformers", "datasets", "trl", "peft", "accelerate", "mlflow", "alembic", "httpx",
-                  "urllib3", "filelock", "fsspec", "matplotlib", "lm_eval", "lm-eval", "numexpr", "torch")
+_QUIET_LOGGERS = (
+    "transformers",
+    "datasets",
+    "trl",
+    "peft",
+    "accelerate",
+    "mlflow",
+    "alembic",
+    "httpx",
+    "urllib3",
+    "filelock",
+    "fsspec",
+    "matplotlib",
+    "lm_eval",
+    "lm-eval",
+    "numexpr",
+    "torch",
+)
 # lm-eval warns at WARNING that it was handed a model object rather than a name, which medreason does on purpose
 # bitsandbytes, on CPUs with AVX512-BF16, warns at import that the optional Hub kernel package `kernels` is
 # missing (it falls back to its own 4-bit CPU code, which medreason's QLoRA path uses)

@@ -47,7 +47,7 @@ def toc_order(site_map) -> list[str]:
             return
         order.append(name)
         doc = site_map.get(name) if hasattr(site_map, "get") else None
-        for child in (doc.child_files() if doc is not None else []):
+        for child in doc.child_files() if doc is not None else []:
             walk(child)
 
     walk(site_map.root.docname)
