@@ -81,7 +81,7 @@ test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
-	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not book" $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -m "not slow and not book and not infra" $(PYTEST_ARGS)
 
 # The book is built from the embedded default (offline SmolLM2 + bundled data) everywhere, so that the
 # published outputs match what a reader reproduces on a laptop.

@@ -38,10 +38,18 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=32, help="questions (all in one padded batch)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument(
+        "--num-blocks",
+        type=int,
+        default=None,
+        help="paged KV cache blocks (default: transformers sizes the cache from free memory, which on a CPU "
+        "takes ~20 s to allocate; the test suite passes a small cache)",
+    )
     args = p.parse_args(argv)
 
     import torch
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     from medreason.evaluate import generate_outputs, mcq_prompts
     from medreason.generate import load_for_inference
@@ -64,6 +72,7 @@ def main(argv=None) -> int:
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
+    cb_config = ContinuousBatchingConfig(num_blocks=args.num_blocks) if args.num_blocks else None
     report = {
         "benchmark": "continuous_batching",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -74,6 +83,7 @@ def main(argv=None) -> int:
             "max_new_tokens": args.max_new_tokens,
             "decoding": "greedy",
             "padded_batch_size": len(items),
+            "num_blocks": args.num_blocks or "auto (transformers)",
             "attn_implementation": session.model.config._attn_implementation,
         },
         "load_average_before": load_average(),
@@ -99,9 +109,12 @@ def main(argv=None) -> int:
                         max_new_tokens=4, do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
                     ),
                     progress_bar=False,
+                    continuous_batching_config=cb_config,
                 )
                 start = time.perf_counter()
-                out = session.model.generate_batch(inputs=ids, generation_config=config, progress_bar=False)
+                out = session.model.generate_batch(
+                    inputs=ids, generation_config=config, progress_bar=False, continuous_batching_config=cb_config
+                )
                 continuous_s = time.perf_counter() - start
         texts = [
             tok.decode(out[f"req_{i}"].generated_tokens, skip_special_tokens=True).strip() for i in range(len(ids))

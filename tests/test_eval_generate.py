@@ -464,7 +464,12 @@ def test_eval_throughput_benchmark_needs_an_adapter(in_tmp, capsys):
 def test_continuous_batching_benchmark_runs_on_the_tiny_model(adapter_dir, in_tmp):
     bench = _benchmark_module("continuous_batching")
     out = in_tmp / "cb.json"
-    assert bench.main(["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "3", "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            ["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "3", "--out", str(out), "--num-blocks", "8"]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert [r["variant"] for r in report["results"]] == ["base", "adapter"]
     for r in report["results"]:

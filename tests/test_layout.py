@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +43,7 @@ def test_gitignore_and_clean_follow_the_layout():
     assert "rm -rf _build " in commands + " ", f"make clean does not remove the top-level _build: {commands!r}"
 
 
+@pytest.mark.infra
 def test_tiny_book_builds_into_top_level_build(tmp_path):
     """_config.yml and _toc.yml at the top, book/_toc.yml -> ../_toc.yml, one chapter: the site lands in
     <top>/_build/html, with the chapter's page and the toc's order."""

@@ -126,6 +126,7 @@ def test_setup_checks_prerequisites_first(tmp_path):
         assert re.search(rf"^{target}: setup$", makefile, re.M), f"make {target} does not go through setup"
 
 
+@pytest.mark.infra
 def test_venv_without_pip_is_repaired(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -139,6 +140,7 @@ def test_venv_without_pip_is_repaired(tmp_path):
     assert again.returncode == 0 and not again.stdout.strip(), _shown(again)
 
 
+@pytest.mark.infra
 def test_unrepairable_venv_names_python3_venv(tmp_path):
     """A venv whose python can neither run pip nor ensurepip is recreated; when the system python cannot make
     one with pip either (Debian without python3-venv), make fails with one line naming the package."""

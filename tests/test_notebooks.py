@@ -135,6 +135,7 @@ def test_config_names_no_placeholder_repository():
     assert not (config.get("repository") or {}).get("url"), config.get("repository")
 
 
+@pytest.mark.infra
 def test_tiny_book_offers_notebook_downloads(tmp_path):
     """A two-page book built with the extension (execution off): the notebook page gets _sources/<page>.ipynb and
     the theme's ".ipynb" download entry, the plain page gets neither; pages are read in toc order."""
@@ -187,6 +188,7 @@ def test_built_site_offers_every_chapter_notebook():
 # ------------------------------------------------------------------------------------------ a downloaded notebook
 
 
+@pytest.mark.infra
 def test_downloaded_notebook_runs_from_a_folder_of_a_clone(tmp_path):
     """The intro chapter's .ipynb, as the site offers it (or converted the same way when no site is built),
     saved into a folder of a clone copy and executed there with nbclient, as a reader's Jupyter would."""
@@ -365,6 +367,7 @@ def jupyter_server(tmp_path):
     assert server.proc.poll() is not None, "jupyter lab is still running"
 
 
+@pytest.mark.infra
 def test_jupyter_server_opens_a_chapter_and_runs_its_first_cell(jupyter_server):
     """JupyterLab's server, with jupytext's contents manager, opens book/training.md as a notebook whose cells are
     the chapter's; a kernel started for it, as JupyterLab starts one (a session in book/), runs the chapter's

@@ -108,7 +108,7 @@ def test_tasks_match_make_targets(target):
     for part in {
         "book": ["jupyter-book build book/ --warningiserror --keep-going"],
         "test": ["pytest"],
-        "test-fast": ["pytest", "-m", "not slow and not book"],
+        "test-fast": ["pytest", "-m", "not slow and not book and not infra"],
         "train": ["medreason train --config configs/smollm2-135m-cpu.yaml"],
         "notebooks": ["jupytext --to _notebooks//ipynb book/*.md"],
         "lab": ["jupyter lab --ServerApp.root_dir="],

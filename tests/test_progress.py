@@ -104,35 +104,57 @@ def mcq_file(tmp_path):
     return path
 
 
-def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_file, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
-    env.pop(progress.ENV, None)
-    env.pop("TQDM_DISABLE", None)
-    # stderr on a pseudo-terminal: tqdm's bar, with the total
-    leader, follower = pty.openpty()
+def _piped(argv, cwd, env):
     proc = subprocess.run(
-        _eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=follower, timeout=600
+        argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=600
     )
+    return proc.returncode, proc.stderr
+
+
+def _on_a_terminal(argv, cwd, env):
+    """Run with stderr on a pseudo-terminal; (exit code, what the terminal showed)."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=follower)
     os.close(follower)
     screen = b""
     while True:
         try:
             chunk = os.read(leader, 65536)
-        except OSError:
+        except OSError:  # EIO: the process has gone and the terminal is closed
             break
         if not chunk:
             break
         screen += chunk
     os.close(leader)
-    text = screen.decode(errors="replace")
-    assert proc.returncode == 0, text[-2000:]
+    return proc.wait(timeout=600), screen.decode(errors="replace")
+
+
+def _together(**runs):
+    """Each name=(runner, argv, cwd, env) at the same time (the processes mostly wait on imports): {name: result}."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = {name: pool.submit(runner, *rest) for name, (runner, *rest) in runs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_file, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
+    env.pop(progress.ENV, None)
+    env.pop("TQDM_DISABLE", None)
+    (tmp_path / "tty").mkdir()
+    out = _together(
+        tty=(_on_a_terminal, _eval_cmd(adapter_dir, mcq_file), tmp_path / "tty", env),
+        piped=(_piped, _eval_cmd(adapter_dir, mcq_file), tmp_path, env),
+    )
+    # stderr on a pseudo-terminal: tqdm's bar, with the total
+    rc, text = out["tty"]
+    assert rc == 0, text[-2000:]
     assert "generate (base)" in text and "4/4" in text and ("q/s" in text or "s/q" in text), text[-2000:]
     # stderr piped: percentage lines instead of a bar
-    proc = subprocess.run(
-        _eval_cmd(adapter_dir, mcq_file), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "generate (adapter): 4/4 q (100%)" in proc.stderr and "\r" not in proc.stderr
+    rc, err = out["piped"]
+    assert rc == 0, err[-2000:]
+    assert "generate (adapter): 4/4 q (100%)" in err and "\r" not in err
 
 
 # --------------------------------------------------------------------------------------------- library noise
@@ -210,17 +232,12 @@ def test_subcommands_print_no_library_warning(adapter_dir, tiny_model_dir, mcq_f
         "chat": ["chat", "--adapter", str(adapter_dir), "--prompt", "What is anemia?", "--max-new-tokens", "4"],
         "export": ["export", "--adapter", str(adapter_dir), "--out", str(tmp_path / "merged")],
     }
-    for name, argv in commands.items():
-        proc = subprocess.run(
-            [sys.executable, "-m", "medreason", *argv],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert proc.returncode == 0, (name, proc.stderr[-3000:])
-        assert not _stray_warnings(proc.stderr), (name, _stray_warnings(proc.stderr))
+    results = _together(
+        **{name: (_piped, [sys.executable, "-m", "medreason", *argv], tmp_path, env) for name, argv in commands.items()}
+    )
+    for name, (rc, err) in results.items():
+        assert rc == 0, (name, err[-3000:])
+        assert not _stray_warnings(err), (name, _stray_warnings(err))
 
 
 def test_the_noise_filter_is_exact_and_leaves_other_warnings_alone():
@@ -239,23 +256,6 @@ def test_the_noise_filter_is_exact_and_leaves_other_warnings_alone():
 
 
 # --------------------------------------------------------------------------------------------- training, chat
-
-
-def _read_pty(argv, cwd, env):
-    leader, follower = pty.openpty()
-    proc = subprocess.run(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=follower, timeout=600)
-    os.close(follower)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(leader, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
-    os.close(leader)
-    return proc, screen.decode(errors="replace")
 
 
 def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_dir, tmp_path):
@@ -317,16 +317,16 @@ def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_d
             "2",
         ]
 
-    proc = subprocess.run(argv("piped"), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    steps = re.findall(r"step (\d)/4 \(\d+%\)  loss \d+\.\d{4}(.*)", proc.stderr)
-    assert [s for s, _ in steps] == ["1", "2", "3", "4"], proc.stderr[-3000:]
+    out = _together(piped=(_piped, argv("piped"), tmp_path, env), tty=(_on_a_terminal, argv("tty"), tmp_path, env))
+    rc, err = out["piped"]
+    assert rc == 0, err[-3000:]
+    steps = re.findall(r"step (\d)/4 \(\d+%\)  loss \d+\.\d{4}(.*)", err)
+    assert [s for s, _ in steps] == ["1", "2", "3", "4"], err[-3000:]
     assert all("ETA" in rest for _, rest in steps) and any("tokens/s" in rest for _, rest in steps), steps
-    assert re.search(r"eval at step 2/4 \(50%\): eval_loss \d+\.\d{4}", proc.stderr), proc.stderr[-3000:]
-    assert "{'loss'" not in proc.stderr and "\r" not in proc.stderr  # no raw dicts, no bar when piped
-
-    proc, screen = _read_pty(argv("tty"), tmp_path, env)
-    assert proc.returncode == 0, screen[-3000:]
+    assert re.search(r"eval at step 2/4 \(50%\): eval_loss \d+\.\d{4}", err), err[-3000:]
+    assert "{'loss'" not in err and "\r" not in err  # no raw dicts, no bar when piped
+    rc, screen = out["tty"]
+    assert rc == 0, screen[-3000:]
     assert "train" in screen and "4/4" in screen and "step 4/4 (100%)" in screen, screen[-3000:]
 
 

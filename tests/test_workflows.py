@@ -421,7 +421,7 @@ def test_fast_suite_on_every_supported_python():
     assert any(run.startswith("make test-fast") for run in runs), runs
     assert "make book" not in "\n".join(runs), "the book is built on one version only (book.yml)"
     makefile = (REPO / "Makefile").read_text(encoding="utf-8")
-    assert 'pytest -m "not slow and not book"' in makefile
+    assert 'pytest -m "not slow and not book and not infra"' in makefile
 
 
 # ------------------------------------------------------------------------------------------- cache_keys.py
