@@ -17,10 +17,12 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from helpers import error_lines
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m-cpu.yaml"
@@ -387,3 +389,140 @@ def test_bad_input(case, ctx, capsys, caplog, monkeypatch):
     assert len(lines) == 1, lines
     assert lines[0].startswith("medreason: error:") and expected in lines[0], lines
     assert snapshot(ctx.cwd, ctx.inputs, ctx.adapter) == before, "the command wrote or changed files"
+
+
+# --------------------------------------------------------------------------------------------- bad input
+
+
+def _bad_yaml(tmp: Path) -> str:
+    path = tmp / "typo.yaml"
+    path.write_text(RECIPE.read_text() + "\nlora_rankk: 8\n")
+    return str(path)
+
+
+def _bad_rows(tmp: Path) -> str:
+    path = tmp / "bad.jsonl"
+    rows = [
+        {"Question": "", "Complex_CoT": "reasoning " * 5, "Response": "answer"},
+        {"Question": "What is the first-line treatment of X?", "Response": "answer"},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    return str(path)
+
+
+BAD_INPUT = {
+    "lora_r 0": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_r", "0"],
+        "lora_r must be a positive integer",
+    ),
+    "negative learning rate": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--learning_rate", "-0.0001"],
+        "learning_rate must be positive",
+    ),
+    "max_length beyond context": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--max_length", "100000"],
+        "max_length 100000 is beyond the context",
+    ),
+    "unknown target module": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_target_modules", "foo_proj"],
+        "no module named 'foo_proj'",
+    ),
+    "unknown target among several": (
+        lambda t, m: [
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            m,
+            "--lora_target_modules",
+            "q_proj",
+            "foo_proj",
+        ],
+        "no module named 'foo_proj'",
+    ),
+    "unknown yaml key": (
+        lambda t, m: ["--config", _bad_yaml(t), "--model_name_or_path", m],
+        "unknown config key 'lora_rankk'",
+    ),
+    "unknown option": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--lora_rankk", "8"],
+        "unknown option '--lora_rankk'",
+    ),
+    "missing config": (lambda t, m: ["--config", str(t / "nope.yaml")], "does not exist"),
+    "no config": (lambda t, m: ["--model_name_or_path", m], "needs a recipe"),
+    "unknown model offline": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", "someone/unknown-model"],
+        "'someone/unknown-model' cannot be loaded",
+    ),
+    "all rows invalid": (
+        lambda t, m: ["--config", str(RECIPE), "--model_name_or_path", m, "--dataset", _bad_rows(t)],
+        'row 1: field "Question" is empty (and 2 more',
+    ),
+    "all rows invalid, skipped": (
+        lambda t, m: [
+            "--config",
+            str(RECIPE),
+            "--model_name_or_path",
+            m,
+            "--dataset",
+            _bad_rows(t),
+            "--skip_invalid",
+            "true",
+        ],
+        "no valid rows",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_is_one_line_and_exit_2(case, in_tmp, capsys, monkeypatch, tiny_model_dir):
+    import medreason.models
+    from medreason.cli import main
+
+    def no_model(*a, **kw):  # every one of these must fail before the weights load
+        raise AssertionError("the model was loaded before the input was checked")
+
+    monkeypatch.setattr(medreason.models, "load_model_and_tokenizer", no_model)
+    make_argv, expected = BAD_INPUT[case]
+    started = time.monotonic()
+    assert main(["train", *make_argv(in_tmp, str(tiny_model_dir))]) == 2
+    err = capsys.readouterr().err
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    assert expected in lines[0]
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 30
+    assert not (in_tmp / "results" / "mlflow.db").exists()  # no MLflow run for input that cannot train
+
+
+def test_bad_value_is_one_line_and_exit_2(in_tmp, capsys, tiny_model_dir):
+    from medreason.cli import main
+
+    assert (
+        main(["train", "--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--resume", "maybe"]) == 2
+    )
+    assert len(error_lines(capsys.readouterr().err)) == 1
+
+
+def test_bool_options_parse_as_documented():
+    from medreason.config import parse_config
+
+    args, _, _ = parse_config(["--config", str(RECIPE), "--resume"])
+    assert args.resume is True and args.evaluate_test is True
+    args, _, model_args = parse_config(
+        ["--config", str(RECIPE), "--resume", "true", "--evaluate_test", "false", "--load_in_4bit", "true"]
+    )
+    assert args.resume is True and args.evaluate_test is False and model_args.load_in_4bit is True
+
+
+def test_single_target_module_becomes_a_list(tiny_model_dir):
+    """`--lora_target_modules q_proj` arrives from the parser as a string, which PEFT would take as a regex
+    over full module paths (matching nothing): the checks turn it into a list of one name."""
+    from medreason.config import parse_config
+    from medreason.run import check_hyperparameters, lora_targets, peft_config
+
+    args, sft, model_args = parse_config(
+        ["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--lora_target_modules", "q_proj"]
+    )
+    check_hyperparameters(args, sft, model_args)
+    assert lora_targets(model_args) == ["q_proj"]
+    assert peft_config(model_args).target_modules == {"q_proj"}

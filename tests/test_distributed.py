@@ -20,6 +20,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ROOT
+from helpers import free_port, offline_env, tiny_args
 
 RECIPE = ROOT / "configs" / "smollm2-135m-cpu.yaml"
 FSDP_CONFIG = ROOT / "configs" / "accelerate" / "fsdp.yaml"
@@ -443,3 +444,40 @@ def test_gpu_smoke_qwen_config_is_qwen25_05b():
         model = AutoModelForCausalLM.from_config(config)
     n = sum(p.numel() for p in model.parameters())
     assert 490e6 < n < 500e6, n
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_ddp_over_gloo(in_tmp, tiny_model_dir, check_adapter_equals_gathered):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    launcher = [str(torchrun)] if torchrun.is_file() else [sys.executable, "-m", "torch.distributed.run"]
+    out, lora = in_tmp / "out", in_tmp / "lora"
+    # every rank dumps the adapter tensors it holds at the final save (medreason.distributed)
+    env = offline_env(f"sqlite:///{in_tmp / 'mlflow.db'}") | {"MEDREASON_DUMP_GATHERED": str(in_tmp / "gathered")}
+    cmd = [
+        *launcher,
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "medreason",
+        "train",
+        *tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no", "--per_device_train_batch_size", "2", steps=2),
+    ]
+    proc = subprocess.run(cmd, cwd=in_tmp, env=env, capture_output=True, text=True, timeout=480)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert output.count("medreason: data: bundled corpus; train") == 2  # both ranks ran
+    assert output.count("medreason: lm_head: dense") == 2  # both ranks chose the same LM head
+    assert len(re.findall(r"^adapter saved to", proc.stdout, re.M)) == 1  # only rank 0 saves
+    assert [p.name for p in lora.iterdir()] == [tiny_model_dir.name]
+    # the saved adapter = rank 0's trained tensors = rank 1's replica, and loads back with PEFT
+    check_adapter_equals_gathered(lora / tiny_model_dir.name, in_tmp / "gathered", tiny_model_dir, ranks=2)
+    state = json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    # 2 rows per device: with 2 processes one step takes 4 rows of the training split, so an epoch is
+    # ceil(rows / 4) steps (alone it would be ceil(rows / 2))
+    rows = json.loads((lora / tiny_model_dir.name / "medreason.json").read_text())["data"]["rows"]["train"]
+    assert state["log_history"][0]["epoch"] == pytest.approx(1 / -(-rows // 4))

@@ -11,8 +11,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-from tests.test_train import RECIPE, tiny_args
+from helpers import RECIPE, tiny_args
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 

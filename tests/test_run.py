@@ -1,5 +1,7 @@
-"""Faults a fair but hostile user meets (issue 11): concurrent runs, SIGTERM, stale locks, changed LoRA settings
-on --resume, resuming a finished run, examples longer than max_length, and the paths an adapter records.
+"""What every training run shares (medreason.run): the MLflow run (metrics reach a real tracking server over
+HTTP; a crash marks it FAILED, Ctrl-C KILLED), kill and resume (a SIGKILLed run resumes to the end), and the
+faults a fair but hostile user meets (issue 11): concurrent runs, SIGTERM, stale locks, changed LoRA settings on
+--resume, resuming a finished run, examples longer than max_length, and the paths an adapter records.
 
 Everything trains the 2-layer tiny model of conftest for a few steps; the subprocess runs are the real CLI.
 """
@@ -7,14 +9,28 @@ Everything trains the 2-layer tiny model of conftest for a few steps; the subpro
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import (
+    NO_EVAL_NO_SAVE,
+    _mlflow_left_as_found,  # noqa: F401  (autouse: MLflow is left as found after each test)
+    free_port,
+    leftovers,
+    loss_curve,
+    offline_env,
+    run_status,
+    tiny_args,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "smollm2-135m-cpu.yaml"
@@ -465,3 +481,208 @@ def test_every_option_of_every_subcommand_takes_both_spellings():
     assert checked >= 20
     args = build_parser().parse_args(["chat", "--max_new_tokens", "7", "--repetition-penalty", "1.2"])
     assert (args.max_new_tokens, args.repetition_penalty) == (7, 1.2)
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free local port, SQLite backend, proxied artifacts; stopped afterwards."""
+    port = free_port()
+    log_path = tmp_path / "mlflow-server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'm.db'}",
+        "--artifacts-destination",
+        str(tmp_path / "art"),
+    ]
+    # without job execution: no job runner and huey consumer processes, which only cost CPU here
+    env = {**offline_env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not answer /health in 120 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 15)):
+            if proc.poll() is not None:
+                break
+            try:
+                os.killpg(proc.pid, sig)  # the server and its uvicorn worker: the group this test started
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def rest(url: str, endpoint: str, **query) -> dict:
+    with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as r:
+        return json.loads(r.read())
+
+
+@pytest.mark.slow
+def test_metrics_params_and_adapter_reach_a_tracking_server(mlflow_server, in_tmp, monkeypatch, tiny_model_dir):
+    from medreason.train import train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    result = train(tiny_args(tiny_model_dir, in_tmp))
+    run_id = result.mlflow_run_id
+
+    history = rest(mlflow_server, "metrics/get-history", run_id=run_id, metric_key="loss")["metrics"]
+    assert sorted(m["step"] for m in history) == [1, 2, 3, 4]  # one point per logging step
+    assert all(m["value"] > 0 for m in history)
+    run = rest(mlflow_server, "runs/get", run_id=run_id)["run"]
+    assert run["info"]["status"] == "FINISHED"
+    params = {p["key"]: p["value"] for p in run["data"]["params"]}
+    assert params["lora_r"] == "16" and params["max_steps"] == "4"
+    assert params["lr_scheduler_type"] == "cosine"
+    metrics = {m["key"] for m in run["data"]["metrics"]}
+    assert {"loss", "eval_loss", "final_train_loss"} <= metrics
+    files = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=run_id, path="adapter").get("files", [])}
+    assert {
+        "adapter/adapter_model.safetensors",
+        "adapter/adapter_config.json",
+        "adapter/README.md",
+        "adapter/medreason.json",
+    } <= files
+    root = {f["path"] for f in rest(mlflow_server, "artifacts/list", run_id=run_id).get("files", [])}
+    assert "resolved_config.json" in root
+    assert not (in_tmp / "mlruns").exists() and not (in_tmp / "results" / "mlflow.db").exists()  # all on the server
+
+
+@pytest.mark.parametrize(
+    "error, status, code",
+    [
+        (RuntimeError("simulated failure in the training loop"), "FAILED", 1),
+        (KeyboardInterrupt(), "KILLED", 130),
+    ],
+    ids=["error", "ctrl-c"],
+)
+def test_crash_during_training_ends_the_mlflow_run(error, status, code, in_tmp, monkeypatch, capsys, tiny_model_dir):
+    import trl
+
+    from medreason.cli import main
+
+    steps = []
+    original = trl.SFTTrainer.training_step
+
+    def crash_on_second_step(self, *a, **kw):
+        steps.append(1)
+        if len(steps) == 2:
+            raise error
+        return original(self, *a, **kw)
+
+    monkeypatch.setattr(trl.SFTTrainer, "training_step", crash_on_second_step)
+    assert main(["train", *tiny_args(tiny_model_dir, in_tmp, *NO_EVAL_NO_SAVE)]) == code
+    err = capsys.readouterr().err
+    assert ("simulated failure" in err) if code == 1 else ("interrupted" in err)
+    run_id = (in_tmp / "out" / "mlflow_run_id").read_text().strip()
+    uri = f"sqlite:///{in_tmp / 'results' / 'mlflow.db'}"
+    assert run_status(uri, run_id) == status  # not left RUNNING
+    assert [step for step, _ in loss_curve(uri, run_id)] == [1]  # the step before the crash was logged
+    assert not (in_tmp / "lora").exists()
+
+
+# --------------------------------------------------------------------------------------------- kill and resume
+
+
+def _parses(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_finishes_the_run(in_tmp, capsys, caplog, monkeypatch, tiny_model_dir):
+    from medreason.cli import main
+
+    out, lora = in_tmp / "out", in_tmp / "lora"
+    uri = f"sqlite:///{in_tmp / 'mlflow.db'}"
+    args = tiny_args(tiny_model_dir, in_tmp, "--eval_strategy", "no", steps=6)
+    env = offline_env(uri)
+    log_path = in_tmp / "first.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "medreason", "train", *args],
+            cwd=in_tmp,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 300
+        while not any(_parses(p) for p in out.glob("checkpoint-*/trainer_state.json")):
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"training ended (exit {proc.returncode}) before a checkpoint was seen:\n"
+                    f"{log_path.read_text()[-3000:]}"
+                )
+            if time.monotonic() > deadline:
+                pytest.fail(f"no checkpoint after 300 s:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.1)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (lora / tiny_model_dir.name).exists()  # no adapter from a run that did not finish
+    done = sorted(int(p.parent.name.split("-")[1]) for p in out.glob("checkpoint-*/trainer_state.json"))
+    assert done and done[-1] < 6
+    # as if the kill had landed while the next checkpoint was being written: resume must skip it
+    partial = out / f"checkpoint-{done[-1] + 2}"
+    partial.mkdir(exist_ok=True)
+    (partial / "adapter_config.json").write_text("{")
+    (partial / "trainer_state.json").unlink(missing_ok=True)
+    run_id = (out / "mlflow_run_id").read_text().strip()
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(logging.getLogger("mlflow"), "propagate", True)  # so that caplog sees its errors
+    capsys.readouterr()
+    assert main(["train", *args]) == 2  # without --resume: refuse to mix two runs in one folder
+    err = capsys.readouterr().err
+    assert len(error_lines(err)) == 1 and "already holds checkpoints" in err and "--resume" in err
+    assert "Traceback" not in err
+
+    assert main(["train", *args, "--resume", "true"]) == 0
+    assert "Failed to log run data" not in caplog.text  # the reopened run accepts the callback's params
+    printed = capsys.readouterr().out
+    assert re.search(r"adapter saved to .*\(6 steps", printed), printed
+    state = json.loads((out / "checkpoint-6" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6
+    assert (lora / tiny_model_dir.name / "adapter_model.safetensors").is_file()
+    assert leftovers(lora) == []
+    assert (out / "mlflow_run_id").read_text().strip() == run_id  # the same MLflow run, reopened
+    assert run_status(uri, run_id) == "FINISHED"
+    steps = [step for step, _ in loss_curve(uri, run_id)]
+    assert {done[-1] + 1, 6} <= set(steps) <= set(range(1, 7))
