@@ -1,4 +1,4 @@
-# medreason: two commands set up a fresh machine (Python 3.11.5+):
+# medreason: two commands set up a fresh machine (Python 3.11+):
 #   make book    build the tutorial site into _build/html (executes every chapter, cached)
 #   make test    run the test suite
 # Each creates or reuses .venv and installs what it needs. Other targets: setup, notebooks, lab, train, lock, clean.
@@ -19,9 +19,9 @@ STAMP := $(VENV)/.medreason-installed-torch$(TORCH_VERSION)
 .PHONY: setup prerequisites venv torch test test-fast book notebooks lab train lock clean
 
 # What `make setup` needs from the machine, checked before anything is made, each failure one line: $(PYTHON) on
-# PATH, at 3.11.5 or newer (the lock's soupsieve needs it; Debian 12 ships 3.11.2), with the venv and ensurepip
-# modules (Debian/Ubuntu split them into python3-venv).
-PYTHON_MIN := 3.11.5
+# PATH, at 3.11.0 or newer (requirements.lock installs on every 3.11: its soupsieve is 2.10, since 3.0+ needs
+# 3.11.5 and Debian 12 ships 3.11.2), with the venv and ensurepip modules (Debian/Ubuntu: python3-venv).
+PYTHON_MIN := 3.11.0
 prerequisites:
 	@py=$$(command -v $(PYTHON) 2>/dev/null) || { \
 	  echo "medreason: $(PYTHON) not found: install Python $(PYTHON_MIN) or newer (README \"Quickstart\"), or name one with make PYTHON=/path/to/python3" >&2; \

@@ -96,9 +96,7 @@ def test_pixi_tasks_match_pyproject():
         assert task in pixi["tasks"]
     dep = pixi["pypi-dependencies"]["medreason"]
     assert dep["path"] == "." and set(dep["extras"]) <= set(project["project"]["optional-dependencies"])
-    assert project["project"]["requires-python"] == ">=3.11.5" and pixi["dependencies"]["python"].startswith(
-        ">=3.11.5,"
-    )
+    assert project["project"]["requires-python"] == ">=3.11" and pixi["dependencies"]["python"].startswith(">=3.11,")
 
 
 def test_readme_commands_exist():

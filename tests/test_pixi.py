@@ -88,11 +88,11 @@ def test_cpu_environment_everywhere_without_cuda():
 
 
 def test_python_range_matches_the_ci_matrix():
-    """The floor is pyproject.toml's requires-python (3.11.5: the lock's soupsieve needs it); the ceiling is the
-    newest Python the CI matrix runs."""
+    """The floor is pyproject.toml's requires-python (every 3.11: test_lock_installs_on_the_python_floor); the
+    ceiling is the newest Python the CI matrix runs."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
-    assert pyproject["project"]["requires-python"] == ">=3.11.5"
-    assert PIXI["dependencies"]["python"] == ">=3.11.5,<3.14"
+    assert pyproject["project"]["requires-python"] == ">=3.11"
+    assert PIXI["dependencies"]["python"] == ">=3.11,<3.14"
     tests_yml = (REPO / ".github" / "workflows" / "tests.yml").read_text(encoding="utf-8")
     assert 'python: ["3.11", "3.12", "3.13"]' in tests_yml
 
@@ -232,3 +232,33 @@ def test_gpu_environment_trains_with_the_gpu_recipe():
     assert (REPO / "configs" / "smollm2-135m-gpu.yaml").is_file()
     train = PIXI["tasks"]["train"]
     assert train["cmd"].endswith("configs/smollm2-135m-cpu.yaml") and train["default-environment"] == "default"
+
+
+def test_lock_installs_on_the_python_floor():
+    """Every package requirements.lock pins admits Python 3.11.0 (Debian 12 ships 3.11.2): read from the installed
+    distributions' Requires-Python. A bump to a release that needs more (soupsieve 3.0+ needs 3.11.5) fails here."""
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    floor = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]["requires-python"]
+    assert floor == ">=3.11"
+    pins = [
+        line.split("==")
+        for line in (REPO / "requirements.lock").read_text(encoding="utf-8").splitlines()
+        if "==" in line and not line.startswith("#")
+    ]
+    too_new, checked = [], 0
+    for name, version in pins:
+        try:
+            meta = metadata(name)
+        except PackageNotFoundError:
+            continue  # not installed in this environment (a platform marker): nothing to read
+        if meta["Version"] != version.split(";")[0].strip():
+            continue
+        checked += 1
+        spec = meta.get("Requires-Python")
+        if spec and "3.11.0" not in SpecifierSet(spec):
+            too_new.append(f"{name}=={version} needs Python {spec}")
+    assert checked > 100, checked
+    assert not too_new, too_new
