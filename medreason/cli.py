@@ -53,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 0
         from medreason.compat import quiet_library_warnings
+        from medreason.progress import library_bars
         from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
 
-        with stop_on_sigterm(), quiet_library_warnings():  # SIGTERM as Ctrl-C (exit 143); libraries' inner noise
+        # SIGTERM as Ctrl-C (exit 143); libraries' inner noise dropped; their bars off when stderr is no terminal
+        with stop_on_sigterm(), quiet_library_warnings(), library_bars():
             result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:

@@ -23,18 +23,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medreason import run
 from medreason.adapter import read_adapter, training_meta, weights_sha256
 from medreason.config import config_dict
 from medreason.errors import UserError
 
+if TYPE_CHECKING:  # the config classes, for the signatures only: importing TRL here would slow `medreason --help`
+    from trl import GRPOConfig, ModelConfig
+
+    from medreason.config import MedreasonArgs
+
 log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------- entry point
 
 
-def train_grpo(args, cfg, model_args, recipe: str) -> run.TrainResult:
+def train_grpo(args: MedreasonArgs, cfg: GRPOConfig, model_args: ModelConfig, recipe: str) -> run.TrainResult:
     """Train with GRPO from a settled recipe (MedreasonArgs, GRPOConfig, ModelConfig); `recipe` is its hash.
     `medreason.train.train` calls this for `trainer: grpo` after the checks every run shares."""
     check_grpo(args, cfg, model_args)

@@ -136,6 +136,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
+# the libraries' own bars (datasets' map, transformers' weight loading, huggingface_hub downloads): read from the
+# environment when each library is imported (datasets 4, transformers 5.24, huggingface_hub 1.x)
+LIBRARY_BARS_OFF = ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS")
+
+
+@contextmanager
+def library_bars():
+    """Within a command: without a terminal (or with --quiet / MEDREASON_PROGRESS=lines|off) the libraries' own tqdm
+    bars are off too, since piped they print carriage-return lines into logs; on a terminal they stay. The
+    environment is put back afterwards (it takes effect for libraries imported inside the block: the CLI imports
+    them inside its commands)."""
+    if mode() == "bar":
+        yield
+        return
+    before = {name: os.environ.get(name) for name in LIBRARY_BARS_OFF}
+    os.environ.update(dict.fromkeys(LIBRARY_BARS_OFF, "1"))
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def training_callback():
     """A transformers TrainerCallback that reports training in the same form as every other long step: the bar
     (steps done/total, rate, ETA) on a terminal, and at each logging step one line
@@ -184,11 +210,13 @@ def training_callback():
         def line(self, state, logs: dict) -> str | None:
             step, total = state.global_step, self.total or state.max_steps
             where = f"{step}/{total} ({100 * step / total:.0f}%)" if total else str(step)
+            if "train_runtime" in logs:
+                return None  # the final summary (train_loss, train_runtime, ...): the command prints its own
             evals = {k: v for k, v in logs.items() if k.endswith("_loss") and k != "loss" and isinstance(v, float)}
             if "loss" not in logs:
                 if evals:
                     return f"eval at step {where}: " + "  ".join(f"{k} {v:.4f}" for k, v in evals.items())
-                return None  # the final summary (train_runtime, ...): the command prints its own
+                return None
             parts = [f"step {where}", f"loss {logs['loss']:.4f}"]
             if "reward" in logs:
                 parts.append(f"reward {logs['reward']:.3f}")

@@ -22,12 +22,19 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medreason.adapter import adapter_path, recipe_hash, save_adapter, weights_sha256
 from medreason.config import config_dict
 from medreason.errors import UserError
 from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
+
+if TYPE_CHECKING:  # the config classes, for the signatures only: importing TRL here would slow `medreason --help`
+    from transformers import TrainingArguments
+    from trl import ModelConfig
+
+    from medreason.config import MedreasonArgs
 from medreason.template import TEMPLATES
 
 log = logging.getLogger(__name__)
@@ -92,7 +99,7 @@ def recipe_hash_of(args, cfg, model_args) -> str:
 # --------------------------------------------------------------------------------------------- checks before loading
 
 
-def check_before_loading(args, cfg, model_args):
+def check_before_loading(args: MedreasonArgs, cfg: TrainingArguments, model_args: ModelConfig) -> None:
     """Everything that fails in a second instead of after the model loads."""
     check_hyperparameters(args, cfg, model_args)
     check_steps(cfg)
@@ -212,7 +219,7 @@ def module_names(config) -> set[str]:
 # --------------------------------------------------------------------------------------------- resume
 
 
-def resume_point(args, cfg) -> Path | None:
+def resume_point(args: MedreasonArgs, cfg: TrainingArguments) -> Path | None:
     """--resume: the newest complete checkpoint in output_dir (none: a log line, and the run starts anew).
     Without --resume, a folder that already holds checkpoints is refused rather than trained over."""
     output_dir = Path(cfg.output_dir)
@@ -284,7 +291,7 @@ def check_resume(checkpoint: Path, model_args):
 
 
 @contextmanager
-def session(args, cfg, model_args):
+def session(args: MedreasonArgs, cfg: TrainingArguments, model_args: ModelConfig):
     """For the duration of a run: SIGTERM acts as Ctrl-C, one run at a time holds its checkpoint and adapter
     folders, and torch uses the recipe's CPU threads; torch's thread count is put back afterwards."""
     import torch
@@ -367,7 +374,7 @@ def physical_cores() -> int:
 # --------------------------------------------------------------------------------------------- the base model
 
 
-def load_base(model_args):
+def load_base(model_args: ModelConfig):
     """(model, tokenizer, provenance) of the recipe's base model, in the settled dtype, quantized when the recipe
     says so (QLoRA), with the KV cache off for training. Provenance: what was really loaded (medreason.models)."""
     import torch
@@ -447,7 +454,9 @@ def previous_run_id(output_dir: Path) -> str | None:
 # --------------------------------------------------------------------------------------------- finishing
 
 
-def finish(trainer, model, tokenizer, args, model_args, meta: dict, metrics: dict, run) -> TrainResult:
+def finish(
+    trainer, model, tokenizer, args: MedreasonArgs, model_args: ModelConfig, meta: dict, metrics: dict, run
+) -> TrainResult:
     """Save the trained adapter (rank 0, atomically, with `meta` as medreason.json), log the final metrics and
     the adapter folder to MLflow, and describe the run. Every rank calls it: under FSDP the weights are
     gathered from all ranks first (medreason.distributed), a collective."""

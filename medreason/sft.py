@@ -15,16 +15,22 @@ split (both reaches into TRL live in medreason.compat).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from medreason import run
 from medreason.adapter import training_meta
 from medreason.config import config_dict
 from medreason.errors import UserError
 
+if TYPE_CHECKING:  # the config classes, for the signatures only: importing TRL here would slow `medreason --help`
+    from trl import ModelConfig, SFTConfig
+
+    from medreason.config import MedreasonArgs
+
 log = logging.getLogger(__name__)
 
 
-def train_sft(args, cfg, model_args, recipe: str) -> run.TrainResult:
+def train_sft(args: MedreasonArgs, cfg: SFTConfig, model_args: ModelConfig, recipe: str) -> run.TrainResult:
     """Train from a settled recipe (MedreasonArgs, SFTConfig, ModelConfig); `recipe` is its hash."""
     from medreason.data import load_splits
 

@@ -130,9 +130,14 @@ def _on_a_terminal(argv, cwd, env):
 
 
 def _together(**runs):
-    """Each name=(runner, argv, cwd, env) at the same time (the processes mostly wait on imports): {name: result}."""
+    """Each name=(runner, argv, cwd, env) at the same time (the processes mostly wait on imports): {name: result}.
+    Each runs in its own folder `cwd/<name>`: MLflow's default store (./mlflow.db) is per folder, and two processes
+    creating one store at once collide in its schema migration."""
     from concurrent.futures import ThreadPoolExecutor
 
+    for name, (_, _, cwd, _) in runs.items():
+        (cwd / name).mkdir(exist_ok=True)
+    runs = {name: (runner, argv, cwd / name, env) for name, (runner, argv, cwd, env) in runs.items()}
     with ThreadPoolExecutor(len(runs)) as pool:
         futures = {name: pool.submit(runner, *rest) for name, (runner, *rest) in runs.items()}
         return {name: f.result() for name, f in futures.items()}
@@ -142,9 +147,8 @@ def test_eval_shows_a_bar_on_a_terminal_and_lines_when_piped(adapter_dir, mcq_fi
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
     env.pop(progress.ENV, None)
     env.pop("TQDM_DISABLE", None)
-    (tmp_path / "tty").mkdir()
     out = _together(
-        tty=(_on_a_terminal, _eval_cmd(adapter_dir, mcq_file), tmp_path / "tty", env),
+        tty=(_on_a_terminal, _eval_cmd(adapter_dir, mcq_file), tmp_path, env),
         piped=(_piped, _eval_cmd(adapter_dir, mcq_file), tmp_path, env),
     )
     # stderr on a pseudo-terminal: tqdm's bar, with the total
