@@ -29,7 +29,6 @@ generate the same answers twice.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
@@ -38,24 +37,39 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.harness import (
+    BUNDLED_TASK,
+    HUB_TASKS,
+    available_hub_tasks,
+    loglik_choices,
+    mcq_task_config,
+    summarize_loglik,
+)
 from medreason.io import atomic_open, atomic_write_json
 from medreason.progress import progress
+from medreason.report import baselines_line, log_mlflow, table
+from medreason.scoring import heldout_loss
+
+# moved out of this module; importable from here as before
+__all__ = [
+    "evaluate",
+    "generate_outputs",
+    "score_outputs",
+    "summarize_generate",
+    "mcq_prompts",
+    "training_data",
+    "heldout_loss",
+    "loglik_choices",
+    "mcq_task_config",
+    "summarize_loglik",
+    "table",
+    "baselines_line",
+    "BUNDLED_TASK",
+    "HUB_TASKS",
+]
 
 log = logging.getLogger(__name__)
 
-BUNDLED_TASK = "medreason_mcq"
-HUB_TASKS = {
-    "multimedqa",
-    "medqa_4options",
-    "medmcqa",
-    "pubmedqa",
-    "mmlu_anatomy",
-    "mmlu_clinical_knowledge",
-    "mmlu_college_biology",
-    "mmlu_college_medicine",
-    "mmlu_medical_genetics",
-    "mmlu_professional_medicine",
-}
 MODES = ("generate", "loglik")
 CACHE_DIR = Path("results") / "cache" / "generate"
 
@@ -98,7 +112,7 @@ def evaluate(
         raise UserError(f"repetition_penalty must be above 0 (1 is none), got {repetition_penalty}")
     all_items, source = benchmark_items(mcq, split)
     items = stratified_subset(all_items, limit, seed=seed)
-    hub_tasks = _hub_tasks(tasks) if mode == "loglik" else []
+    hub_tasks = available_hub_tasks(tasks) if mode == "loglik" else []
     session = session or load_for_inference(adapter, model)
 
     variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
@@ -178,7 +192,7 @@ def evaluate(
     atomic_write_json(folder / "eval.json", results)
     results["path"] = str(folder / "eval.json")
     results["items_path"] = str(folder / "eval_items.jsonl")
-    _log_mlflow(results, run, folder / "eval_items.jsonl")
+    log_mlflow(results, run, folder / "eval_items.jsonl")
     return results
 
 
@@ -193,19 +207,6 @@ def benchmark_items(mcq: str | None, split: str = "heldout"):
     if split not in SPLITS:
         raise UserError(f"split '{split}' is unknown: choose {', '.join(SPLITS)} or all")
     return bundled_split(split), f"bundled benchmark ({split} split)"
-
-
-def _hub_tasks(tasks) -> list[str]:
-    from medreason.models import hub_reachable
-
-    unknown = [t for t in tasks if t != BUNDLED_TASK and t not in HUB_TASKS]
-    if unknown:
-        raise UserError(f"unknown task '{unknown[0]}': choose {BUNDLED_TASK} or one of {', '.join(sorted(HUB_TASKS))}")
-    hub_tasks = [t for t in tasks if t in HUB_TASKS]
-    if hub_tasks and not hub_reachable():
-        log.warning("the Hub is unreachable: skipping %s (their data lives on the Hub)", ", ".join(hub_tasks))
-        hub_tasks = []
-    return hub_tasks
 
 
 def _test_split(session, limit):
@@ -419,318 +420,7 @@ def write_items(path: Path, rows: list[dict]):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-# --------------------------------------------------------------------------------------------- held-out loss
-
-
-def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
-    """Mean negative log-likelihood per completion token (prompt tokens masked, as in training)."""
-    import torch
-
-    from medreason.scoring import labelled_log_softmax
-
-    examples = []
-    for ex in dataset:
-        prompt_ids = tokenizer.apply_chat_template(
-            ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-        full_ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-        examples.append((full_ids, len(prompt_ids)))
-    examples.sort(key=lambda e: len(e[0]))  # similar lengths together: little padding
-    total_nll, total_tokens = 0.0, 0
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode(), progress(total=len(examples), desc="held-out loss", unit="ex") as bar:
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
-            bar.update(len(chunk))
-            width = max(len(ids) for ids, _ in chunk)
-            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(chunk), width), dtype=torch.long)
-            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
-            for j, (ids, n_prompt) in enumerate(chunk):
-                input_ids[j, : len(ids)] = torch.tensor(ids)
-                attention[j, : len(ids)] = 1
-                labels[j, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
-            # as training's dense head computes them (medreason.scoring)
-            log_softmax, targets, mask = labelled_log_softmax(
-                model, labels, input_ids=input_ids.to(device), attention_mask=attention.to(device)
-            )
-            total_nll -= log_softmax.gather(-1, targets[:, None]).sum().item()
-            total_tokens += int(mask.sum())
-    return total_nll / max(1, total_tokens)
-
-
-# --------------------------------------------------------------------------------------------- loglik mode
-
-
-def loglik_task_config(items_path: str | Path) -> dict:
-    """An lm-eval task over any items: the bundled task's scoring (resources/lm_eval/medreason_mcq.yaml:
-    multiple_choice, acc and acc_norm, a space before each choice) with the prompt, the choices (each item's own
-    labels, 2 to 10 of them) and the target read from the fields of a file written by `loglik_choices`."""
-    config = mcq_task_config()
-    config.update(
-        doc_to_text="prompt",
-        doc_to_choice="choices",
-        doc_to_target="target",
-        dataset_kwargs={"data_files": {"test": str(Path(items_path).resolve())}},
-    )
-    return config
-
-
-def loglik_choices(
-    session, items, variant: str, *, batch_size: int = 8, chat: bool = False, hub_tasks=(), limit: int | None = None
-) -> tuple[list[dict], dict]:
-    """(one row per item, {task: harness scores}) by log-likelihood of each option's label with lm-eval.
-    chat=True renders every prompt through the chat template with the system prompt (the harness's
-    apply_chat_template)."""
-    import tempfile
-
-    import lm_eval
-    from lm_eval.models.huggingface import HFLM
-
-    from medreason.mcq import loglik_prompt
-
-    with tempfile.TemporaryDirectory(prefix="medreason-loglik-") as tmp:
-        path = Path(tmp) / "items.jsonl"
-        with path.open("w") as f:
-            for item in items:
-                labels = list(item.options)
-                f.write(
-                    json.dumps(
-                        {
-                            "id": item.id,
-                            "prompt": loglik_prompt(item),
-                            "choices": labels,
-                            "target": labels.index(item.answer),
-                        },
-                        ensure_ascii=False,
-                    )
-                    + "\n"
-                )
-        lm = HFLM(pretrained=session.model, tokenizer=session.tokenizer, batch_size=batch_size)
-        out = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=[loglik_task_config(path)] + list(hub_tasks),
-            limit=limit if hub_tasks else None,
-            log_samples=True,
-            bootstrap_iters=1000,
-            random_seed=0,
-            numpy_random_seed=0,
-            torch_random_seed=0,
-            fewshot_random_seed=0,
-            apply_chat_template=chat,
-            system_instruction=session.system_prompt if chat else None,
-            task_manager=_task_manager(bool(hub_tasks)),
-        )
-    scores = {}
-    for task, metrics in out["results"].items():
-        if "acc,none" in metrics:
-            scores[task] = {
-                "acc": metrics["acc,none"],
-                "acc_stderr": _num(metrics.get("acc_stderr,none")),
-                "acc_norm": metrics.get("acc_norm,none"),
-                "acc_norm_stderr": _num(metrics.get("acc_norm_stderr,none")),
-                "n": out.get("n-samples", {}).get(task, {}).get("effective"),
-            }
-    by_id = {item.id: item for item in items}
-    rows = []
-    for sample in sorted(out["samples"][BUNDLED_TASK], key=lambda s: s["doc_id"]):
-        item = by_id[sample["doc"]["id"]]
-        logliks = [float(r[0]) for r in sample["filtered_resps"]]
-        chosen = list(item.options)[max(range(len(logliks)), key=logliks.__getitem__)]
-        rows.append(
-            {
-                "id": item.id,
-                "group": item.group,
-                "variant": variant,
-                "answer": item.answer,
-                "extracted": chosen,
-                "correct": chosen == item.answer,
-                "n_options": len(item.options),
-                "logliks": logliks,
-            }
-        )
-    return rows, scores
-
-
-def summarize_loglik(rows: list[dict]) -> dict:
-    from medreason.stats import accuracy_by_group
-
-    correct = [r["correct"] for r in rows]
-    return {
-        "n": len(rows),
-        "accuracy": sum(correct) / len(rows),
-        "accuracy_by_group": accuracy_by_group([r["group"] for r in rows], correct),
-    }
-
-
-def mcq_task_config(mcq_path: str | None = None) -> dict:
-    """The bundled task (medreason/resources/lm_eval/medreason_mcq.yaml) with its data file resolved: the
-    four-option file as the lm_eval command line reads it."""
-    import yaml
-
-    from medreason.readers import bundled_path
-
-    config = yaml.safe_load(bundled_path("lm_eval/medreason_mcq.yaml").read_text())
-    data = str(Path(mcq_path).resolve()) if mcq_path else str(bundled_path("mcq.jsonl"))
-    config["dataset_kwargs"] = {"data_files": {"test": data}}
-    return config
-
-
-@functools.lru_cache(maxsize=2)
-def _task_manager(with_harness_tasks: bool):
-    """lm-eval's task index, built once per process. Indexing the harness's own tasks reads thousands of
-    YAML files (about a minute on 2 cores), so it is skipped when only the bundled task runs (it is
-    passed as a config and needs no index)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager(include_defaults=with_harness_tasks)
-
-
-def _num(x):
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return None
-
-
-# --------------------------------------------------------------------------------------------- output
-
-
-def table(results: dict) -> str:
-    """Base vs adapter, the paired comparison and accuracy per group, as `medreason eval` prints it."""
-    generate = results.get("mode") == "generate"
-    names = list(results["variants"])
-    if generate:
-        head = f"{'':<10}{'accuracy':>10}{'extracted':>11}{'acc|extr':>10}{'tokens p50':>12}{'p95':>7}{'truncated':>11}"
-        lines = [head]
-        for name, v in results["variants"].items():
-            ae = v["accuracy_when_extracted"]
-            lines.append(
-                f"{name:<10}{v['accuracy']:>10.3f}{v['extraction_rate']:>11.3f}"
-                f"{(f'{ae:.3f}' if ae is not None else '-'):>10}{v['tokens_median']:>12.0f}"
-                f"{v['tokens_p95']:>7.0f}{v['truncation_rate']:>11.3f}"
-            )
-    else:
-        tasks = list(next(iter(results["variants"].values()))["tasks"])
-        lines = [
-            f"{'':<10}{'accuracy':>10}{'test loss':>11}{'ppl':>12}   " + "   ".join(f"{t} acc ± se" for t in tasks)
-        ]
-        for name, v in results["variants"].items():
-            accs = "   ".join(
-                f"{s['acc']:.3f} ± {s['acc_stderr'] or 0:.3f}".rjust(len(t) + 9) for t, s in v["tasks"].items()
-            )
-            lines.append(
-                f"{name:<10}{v['accuracy']:>10.3f}{v['test_loss']:>11.4f}{v['test_perplexity']:>12.6g}   {accs}"
-            )  # .6g: <= 11 chars at any size
-    penalty = results["settings"].get("repetition_penalty", 1.0)
-    how = (
-        f"generate, greedy{f' (repetition penalty {penalty:g})' if penalty != 1.0 else ''}, "
-        f"{results['settings']['max_new_tokens']} new tokens"
-        if generate
-        else "log-likelihood" + (" with the chat template" if results["settings"].get("chat") else "")
-    )
-    lines.append(
-        f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
-        f"{results['benchmark']}; {how}"
-    )
-    if "baselines" in results:
-        lines.append(baselines_line(results["baselines"]))
-        for name, v in results["variants"].items():
-            vs = v["vs_best_baseline"]
-            low, high = v["accuracy_ci"]
-            extra = "; no answer extracted" if generate and not v.get("accuracy_when_extracted_ci") else ""
-            if v.get("accuracy_when_extracted_ci"):
-                el, eh = v["accuracy_when_extracted_ci"]
-                extra = (
-                    f"; among extracted {v['accuracy_when_extracted']:.3f} (95% {el:.3f}-{eh:.3f}), "
-                    f"p = {vs['when_extracted_p_value']:.3g}"
-                )
-            lines.append(
-                f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), "
-                f"{vs['diff']:+.3f} vs the best baseline, exact binomial p = {vs['p_value']:.3g}{extra}"
-            )
-    if "paired" in results:
-        p = results["paired"]
-        lines.append(
-            f"adapter - base: {p['diff']:+.3f} (paired bootstrap 95% interval {p['ci_low']:+.3f} to "
-            f"{p['ci_high']:+.3f}); McNemar exact p = {p['p_value']:.3g} "
-            f"({p['c']} items only the adapter got right, {p['b']} only the base)"
-        )
-    groups = results["groups"]
-    lines.append("")
-    lines.append(f"{'group':<36}{'n':>4}" + "".join(f"{n:>10}" for n in names))
-    for g, n in groups.items():
-        accs = "".join(f"{results['variants'][v]['accuracy_by_group'][g]['accuracy']:>10.3f}" for v in names)
-        lines.append(f"{g[:35]:<36}{n:>4}{accs}")
-    return "\n".join(lines)
-
-
-def baselines_line(b: dict) -> str:
-    """The trivial baselines in one line, as `medreason eval` and the book print them."""
-    from medreason.mcq import BASELINE_NAMES
-
-    return (
-        f"no-knowledge baselines: chance {b['chance']['accuracy']:.3f}, majority label "
-        f"{b['majority_label']['label']} {b['majority_label']['accuracy']:.3f} (label from "
-        f"{b['majority_label']['label_from']}), best same label {b['same_label']['label']} "
-        f"{b['same_label']['accuracy']:.3f} (chosen after seeing the answers), longest option "
-        f"{b['longest_option']['accuracy']:.3f}; best: {BASELINE_NAMES[b['best']['rule']]} "
-        f"{b['best']['accuracy']:.3f}"
-    )
-
-
-def _log_mlflow(results: dict, run: str, items_path: Path):
-    import re
-
-    import mlflow
-
-    from medreason.tracking import log_params, mlflow_run
-
-    def key(text: str) -> str:  # MLflow accepts letters, digits, _ - . / and spaces in names
-        return re.sub(r"[^\w\-./ ]", "_", text)
-
-    with mlflow_run("medreason-eval", run_name=f"eval-{results['mode']}-{run}"):
-        log_params(
-            {
-                "mode": results["mode"],
-                "base_model": results["base_model"],
-                "adapter": str(results["adapter"]),
-                "benchmark": results["benchmark"],
-                "n_mcq": results["n_mcq"],
-                "limit": results["limit"],
-                "seed": results["seed"],
-                **{k: v for k, v in results["settings"].items() if k != "system_prompt"},
-            }
-        )
-        metrics = {"chance": results["chance"]}
-        for rule in ("majority_label", "same_label", "longest_option", "best"):
-            metrics[f"baseline_{rule}"] = results["baselines"][rule]["accuracy"]
-        for name, v in results["variants"].items():
-            for k in (
-                "accuracy",
-                "extraction_rate",
-                "accuracy_when_extracted",
-                "tokens_median",
-                "tokens_p95",
-                "truncation_rate",
-                "test_loss",
-                "test_perplexity",
-            ):
-                if v.get(k) is not None:
-                    metrics[f"{name}_{k}"] = v[k]
-            for task, s in v.get("tasks", {}).items():
-                metrics[f"{name}_{task}_acc"] = s["acc"]
-            for g, s in v["accuracy_by_group"].items():
-                metrics[key(f"{name}_accuracy/{g}")] = s["accuracy"]
-        for k in ("diff", "ci_low", "ci_high", "p_value", "b", "c"):
-            if "paired" in results:
-                metrics[f"paired_{k}"] = results["paired"][k]
-        mlflow.log_metrics(metrics)
-        mlflow.log_dict(results, "eval.json")
-        mlflow.log_artifact(str(items_path))
+# --------------------------------------------------------------------------------------------- the adapter's data
 
 
 def training_data(session) -> dict:

@@ -1,7 +1,6 @@
 """Log-probabilities of labelled tokens: the one place medreason computes them, for training's dense LM head
 (medreason.compat.use_dense_lm_head) and for the held-out loss of evaluation (medreason.evaluate.heldout_loss).
 
-    from medreason.scoring import labelled_log_softmax
     log_softmax, targets, mask = labelled_log_softmax(model, labels, input_ids=ids, attention_mask=attention)
     nll = -log_softmax.gather(-1, targets[:, None]).sum()
 
@@ -25,3 +24,43 @@ def labelled_log_softmax(model, labels, *args, **inputs):
     mask = labels != -100
     logits = base.get_output_embeddings()(hidden[mask]).float()
     return torch.log_softmax(logits, dim=-1), labels[mask], mask
+
+
+def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
+    """Mean negative log-likelihood per completion token (prompt tokens masked, as in training)."""
+    import torch
+
+    from medreason.progress import progress
+
+    examples = []
+    for ex in dataset:
+        prompt_ids = tokenizer.apply_chat_template(
+            ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
+        )["input_ids"]
+        full_ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
+            "input_ids"
+        ]
+        examples.append((full_ids, len(prompt_ids)))
+    examples.sort(key=lambda e: len(e[0]))  # similar lengths together: little padding
+    total_nll, total_tokens = 0.0, 0
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.inference_mode(), progress(total=len(examples), desc="held-out loss", unit="ex") as bar:
+        for i in range(0, len(examples), batch_size):
+            chunk = examples[i : i + batch_size]
+            bar.update(len(chunk))
+            width = max(len(ids) for ids, _ in chunk)
+            input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(chunk), width), dtype=torch.long)
+            labels = torch.full((len(chunk), width), -100, dtype=torch.long)
+            for j, (ids, n_prompt) in enumerate(chunk):
+                input_ids[j, : len(ids)] = torch.tensor(ids)
+                attention[j, : len(ids)] = 1
+                labels[j, n_prompt : len(ids)] = torch.tensor(ids[n_prompt:])
+            # as training's dense head computes them (medreason.scoring)
+            log_softmax, targets, mask = labelled_log_softmax(
+                model, labels, input_ids=input_ids.to(device), attention_mask=attention.to(device)
+            )
+            total_nll -= log_softmax.gather(-1, targets[:, None]).sum().item()
+            total_tokens += int(mask.sum())
+    return total_nll / max(1, total_tokens)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from medreason import data
+from medreason import data, overlap
 
 DATASHEET = Path(data.__file__).parent / "resources" / "DATASHEET.md"
 SPLIT_NAMES = ("pool", "heldout")
@@ -105,7 +105,7 @@ def test_split_is_stratified_by_specialty(mcq, parts):
 
 def test_split_follows_the_hash_rule(mcq):
     """The split is not hand-picked: within each specialty the held-out items are exactly those with the lowest
-    hash of the normalised question (medreason.data.question_hash), so it can be recomputed from the text."""
+    hash of the normalised question (medreason.overlap.question_hash), so it can be recomputed from the text."""
     by_specialty: dict[str, list[dict]] = {}
     for m in mcq:
         by_specialty.setdefault(m["specialty"], []).append(m)
@@ -154,7 +154,7 @@ def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
     for item in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE)):
         for m in parts["heldout"]:
             if data.normalize(m["options"][m["answer"]]) == data.normalize(item.options[item.answer]):
-                assert data._jaccard(item.question, m["question"]) < 0.2, (item.id, m["id"])
+                assert overlap.jaccard(item.question, m["question"]) < 0.2, (item.id, m["id"])
 
 
 def test_pool_does_not_overlap_heldout(parts):
@@ -183,9 +183,9 @@ def highest_similarity(corpus_rows, mcq_sft_rows, parts) -> dict[str, float]:
     """The highest word-3-gram Jaccard similarity between any two questions of two different sets, for each
     pair of sets, computed over every pair of questions (no LSH)."""
     shingled = {
-        "corpus": [data._shingles(r["Question"]) for r in corpus_rows],
-        "mcq_sft": [data._shingles(r["stem"]) for r in mcq_sft_rows],
-        **{name: [data._shingles(m["question"]) for m in items] for name, items in parts.items()},
+        "corpus": [overlap.shingles(r["Question"]) for r in corpus_rows],
+        "mcq_sft": [overlap.shingles(r["stem"]) for r in mcq_sft_rows],
+        **{name: [overlap.shingles(m["question"]) for m in items] for name, items in parts.items()},
     }
     return {
         f"{a}/{b}": max(len(sa & sb) / max(1, len(sa | sb)) for sa in shingled[a] for sb in shingled[b])
@@ -206,7 +206,7 @@ def test_no_pair_reaches_the_contamination_threshold_exhaustively(highest_simila
     }
     assert all(j < 0.5 for j in highest_similarity.values()), highest_similarity
     one = parts["pool"][0]["question"]
-    assert data._jaccard(one, one) == 1.0  # the measure reaches 1 on identical text, so the maxima mean something
+    assert overlap.jaccard(one, one) == 1.0  # the measure reaches 1 on identical text, so the maxima mean something
 
 
 def test_benchmark_has_no_near_duplicates(mcq):

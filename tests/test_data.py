@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from medreason import data
+from medreason import data, overlap
 from medreason.cli import main
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
@@ -434,7 +434,7 @@ def _edited(question: str, low: float, high: float) -> str | None:
     for k in range(1, len(words)):
         changed = {int(i * len(words) / (k + 1)) for i in range(1, k + 1)}
         edited = " ".join("altered" if i in changed else w for i, w in enumerate(words))
-        similarity = data._jaccard(question, edited)
+        similarity = overlap.jaccard(question, edited)
         if similarity < high:
             return edited if similarity >= low else None
     return None
@@ -446,7 +446,7 @@ def test_deduplicate_removes_every_pair_at_or_above_the_threshold(corpus_rows):
     pairs = [(r, q) for r, q in pairs if q is not None]
     assert len(pairs) >= 30
     for r, q in pairs:
-        assert data._jaccard(r["Question"], q) >= data.NEAR_DUP_THRESHOLD
+        assert overlap.jaccard(r["Question"], q) >= data.NEAR_DUP_THRESHOLD
     missed = [q for r, q in pairs if data.deduplicate([r, dict(r, Question=q, Response="A different answer.")])[2] != 1]
     assert not missed, f"{len(missed)} of {len(pairs)} near duplicates kept, e.g. {missed[0]!r}"
 
