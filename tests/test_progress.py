@@ -169,28 +169,30 @@ def _stray_warnings(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if "warning" in line.lower() and not line.startswith("medreason:")]
 
 
+def _sft_file(path: Path, n: int) -> Path:
+    """n short rows of the medical-o1 schema, one specialty: enough for a few training steps of the tiny model."""
+    import json
+
+    rows = [
+        {
+            "Question": f"Question {i}: which drug treats condition {i}?",
+            "Complex_CoT": "Think about the mechanism and the evidence first.",
+            "Response": f"Drug {i}.",
+            "specialty": "s",
+        }
+        for i in range(n)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
 def test_subcommands_print_no_library_warning(adapter_dir, tiny_model_dir, mcq_file, tmp_path):
     """data, train, eval, chat and export on the tiny model: stderr holds no Warning line of a library's
     (medreason.compat.LIBRARY_NOISE drops the known ones; anything new fails here and is looked at)."""
-    import json
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.ENV: "lines"}
     env.pop("PYTHONWARNINGS", None)
-    data_file = tmp_path / "sft.jsonl"
-    data_file.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "Question": f"Question {i}: which drug treats condition {i}?",
-                    "Complex_CoT": "Think about the mechanism and the evidence first.",
-                    "Response": f"Drug {i}.",
-                    "specialty": "s",
-                }
-            )
-            + "\n"
-            for i in range(20)
-        )
-    )
+    data_file = _sft_file(tmp_path / "sft.jsonl", 20)
     recipe = ROOT / "configs" / "smollm2-135m-cpu.yaml"
     commands = {
         "data": ["data", "validate", str(data_file)],
@@ -265,24 +267,9 @@ def test_the_noise_filter_is_exact_and_leaves_other_warnings_alone():
 def test_training_reports_step_total_loss_tokens_per_second_and_eta(tiny_model_dir, tmp_path):
     """The training log line matches every other long step: step/total, loss, tokens/s, ETA (a bar on a
     terminal, one line per logging step when piped), and transformers' raw dict printing is gone."""
-    import json
     import re
 
-    data_file = tmp_path / "sft.jsonl"
-    data_file.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "Question": f"Question {i}: which drug treats condition {i}?",
-                    "Complex_CoT": "Think about the mechanism and the evidence first.",
-                    "Response": f"Drug {i}.",
-                    "specialty": "s",
-                }
-            )
-            + "\n"
-            for i in range(40)
-        )
-    )
+    data_file = _sft_file(tmp_path / "sft.jsonl", 40)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), progress.DELAY_ENV: "0"}
     env.pop(progress.ENV, None)
     env.pop("TQDM_DISABLE", None)
