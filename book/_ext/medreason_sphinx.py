@@ -19,16 +19,30 @@ of a clone, it runs as it is: its first cell finds the checkout by walking up fr
 (The theme copies an executed notebook there only when a launch service such as Binder is configured;
 this book names none.)
 
+Formulas offline: the pages load MathJax 3 from the site itself (`_static/mathjax/tex-chtml.js`), not from a
+CDN, so a site opened from `_build/html` with no network still renders its formulas. The files come from the
+PyPI package `sphinx-mathjax-offline` (MathJax 3.2.2, in the `book` extra); only what tex-chtml loads is copied
+(the component, the TeX extensions it autoloads, the CHTML fonts, the menu and accessibility parts).
+
 It lives in book/_ext/, not in the installed package: only the book needs it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
 from pathlib import Path
+
+# MathJax 3's combined TeX-to-CHTML component, and the folders it loads from at run time
+MATHJAX_PACKAGE = "sphinx-mathjax-offline"
+MATHJAX_ENTRY = "tex-chtml.js"
+MATHJAX_PARTS = (MATHJAX_ENTRY, "input", "output/chtml", "ui", "a11y", "adaptors")
 
 
 def setup(app):
     """Sphinx entry point."""
+    app.connect("config-inited", _local_mathjax_path)
+    app.connect("build-finished", _copy_mathjax)
     app.connect("env-before-read-docs", _read_in_toc_order)
     # before sphinx-book-theme builds its header buttons (priority 501), so that its download menu lists the .ipynb
     app.connect("html-page-context", _offer_notebook_download, priority=500)
@@ -95,3 +109,43 @@ def _offer_notebook_download(app, pagename, templatename, context, doctree):
         return
     if write_chapter_notebook(source, Path(app.outdir) / "_sources" / f"{pagename}.ipynb") is not None:
         context["ipynb_source"] = f"{pagename}.ipynb"
+
+
+# ------------------------------------------------------------------------------------------ MathJax, offline
+
+
+def mathjax_source() -> Path:
+    """The folder of MathJax files that the sphinx-mathjax-offline package ships."""
+    spec = importlib.util.find_spec(MATHJAX_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise RuntimeError(
+            f"{MATHJAX_PACKAGE} is not installed: the site serves MathJax itself (make setup installs it, "
+            "from the book extra)"
+        )
+    folder = Path(spec.origin).parent / "static" / "mathjax"
+    if not (folder / MATHJAX_ENTRY).is_file():
+        raise RuntimeError(f"{MATHJAX_PACKAGE} has no {MATHJAX_ENTRY} in {folder}")
+    return folder
+
+
+def _local_mathjax_path(app, config):
+    mathjax_source()  # fail at the start of a build, not at its end
+    config.mathjax_path = f"mathjax/{MATHJAX_ENTRY}"  # relative: served from the site's _static/
+
+
+def copy_mathjax(dest: str | Path) -> Path:
+    """Copy the MathJax parts the pages load into `dest` (the site's _static/mathjax)."""
+    source, dest = mathjax_source(), Path(dest)
+    for part in MATHJAX_PARTS:
+        src = source / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part, dirs_exist_ok=True)
+        else:
+            dest.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / part)
+    return dest
+
+
+def _copy_mathjax(app, exception):
+    if exception is None and app.builder.format == "html":
+        copy_mathjax(Path(app.outdir) / "_static" / "mathjax")
