@@ -289,7 +289,7 @@ class _Server:
     """`jupyter lab --no-browser` on 127.0.0.1, a free port and a random token, with its own runtime and
     user config folders; the REST calls carry the token."""
 
-    def __init__(self, root: Path, scratch: Path):
+    def __init__(self, root: Path, scratch: Path, *extra: str):
         self.port, self.token = _free_port(), secrets.token_hex(16)
         self.base = f"http://127.0.0.1:{self.port}"
         env = dict(
@@ -309,6 +309,7 @@ class _Server:
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={self.token}",
             f"--ServerApp.root_dir={root}",
+            *extra,
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:  # containers and CI runners often run as root
             args.append("--allow-root")
@@ -450,3 +451,84 @@ def test_jupyter_server_opens_a_chapter_and_runs_its_first_cell(jupyter_server):
         assert stderr == "", stderr
     finally:
         server.request("DELETE", f"/api/sessions/{session['id']}")
+
+
+# ------------------------------------------------------------------------------------------ JupyterLab's UI
+
+OVERRIDES = EXT / "jupyterlab-overrides.json"
+
+
+def test_make_lab_installs_the_viewer_overrides():
+    """`make lab` (and `pixi run lab`) copy the overrides into JupyterLab's app settings folder, where
+    JupyterLab reads overrides.json; the UI test below hands the same file to its server."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert "cp book/_ext/jupyterlab-overrides.json $(VENV)/share/jupyter/lab/settings/overrides.json" in makefile
+    viewers = json.loads(OVERRIDES.read_text(encoding="utf-8"))["@jupyterlab/docmanager-extension:plugin"]
+    assert viewers["defaultViewers"]["markdown"] == "Jupytext Notebook", viewers
+
+
+@pytest.mark.infra
+def test_jupyterlab_opens_a_chapter_as_a_notebook_and_runs_its_first_cell(tmp_path):
+    """What a reader does after `make lab`, in Chromium through JupyterLab's own UI: double-click `book/` and
+    then `lora_theory.md` in the file browser. The chapter opens as a notebook (jupytext's viewer, not the text
+    editor), and its first cell, run with Shift+Enter, finishes without an error.
+
+    This caught jupytext 1.19, whose lab extension is built for JupyterLab 4.6 and does not load in 4.5: the
+    double click then opened the text editor, while the server's REST API still returned a notebook."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from browser import find_chromium, how_to_install
+    from prerequisites import missing
+
+    try:
+        from playwright.sync_api import Error as PlaywrightError
+        from playwright.sync_api import expect, sync_playwright
+    except ImportError:
+        missing("the playwright Python package", "make setup")
+    chromium = find_chromium()
+    if chromium is None:
+        missing("Chromium", how_to_install().removeprefix("no Chromium: "))
+    settings = tmp_path / "app-settings"
+    settings.mkdir()
+    shutil.copy(OVERRIDES, settings / "overrides.json")  # where `make lab` puts it, for this server only
+    server = _Server(ROOT, tmp_path, f"--LabApp.app_settings_dir={settings}")
+    console: list[str] = []
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium.launch_path, args=["--headless", "--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 900})
+                page.set_default_timeout(60_000)
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.goto(f"{server.base}/lab?token={server.token}")
+
+                def item(name):
+                    text = page.locator(".jp-DirListing-itemText", has_text=re.compile(f"^{re.escape(name)}$"))
+                    return page.locator(".jp-DirListing-item", has=text)
+
+                item("book").dblclick()
+                item("lora_theory.md").dblclick()
+                notebook = page.locator(".jp-NotebookPanel")
+                notebook.wait_for()
+                assert page.locator(".jp-FileEditor").count() == 0, "the chapter also opened in the text editor"
+                first = notebook.locator(".jp-CodeCell").first
+                # cells render lazily: wait for the editor to show the set-up line
+                expect(first.locator(".jp-InputArea-editor")).to_contain_text("from medreason.book import setup")
+                # the chapter's kernel has started (the status bar names it and says Idle), then run the cell
+                expect(page.locator("#jp-main-statusbar")).to_contain_text("Idle", timeout=120_000)
+                first.locator(".jp-InputArea-editor").click()
+                expect(first).to_have_class(re.compile("jp-mod-active"))
+                page.keyboard.press("Shift+Enter")
+                # "[ ]:" before, "[*]:" while it runs, "[1]:" once done
+                expect(first.locator(".jp-InputArea-prompt")).to_have_text(re.compile(r"\[\d+\]"), timeout=120_000)
+                errors = first.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
+                assert errors.count() == 0, errors.all_inner_texts()
+                assert first.locator(".jp-RenderedText[data-mime-type='application/vnd.jupyter.error']").count() == 0
+            finally:
+                browser.close()
+    except (AssertionError, PlaywrightError) as exc:
+        raise AssertionError(
+            f"JupyterLab did not open and run the chapter as a notebook: {exc}\nbrowser console:\n"
+            + "\n".join(line for line in console if "rror" in line or "not found" in line)[-3000:]
+        ) from None
+    finally:
+        server.stop()
