@@ -204,8 +204,14 @@ def test_tiny_book_offers_notebook_downloads(tmp_path):
     (tmp_path / "book" / "zeta.md").write_text(front + "\n# Zeta\n\n```{code-cell} ipython3\nprint(2)\n```\n")
     (tmp_path / "book" / "alpha.md").write_text("# Alpha\n\nA page without code.\n")
     jb = Path(sys.executable).parent / "jupyter-book"
+    env = dict(os.environ, MEDREASON_REPOSITORY="owner/name", MEDREASON_REF="0123abc")
     proc = subprocess.run(
-        [str(jb), "build", "book/", "--warningiserror", "-v"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [str(jb), "build", "book/", "--warningiserror", "-v"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout)  # Sphinx colours its log
@@ -218,6 +224,14 @@ def test_tiny_book_offers_notebook_downloads(tmp_path):
     assert [c.source for c in notebook.cells if c.cell_type == "code"] == ["print(2)"]
     assert 'href="_sources/zeta.ipynb"' in (html / "zeta.html").read_text(encoding="utf-8")
     assert not (html / "_sources" / "alpha.ipynb").exists()
+    # the Colab link of the notebook page points to the notebook the colab job writes for it
+    links = COLAB_LINK.findall((html / "zeta.html").read_text(encoding="utf-8"))
+    import medreason_sphinx
+
+    assert links == [("owner/name", medreason_sphinx.COLAB_BRANCH, "zeta.ipynb")], links
+    published = medreason_sphinx.write_colab_notebooks(tmp_path / "book", tmp_path / "colab", env=env)
+    assert [p.name for p in published] == ["intro.ipynb", "zeta.ipynb"]
+    assert not COLAB_LINK.findall((html / "alpha.html").read_text(encoding="utf-8"))
     assert "download-notebook-button" not in (html / "alpha.html").read_text(encoding="utf-8")
 
 
@@ -234,6 +248,9 @@ def test_built_site_offers_every_chapter_notebook():
         built = nbformat.read(SITE / "_sources" / f"{chapter.stem}.ipynb", as_version=4)
         source = jupytext.read(chapter)
         assert [c.source for c in built.cells] == [c.source for c in source.cells], chapter.name
+        # built by the workflow (MEDREASON_REPOSITORY set): every chapter's Colab link opens its published name
+        for repo, branch, name in COLAB_LINK.findall(page):
+            assert (branch, name) == ("colab", f"{chapter.stem}.ipynb"), (chapter.name, repo, branch, name)
 
 
 # ------------------------------------------------------------------------------------------ a downloaded notebook
@@ -532,3 +549,72 @@ def test_jupyterlab_opens_a_chapter_as_a_notebook_and_runs_its_first_cell(tmp_pa
         ) from None
     finally:
         server.stop()
+
+
+# ------------------------------------------------------------------------------------------ one click to a GPU
+
+WORKFLOW = ROOT / ".github" / "workflows" / "book.yml"
+COLAB_LINK = re.compile(r'href="https://colab\.research\.google\.com/github/([^/"]+/[^/"]+)/blob/([^/"]+)/([^"]+)"')
+
+
+def test_colab_notebooks_clone_the_built_repository(tmp_path):
+    """One Colab notebook per notebook chapter, in reading order: a first cell that clones owner/name at the
+    commit, installs it and moves into it on Colab only, then the chapter's own cells, set-up line first."""
+    import jupytext
+    import medreason_sphinx
+    import nbformat
+
+    env = {"MEDREASON_REPOSITORY": "someone/medreason-fork", "MEDREASON_REF": "0123abc"}
+    written = medreason_sphinx.write_colab_notebooks(BOOK, tmp_path, env=env)
+    assert [p.stem for p in written] == [c.stem for c in medreason_sphinx.notebook_chapters(BOOK)]
+    assert {p.stem for p in written} == {c.stem for c in CHAPTERS}
+    for path in written:
+        notebook = nbformat.read(path, as_version=4)
+        first = notebook.cells[0].source
+        assert 'REPOSITORY, COMMIT = "someone/medreason-fork", "0123abc"' in first
+        assert 'url = f"https://github.com/{REPOSITORY}"' in first and '"google.colab" in sys.modules' in first
+        chapter = jupytext.read(BOOK / f"{path.stem}.md")
+        assert [c.source for c in notebook.cells[1:]] == [c.source for c in chapter.cells], path.name
+        setup_cell = next(c.source for c in notebook.cells[1:] if c.cell_type == "code")
+        assert setup_cell.startswith(SETUP_LINE), path.name
+    # the first cell runs anywhere: off Colab it does nothing
+    code = nbformat.read(written[0], as_version=4).cells[0].source
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and not (tmp_path / "medreason-checkout").exists(), proc.stderr
+
+
+def test_no_repository_no_colab_notebooks(tmp_path):
+    import medreason_sphinx
+
+    with pytest.raises(SystemExit, match="MEDREASON_REPOSITORY=owner/name"):
+        medreason_sphinx.write_colab_notebooks(BOOK, tmp_path, env={})
+    with pytest.raises(ValueError, match="not owner/name"):
+        medreason_sphinx.repository({"MEDREASON_REPOSITORY": "just-a-name"})
+
+
+def test_the_workflow_links_and_publishes_from_its_own_repository():
+    """The build names the repository it runs in (github.repository, github.sha) to the links, the colab job
+    writes the notebooks with the same names by the same code and pushes them to the branch the links open;
+    no owner is written into the workflow."""
+    import medreason_sphinx
+    import yaml
+
+    doc = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    wanted = {"MEDREASON_REPOSITORY": "${{ github.repository }}", "MEDREASON_REF": "${{ github.sha }}"}
+    build = next(s for s in doc["jobs"]["build"]["steps"] if "make book" in s.get("run", ""))
+    assert build.get("env", {}) == {**build.get("env", {}), **wanted}, build.get("env")
+    colab = doc["jobs"]["colab"]
+    assert colab["needs"] == "build" and colab["if"] == doc["jobs"]["deploy"]["if"], colab
+    assert colab["permissions"] == {"contents": "write"}, colab["permissions"]
+    write = next(s for s in colab["steps"] if "medreason_sphinx.py colab" in s.get("run", ""))
+    assert write["env"] == wanted, write["env"]
+    folder = write["run"].split("medreason_sphinx.py colab")[1].split()[0]
+    push = next(s for s in colab["steps"] if "git push" in s.get("run", ""))
+    assert push["run"].startswith(f"cd {folder}\n"), push["run"]
+    assert f'${{GITHUB_REPOSITORY}}.git" {medreason_sphinx.COLAB_BRANCH}' in push["run"], push["run"]
+    assert f"git init -q -b {medreason_sphinx.COLAB_BRANCH}" in push["run"]
+    hard_coded = re.findall(r"github\.com/(?!\$\{)[\w.-]+/", WORKFLOW.read_text(encoding="utf-8"))
+    assert not hard_coded, f"an owner written into the workflow: {hard_coded}"
+    assert medreason_sphinx.colab_url("o/n", "training") == (
+        f"https://colab.research.google.com/github/o/n/blob/{medreason_sphinx.COLAB_BRANCH}/training.ipynb"
+    )
