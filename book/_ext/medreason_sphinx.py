@@ -55,6 +55,7 @@ MATHJAX_PARTS = (MATHJAX_ENTRY, "input", "output/chtml", "ui", "a11y", "adaptors
 def setup(app):
     """Sphinx entry point."""
     app.connect("config-inited", _local_mathjax_path)
+    app.connect("builder-inited", _check_prose)
     app.connect("build-finished", _copy_mathjax)
     app.connect("env-before-read-docs", _read_in_toc_order)
     # before sphinx-book-theme builds its header buttons (priority 501), so that its download menu lists the .ipynb
@@ -256,6 +257,20 @@ def _colab_link(app, pagename, templatename, context, doctree):
         "commit the page was built from, installs it and trains with the GPU recipe.</p>\n"
     )
     context["body"] = link + context["body"]
+
+
+# ------------------------------------------------------------------------------------------ the prose check
+
+
+def _check_prose(app):
+    """Fail the build on a number typed in the prose of a checked chapter (prose_check.py beside this file)."""
+    import prose_check
+    from sphinx.errors import ExtensionError
+
+    book = Path(app.srcdir)
+    problems = [p for name in prose_check.CHECKED for p in prose_check.typed_numbers(book / f"{name}.md")]
+    if problems:
+        raise ExtensionError("numbers typed in prose that no glue or assert backs:\n" + "\n".join(problems))
 
 
 if __name__ == "__main__":  # python book/_ext/medreason_sphinx.py colab <folder>
