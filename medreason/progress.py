@@ -10,7 +10,8 @@ Where it goes, decided once per bar:
 - stderr is a terminal: a tqdm bar on stderr;
 - stderr is not a terminal (a pipe, a log file, CI), or `MEDREASON_PROGRESS=lines`: one log line (logger
   `medreason.progress`, INFO) at every 10 % and at the end, with the same count, rate and ETA;
-- `MEDREASON_PROGRESS=off` or `TQDM_DISABLE=1` (the book sets it, so executed chapters stay clean): nothing.
+- `MEDREASON_PROGRESS=off`, or `TQDM_DISABLE=1` without `MEDREASON_PROGRESS=lines`: nothing. (The book sets
+  both TQDM_DISABLE=1, for the libraries' bars, and MEDREASON_PROGRESS=lines: medreason's own lines show.)
 Work that ends within `MEDREASON_PROGRESS_DELAY` seconds (default 2) shows neither bar nor lines.
 The CLI's `--quiet` sets `MEDREASON_PROGRESS=lines` for its own process.
 """
@@ -32,10 +33,10 @@ DELAY_ENV = "MEDREASON_PROGRESS_DELAY"  # seconds before the first line or bar (
 def mode() -> str:
     """'bar', 'lines' or 'off' for a bar made now."""
     wanted = os.environ.get(ENV, "").strip().lower()
+    if wanted == "lines":  # asked for by name: wins over TQDM_DISABLE, which is meant for the libraries' bars
+        return "lines"
     if wanted == "off" or os.environ.get("TQDM_DISABLE", "").strip().lower() in ("1", "true", "yes"):
         return "off"
-    if wanted == "lines":
-        return "lines"
     return "bar" if wanted == "bar" or _isatty(sys.stderr) else "lines"
 
 

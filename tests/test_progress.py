@@ -27,8 +27,10 @@ def test_mode_follows_the_terminal_and_the_environment(monkeypatch):
     monkeypatch.setenv(progress.ENV, "off")
     assert progress.mode() == "off"
     monkeypatch.setenv(progress.ENV, "")
-    monkeypatch.setenv("TQDM_DISABLE", "1")  # what the book's chapters set
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # the libraries' bars off: medreason's too, unless asked for
     assert progress.mode() == "off"
+    monkeypatch.setenv(progress.ENV, "lines")  # what medreason.book.setup sets beside TQDM_DISABLE=1
+    assert progress.mode() == "lines"
 
 
 def test_lines_every_ten_percent_with_rate_and_eta(monkeypatch, caplog):

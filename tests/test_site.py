@@ -23,7 +23,7 @@ from urllib.parse import urljoin, urlparse
 import pytest
 import yaml
 from browser import ChromiumError, find_chromium, how_to_install
-from prerequisites import missing
+from prerequisites import PREFIX, message, missing
 
 pytestmark = pytest.mark.book
 
@@ -47,11 +47,12 @@ TIMEOUT_MS = 30_000
 KNOWN_JS_ERRORS = ("Identifier 'THEBE_JS_URL' has already been declared",)
 
 
-def _unavailable(reason: str) -> None:
-    """Skip the whole module, or fail it where the site is required (CI)."""
+def _unavailable(reason: str, fix: str = "make book") -> None:
+    """Skip the whole module, or fail it where the site is required (CI). The skip's reason carries the
+    prerequisites prefix, so tests/conftest.py lists it in the block at the end of pytest's summary."""
     if REQUIRED:
         pytest.fail(f"MEDREASON_REQUIRE_SITE is set but {reason}", pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    pytest.skip(PREFIX + message(reason, fix), allow_module_level=True)
 
 
 def _missing_tool(what: str, install: str) -> None:
@@ -62,9 +63,9 @@ def _missing_tool(what: str, install: str) -> None:
 
 
 if not (SITE_DIR / "index.html").is_file():
-    _unavailable(f"the book is not built: {SITE_DIR / 'index.html'} does not exist (run `make book` first)")
+    _unavailable(f"the built book ({SITE_DIR / 'index.html'})")
 if not TOC_FILE.is_file():
-    _unavailable(f"no table of contents at {TOC_FILE} (expected <site>/../../_toc.yml)")
+    _unavailable(f"the table of contents at <site>/../../_toc.yml ({TOC_FILE})", "jupyter-book build book/")
 try:
     from playwright.sync_api import Error as PlaywrightError
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -74,7 +75,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 try:
     CHROMIUM = find_chromium()
 except ChromiumError as exc:
-    _unavailable(str(exc))
+    _unavailable(str(exc), "a Chromium at MEDREASON_CHROMIUM, or unset it")
 if CHROMIUM is None:
     _missing_tool("Chromium", how_to_install().removeprefix("no Chromium: "))
 
@@ -111,6 +112,16 @@ def load_toc(toc_file: Path = TOC_FILE) -> tuple[str, list[str]]:
 
 ROOT_PAGE, CHAPTER_PAGES = load_toc()
 ALL_PAGES = [ROOT_PAGE, *CHAPTER_PAGES]
+
+
+def is_notebook(page: str) -> bool:
+    """Whether the page's source (book/<page>.md beside the table of contents) is a notebook: a kernelspec in
+    its front matter. The datasheet and the reference page are plain pages, with no executed cells."""
+    source = TOC_FILE.parent / "book" / Path(page).with_suffix(".md")
+    return source.is_file() and "kernelspec:" in source.read_text(encoding="utf-8").split("\n---\n", 1)[0]
+
+
+NOTEBOOK_PAGES = [name for name in CHAPTER_PAGES if is_notebook(name)]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -276,7 +287,7 @@ def test_toc_lists_chapters():
 
 @pytest.mark.parametrize("name", ALL_PAGES)
 def test_page(page, site_url, name):
-    problems = check_page(page, site_url, name, needs_outputs=name != ROOT_PAGE)
+    problems = check_page(page, site_url, name, needs_outputs=name in NOTEBOOK_PAGES)
     assert not problems, f"problems on {name}:\n" + _report({name: problems})
 
 
@@ -335,4 +346,67 @@ def test_search_finds_lora(page, site_url):
     assert links, "search.html?q=LoRA: no results"
     assert any(urlparse(h).path.split("/")[-1] in ALL_PAGES for h in links), (
         f"search.html?q=LoRA: no result links to a page of the book: {links}"
+    )
+
+
+# ------------------------------------------------------------------------------------------- offline and width
+def _pages_with_math() -> list[str]:
+    """Pages whose HTML holds a formula (Sphinx marks them `math notranslate nohighlight`)."""
+    return [name for name in ALL_PAGES if "math notranslate" in (SITE_DIR / name).read_text(encoding="utf-8")]
+
+
+def test_formulas_render_with_the_network_blocked(browser, site_url):
+    """Every request that leaves 127.0.0.1 is refused, as on a train or a machine without a network: the
+    formulas still turn into MathJax's output (mjx-container elements), from the MathJax the site serves."""
+    pages = _pages_with_math()
+    assert pages, "no page of the book has a formula: the check would prove nothing"
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    context.set_default_timeout(TIMEOUT_MS)
+    refused: list[str] = []
+
+    def only_local(route):
+        if urlparse(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_local)
+    problems: dict[str, list[str]] = {}
+    try:
+        page = context.new_page()
+        for name in pages:
+            page.goto(urljoin(site_url, name), wait_until="load")
+            try:
+                page.wait_for_selector("mjx-container", state="attached", timeout=TIMEOUT_MS)
+            except PlaywrightTimeout:
+                problems.setdefault(name, []).append("no formula was rendered (no mjx-container) offline")
+                continue
+            # MathJax typesets the whole page: every formula Sphinx wrote has its rendering
+            left = page.evaluate(
+                """() => [...document.querySelectorAll('article .math')].filter(
+                       m => !m.querySelector('mjx-container')).length"""
+            )
+            if left:
+                problems.setdefault(name, []).append(f"{left} formula(s) left as raw TeX")
+    finally:
+        context.close()
+    assert not problems, "formulas offline:\n" + _report(problems) + f"\nrefused requests: {refused[:10]}"
+
+
+_WIDTH_JS = """
+() => [...document.querySelectorAll('article div.cell div.cell_input pre')]
+  .filter(pre => pre.scrollWidth > pre.clientWidth + 1)
+  .map(pre => ({width: pre.scrollWidth, column: pre.clientWidth,
+                line: pre.innerText.split('\\n').reduce((a, l) => l.length > a.length ? l : a, '')}))
+"""
+
+
+@pytest.mark.parametrize("name", NOTEBOOK_PAGES)
+def test_no_code_cell_is_wider_than_its_column(page, site_url, name):
+    """A reader of the page (1280 px wide window) reads every code cell without scrolling sideways."""
+    page.goto(urljoin(site_url, name), wait_until="load")
+    wide = page.evaluate(_WIDTH_JS)
+    assert not wide, f"{name}: {len(wide)} code cell(s) scroll sideways, e.g. " + "; ".join(
+        f"{w['width']} px in a {w['column']} px column: {w['line'][:100]!r}" for w in wide[:3]
     )
