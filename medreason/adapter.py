@@ -20,7 +20,7 @@ import struct
 from pathlib import Path
 
 from medreason.errors import UserError
-from medreason.io import atomic_dir, sha256_file
+from medreason.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ NOT_HASHED = {
 
 def adapter_path(adapter_root: str | Path, model_name: str) -> Path:
     """<adapter_root>/<last part of the model id or folder>."""
-    return Path(adapter_root) / str(model_name).rstrip("/").split("/")[-1]
+    from medreason.models import model_name as name_of
+
+    return Path(adapter_root) / name_of(model_name)
 
 
 def recipe_hash(resolved: dict) -> str:
@@ -69,13 +71,6 @@ def recipe_hash(resolved: dict) -> str:
         k: v for k, v in sorted(resolved.items()) if k not in NOT_HASHED and not (isinstance(v, str) and " at 0x" in v)
     }
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def weights_sha256(folder: str | Path) -> str | None:
-    """sha256 of the adapter's weights file (None when the folder has none): names exactly which adapter a run
-    continued, which answers an evaluation cached, and enters the recipe hash of a run built on it."""
-    path = Path(folder) / WEIGHTS
-    return sha256_file(path) if path.is_file() else None
 
 
 # --------------------------------------------------------------------------------------------- writing
@@ -231,3 +226,14 @@ def _json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path}: expected a JSON object")
     return data
+
+
+def load_peft(model, folder: str | Path, *, trainable: bool = False):
+    """The base `model` with the adapter of `folder` loaded through PEFT (a PeftModel); refused in one line when
+    it does not fit the model."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, unknown modules: an adapter for another model
+        raise UserError(f"adapter {folder} does not fit the base model: {str(e).splitlines()[0]}") from e

@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--repetition-penalty", type=above(0.0), default=1.1, help="1 is none; above 1 penalises repeats")
     chat.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
     chat.add_argument("--seed", type=int, default=0)
-    chat.set_defaults(func=_cmd("medreason.generate", "cli"))
+    chat.set_defaults(func=_cmd("medreason.chat", "cli"))
 
     ev = sub.add_parser(
         "eval",
@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
     ev.add_argument(
+        "--samples",
+        type=at_least(2),
+        default=None,
+        help="generate mode: draw K answers per item at --temperature and report pass@1, pass@4, pass@8 and "
+        "pass@K (the unbiased estimator of Chen et al. 2021) instead of one greedy answer",
+    )
+    ev.add_argument("--temperature", type=above(0.0), default=1.0, help="--samples: the sampling temperature")
+    ev.add_argument(
         "--repetition-penalty",
         type=above(0.0),
         default=1.0,
@@ -212,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--tasks", default="medreason_mcq", help="loglik mode: comma-separated lm-eval tasks (Hub tasks need network)"
     )
     ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
-    ev.add_argument("--batch-size", type=at_least(1), default=8)
+    ev.add_argument(
+        "--batch-size",
+        type=at_least(1),
+        default=None,
+        help="answers decoded together (default 64 in generate mode, 8 in loglik mode)",
+    )
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
 
     export = sub.add_parser("export", help="merge an adapter into the full-precision base and save it")

@@ -21,6 +21,10 @@ each one. Nothing else in medreason touches a private name of transformers, TRL,
 | `config._name_or_path` (the id PEFT writes into adapter_config.json) | transformers | 5.24 | raises one line |
 | `torch.ops.mkldnn._is_mkldnn_bf16_supported` (native bf16 CPU) | torch | 2.13 | False: fp32, logged |
 | warnings silenced by exact message (`LIBRARY_NOISE`) | transformers, PEFT, TRL, torch | listed | shown |
+| TRL's log keys (`TRL_LOG_KEYS`: reward, kl, frac_reward_zero_std, num_tokens...) | TRL | 1.16 | read as named, logged |
+| TRL's experimental `rollout_func` (GRPO rollouts decoded by medreason.decode) | TRL | 1.16 | TRL's own generate |
+| the completion boundary TRL's SFTTrainer tokenises with (medreason.tokens) | TRL | 1.16 | the same rule, logged |
+| lm-eval's per-sample fields (`doc`, `filtered_resps`, `doc_id`) | lm-eval | 0.4 | one clear error |
 """
 
 from __future__ import annotations
@@ -57,6 +61,13 @@ LIBRARY_NOISE = (
         "PEFT's save_pretrained looks the base model's config up by its Hub id to see whether the embeddings "
         "were resized; offline it cannot. medreason's LoRA never resizes them and saves the tokenizer beside "
         "the adapter",
+    ),
+    Noise(
+        UserWarning,
+        r"You are using 'rollout_func', which is an experimental feature",
+        "trl 1.16.0",
+        "medreason hands GRPO's rollouts to its own decode loop through this documented, experimental argument "
+        "(medreason.rollouts); the reach is listed in REACHES and guarded by version",
     ),
     Noise(
         UserWarning,
@@ -97,7 +108,44 @@ REACHES = {
     "commit_hash": Reach("config._commit_hash: the Hub revision a model loaded from", "transformers", ("5.24",)),
     "name_or_path": Reach("config._name_or_path: the model id PEFT records", "transformers", ("5.24",)),
     "mkldnn_bf16": Reach("torch.ops.mkldnn._is_mkldnn_bf16_supported", "torch", ("2.13",)),
+    "trl_log_keys": Reach("the names TRL logs its metrics under", "trl", ("1.16",)),
+    "rollout_func": Reach("GRPOTrainer's experimental rollout_func", "trl", ("1.16",)),
+    "completion_boundary": Reach("where SFTTrainer starts the completion after tokenising", "trl", ("1.16",)),
+    "lm_eval_samples": Reach("lm-eval's per-sample fields (doc, doc_id, filtered_resps)", "lm_eval", ("0.4",)),
+    "argparse_error_text": Reach(
+        "argparse's error messages (reworded to one line)", "python", ("3.11", "3.12", "3.13", "3.14")
+    ),
 }
+
+
+# --------------------------------------------------------------------------------------------- TRL's log keys
+
+# The metric names TRL 1.16's trainers log, as medreason reads them (the GRPO summary, the progress line, the
+# book's plots). tests/test_compat.py runs a tiny SFT and a tiny GRPO run and checks every name here appears in
+# their logs: a rename fails there instead of emptying a plot.
+TRL_LOG_KEYS = {
+    "sft": ("loss", "learning_rate", "num_tokens", "mean_token_accuracy", "eval_loss"),
+    "grpo": (
+        "loss",
+        "reward",
+        "kl",
+        "num_tokens",
+        "frac_reward_zero_std",
+        "rewards/correctness_reward/mean",
+        "rewards/format_reward/mean",
+        "completions/mean_length",
+        "completions/clipped_ratio",
+    ),
+}
+
+
+def log_key(name: str) -> str:
+    """`name` as TRL logs it; a name medreason has not checked against TRL is a programming error."""
+    if not any(name in keys for keys in TRL_LOG_KEYS.values()):
+        raise KeyError(f"{name!r} is not among the TRL log keys medreason checks (medreason.compat.TRL_LOG_KEYS)")
+    if not verified("trl_log_keys"):
+        unverified("trl_log_keys", f"reading {name!r} as TRL 1.16 named it")
+    return name
 
 
 def version_of(library: str) -> str:
@@ -117,7 +165,7 @@ def verified(reach: str, installed: str | None = None) -> bool:
     return any(installed == v or installed.startswith(v + ".") for v in r.checked)
 
 
-def _unverified(reach: str, fallback: str):
+def unverified(reach: str, fallback: str):
     r = REACHES[reach]
     log.info(
         "%s: checked on %s %s, this is %s %s: %s",
@@ -141,7 +189,7 @@ def cpu_supports_bf16() -> bool:
     query = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
     if query is None or not torch.backends.mkldnn.is_available():
         if query is None:
-            _unverified("mkldnn_bf16", "no such op: assuming no native bf16 (fp32 is the fast path)")
+            unverified("mkldnn_bf16", "no such op: assuming no native bf16 (fp32 is the fast path)")
         return False
     try:
         return bool(query())
@@ -156,7 +204,7 @@ def hub_revision(model) -> str | None:
     """The commit a Hub model's files came from; transformers keeps it on the config as `_commit_hash`."""
     revision = getattr(getattr(model, "config", None), "_commit_hash", None)
     if revision is None and model is not None and not verified("commit_hash"):
-        _unverified("commit_hash", "the Hub revision is not recorded")
+        unverified("commit_hash", "the Hub revision is not recorded")
     return revision
 
 
@@ -183,7 +231,7 @@ def load_trainer_state(trainer, checkpoint):
     from transformers import TrainerState
 
     if not verified("trainer_state"):
-        _unverified("trainer_state", "replacing trainer.state anyway (TrainerState.load_from_json is public)")
+        unverified("trainer_state", "replacing trainer.state anyway (TrainerState.load_from_json is public)")
     trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
 
 
@@ -195,7 +243,7 @@ def drop_reference_adapter(model):
     part of the trained adapter, so it is deleted before saving. Other versions: deleted if present, logged."""
     if "ref" in getattr(model, "peft_config", {}):
         if not verified("grpo_ref_adapter"):
-            _unverified("grpo_ref_adapter", "deleting an adapter named 'ref' before saving, as on 1.16")
+            unverified("grpo_ref_adapter", "deleting an adapter named 'ref' before saving, as on 1.16")
         model.delete_adapter("ref")
 
 
@@ -217,21 +265,11 @@ def prefixed_log(log_method, logs: dict, prefix: str, start_time=None):
     """Call SFTTrainer.log so that the metrics TRL adds take the evaluated split's prefix; returns nothing, and
     `logs` receives TRL's additions (Trainer.evaluate returns that dict). Unverified TRL: plain log, logged."""
     if not verified("sft_metric_prefix"):
-        _unverified("sft_metric_prefix", f"TRL's own metric names during the {prefix} evaluation")
+        unverified("sft_metric_prefix", f"TRL's own metric names during the {prefix} evaluation")
         return log_method(logs, start_time)
     prefixed = PrefixedLogs(logs, prefix)
     log_method(prefixed, start_time)
     logs.update(dict(prefixed))
-
-
-def wants_dense_head(lm_head: str, training_args) -> bool:
-    """auto: dense where the trainer computes on a CPU. Decided from the training arguments' device (cpu under
-    use_cpu or without CUDA), which every rank computes alike, not from where a parameter lies: under FSDP's
-    memory-efficient loading rank 0 holds its weights on the CPU and the others on the meta device, and ranks
-    that chose different heads would hang in the fused head's `full_tensor()` collective."""
-    if lm_head == "auto":
-        return training_args.device.type == "cpu"
-    return lm_head == "dense"
 
 
 # --------------------------------------------------------------------------------------------- argparse
@@ -242,7 +280,7 @@ def float_fields(parser) -> set[str]:
     (Python 3.11-3.14). Elsewhere: none, so YAML values are left to argparse and the recipe's type check."""
     actions = getattr(parser, "_actions", None)
     if actions is None:
-        _unverified("argparse_actions", "recipe floats such as 2e-5 are left as YAML read them")
+        unverified("argparse_actions", "recipe floats such as 2e-5 are left as YAML read them")
         return set()
     return {a.dest for a in actions if a.type is float}
 
@@ -257,77 +295,3 @@ def bad_option_message(message: str) -> str:
     if m:
         return f"--{m[1]} must be {TYPE_WORDS[m[2]]}, got {m[3]}"
     return f"bad option: {message} (see `medreason train --help`)"
-
-
-def use_dense_lm_head(model):
-    """Replace TRL's fused LM head with a dense one for the forward passes that compute the loss.
-
-    TRL's SFTTrainer patches the model so that `model(..., fused_lm_head=True)` returns per-token
-    log-probabilities, entropy and top-1 hits computed in vocabulary tiles, never building the full logits. On
-    a GPU a Triton kernel does that in one pass; on a CPU it falls back to torch code that walks each tile
-    several times in fp32. Here (SmolLM2-135M, 1,200 tokens, bf16) that fallback takes 1.8 s per step against
-    0.5 s for the plain logits of the labelled positions and one log-softmax: a third of the whole step.
-    This computes the same fields (in fp32, from bf16 logits) from the logits of the positions that carry a
-    label only, and leaves every other call (generation, plain forwards) to the original forward. Models whose
-    head scales or soft-caps its logits, or that add a router loss, keep TRL's head.
-    """
-    import functools
-
-    import torch
-    from trl.trainer.utils import FusedCausalLMOutput
-
-    from medreason.scoring import labelled_log_softmax
-
-    if not verified("dense_lm_head"):
-        _unverified("dense_lm_head", "keeping TRL's fused head")
-        return
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = base.config.get_text_config()
-    special = (
-        "final_logit_softcapping",
-        "logit_scale",
-        "output_multiplier",
-        "lm_head_multiplier",
-        "logits_scaling",
-        "output_router_logits",
-    )
-    if any(getattr(config, name, None) for name in special):
-        log.info("lm_head: %s scales its logits or adds a router loss: keeping TRL's fused head", config.model_type)
-        return
-    fused_forward = base.forward  # TRL's patched forward, kept for every call this does not handle
-
-    @functools.wraps(type(base).forward)
-    def forward(*args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
-        if not fused_lm_head or labels is None or shift_labels is not None:
-            return fused_forward(
-                *args,
-                fused_lm_head=fused_lm_head,
-                labels=labels,
-                shift_labels=shift_labels,
-                num_items_in_batch=num_items_in_batch,
-                **kwargs,
-            )
-        kwargs["use_cache"] = False
-        log_softmax, targets, mask = labelled_log_softmax(base, labels, *args, **kwargs)
-        token_log_probs = log_softmax.gather(-1, targets[:, None]).squeeze(-1)
-        with torch.no_grad():
-            entropy = -(log_softmax.exp() * log_softmax).sum(-1)
-            is_top1 = log_softmax.argmax(-1) == targets
-
-        def per_position(values):  # zero where the label is -100, like TRL's head
-            return values.new_zeros(mask.shape).masked_scatter(mask, values)
-
-        log_probs = per_position(token_log_probs)
-        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(
-            loss=-log_probs.sum() / denominator,
-            log_probs=log_probs,
-            entropy=per_position(entropy),
-            is_top1=per_position(is_top1),
-            label_mask=mask,
-        )
-
-    forward.dense_lm_head = True  # lets callers (and tests) see which head is in place
-    base.forward = forward
-    log.info("lm_head: dense (the logits of labelled positions; TRL's chunked head is for GPUs)")

@@ -88,19 +88,25 @@ class MedreasonArgs:
         },
     )
     mlflow_experiment: str = field(default="medreason", metadata={"help": "MLflow experiment name."})
-    evaluate_test: bool = field(default=True, metadata={"help": "Report final metrics on the test split."})
     trainer: str = field(
         default="sft",
         metadata={
-            "help": "Which recipe this is: 'sft' (TRL's SFTConfig: supervised fine-tuning on reasoning "
-            "traces) or 'grpo' (TRL's GRPOConfig: reinforcement learning with verifiable MCQ rewards)."
+            "help": "The training method (a recipe of medreason/recipes/): 'sft' (TRL's SFTConfig: supervised "
+            "fine-tuning) or 'grpo' (TRL's GRPOConfig: reinforcement learning with verifiable MCQ rewards)."
         },
     )
-    init_adapter: str | None = field(
-        default=None,
+    facts_seed: int = field(
+        default=20261207,
         metadata={
-            "help": "GRPO: a medreason adapter folder to continue training (its LoRA stays trainable and is "
-            "also the KL reference); unset: a new LoRA on the base model."
+            "help": "Seed of the fact set's random taught/untaught split (medreason.facts.assign_halves), for the "
+            "datasets that read it: bundled-facts (SFT) and facts-taught (GRPO)."
+        },
+    )
+    facts_statements: int = field(
+        default=4,
+        metadata={
+            "help": "bundled-facts: training statements per taught fact, in the order definition, vignette, "
+            "question-answer, explanation (1 = the definition alone: the dose experiment's low arm)."
         },
     )
 
@@ -117,10 +123,9 @@ class MedreasonArgs:
             raise UserError(f"max_examples must be at least 1, got {self.max_examples}")
         if self.num_threads is not None and self.num_threads < 1:
             raise UserError(f"num_threads must be at least 1, got {self.num_threads}")
-        if self.trainer not in TRAINERS:
-            raise UserError(f"trainer '{self.trainer}' is unknown: choose one of {', '.join(TRAINERS)}")
-        if self.init_adapter is not None and self.trainer != "grpo":
-            raise UserError("init_adapter continues an adapter with GRPO only: set trainer: grpo, or remove it")
+        from medreason.recipe import get
+
+        get(self.trainer)  # an unknown trainer is one line naming the known ones
 
 
 def parser(trainer: str = "sft", parents: tuple = ()):
@@ -216,26 +221,19 @@ def settle(argv: list[str], args, cfg, model):
       (medreason owns the MLflow run, medreason.run.tracked; the trainer's callback logs into it), none elsewhere,
       unless the command line names report_to;
     - lora_preset: the target modules it stands for."""
-    import os
-
     import torch
 
-    from medreason.compat import cpu_supports_bf16
+    from medreason.distributed import decide_precision, rank, world_size
 
     argv = _split_config_arg(argv)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
     cuda = torch.cuda.is_available()
-    on_gpu = cuda and not cfg.use_cpu
-    precision = args.precision
-    if precision == "auto":
-        bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_supports_bf16()
-        precision = "bf16" if bf16 else ("fp16" if on_gpu else "fp32")  # medreason.run.session logs it
+    precision, _ = decide_precision(args.precision, on_gpu=cuda and not cfg.use_cpu)
     decided = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     # TrainingArguments accepts bf16 without CUDA only with use_cpu; several processes need it for gloo
-    if not cuda and not cfg.use_cpu and (world > 1 or precision != "fp32"):
+    if not cuda and not cfg.use_cpu and (world_size() > 1 or precision != "fp32"):
         decided["use_cpu"] = True
     if not any(a.startswith(("--report_to", "--report-to")) for a in argv):  # a caller's own choice stays
-        decided["report_to"] = "mlflow" if int(os.environ.get("RANK", "0")) == 0 else "none"
+        decided["report_to"] = "mlflow" if rank() == 0 else "none"
     if model.dtype is None:
         frozen_bf16 = model.use_peft and precision == "bf16"
         decided["dtype"] = "bfloat16" if frozen_bf16 or model.load_in_4bit else "float32"
@@ -294,15 +292,17 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
         raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
+    from medreason.recipe import names
+
     trainer = trainer or str(data.get("trainer", "sft"))
-    if trainer not in TRAINERS:
-        raise UserError(f"{path}: trainer '{trainer}' is unknown: choose one of {', '.join(TRAINERS)}")
+    if trainer not in names():
+        raise UserError(f"{path}: trainer '{trainer}' is unknown: choose one of {', '.join(names())}")
     known = {f.name for cls in _classes(trainer) for f in dataclasses.fields(cls)} | {"env"}
     unknown = sorted(set(data) - known)
     if unknown:
         hint = _closest(unknown[0], known)
         other = [
-            t for t in TRAINERS if t != trainer and unknown[0] in {f.name for f in dataclasses.fields(_classes(t)[1])}
+            t for t in names() if t != trainer and unknown[0] in {f.name for f in dataclasses.fields(_classes(t)[1])}
         ]
         why = (
             f" (a {other[0]} key: this recipe is for trainer {trainer})"
@@ -381,13 +381,13 @@ def _type_problem(kind, value) -> str | None:
     return None
 
 
-TRAINERS = ("sft", "grpo")
-
-
 def _classes(trainer: str = "sft"):
-    from trl import GRPOConfig, ModelConfig, SFTConfig
+    """medreason's keys, the recipe's TRL config class (medreason.recipe registry), TRL's ModelConfig."""
+    from trl import ModelConfig
 
-    return (MedreasonArgs, {"sft": SFTConfig, "grpo": GRPOConfig}.get(trainer, SFTConfig), ModelConfig)
+    from medreason.recipe import get
+
+    return (MedreasonArgs, type(get(trainer)).config_class, ModelConfig)
 
 
 def _unknown_key_message(message: str, argv: list[str]) -> str:

@@ -25,15 +25,7 @@ from pathlib import Path
 
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
-from medreason.overlap import (  # noqa: F401  (part of this module's API: data.normalize, ...)
-    NEAR_DUP_THRESHOLD,
-    SPLITS,
-    contamination,
-    deduplicate,
-    normalize,
-    question_hash,
-    split_rows,
-)
+from medreason.overlap import contamination, deduplicate, question_hash, split_rows
 from medreason.readers import READERS, Unparseable, bundled_path
 from medreason.readers import read_file as read_rows_file
 from medreason.template import render
@@ -49,6 +41,8 @@ MAX_CHARS = {"Question": 8_000, "Complex_CoT": 40_000, "Response": 12_000}
 MCQ_LETTERS = ("A", "B", "C", "D")
 # The CPU curriculum's SFT set: multiple-choice items with short worked reasoning (see DATASHEET.md)
 BUNDLED_MCQ = "bundled-mcq"
+# the knowledge experiment's taught facts (medreason/resources/facts.jsonl), joined to a source with "+"
+BUNDLED_FACTS = "bundled-facts"
 MCQ_REASONING_FILE = "mcq_reasoning.jsonl"
 
 
@@ -88,25 +82,74 @@ def load_splits(
     system_prompt: str = DEFAULT_SYSTEM_PROMPT,
     skip_invalid: bool = False,
     max_examples: int | None = None,
+    facts_seed: int = 20261207,
+    facts_statements: int = 4,
     with_report: bool = False,
 ):
-    """Load, validate, de-duplicate and split; return a DatasetDict in TRL's prompt-completion form."""
+    """Load, validate, de-duplicate and split; return a DatasetDict in TRL's prompt-completion form. `dataset` may
+    join a source with the fact set (`bundled-mcq+bundled-facts`): the training statements of the facts taught
+    (medreason.facts: the taught half drawn with `facts_seed`, `facts_statements` per fact) join the training
+    split only, since their tests are held-out questions, not a split."""
     from datasets import Dataset, DatasetDict
 
-    rows, report = load_clean_rows(dataset, dataset_config=dataset_config, skip_invalid=skip_invalid)
-    if max_examples is not None:
-        rows = sorted(rows, key=lambda r: question_hash(r["Question"]))[:max_examples]
-    parts = split_rows(rows)
-    report.contamination = contamination(parts, load_mcq())
+    sources = dataset.split("+")
+    facts = BUNDLED_FACTS in sources
+    main = [p for p in sources if p != BUNDLED_FACTS]
+    if len(main) > 1 or not sources or any(not p for p in sources):
+        raise UserError(
+            f"dataset '{dataset}': join at most one source with {BUNDLED_FACTS} (e.g. bundled-mcq+{BUNDLED_FACTS})"
+        )
+    if main:
+        rows, report = load_clean_rows(main[0], dataset_config=dataset_config, skip_invalid=skip_invalid)
+        if max_examples is not None:
+            rows = sorted(rows, key=lambda r: question_hash(r["Question"]))[:max_examples]
+        parts = split_rows(rows)
+        report.contamination = contamination(parts, load_mcq())
+        examples = {name: [format_example(r, template, system_prompt) for r in part] for name, part in parts.items()}
+    else:
+        report, examples = Report(origin="bundled fact set"), {"train": [], "validation": [], "test": []}
+    if facts:
+        taught, record = fact_examples(facts_seed, facts_statements, system_prompt)
+        examples["train"] += taught
+        report.source = {**report.source, "facts": record} if main else record
+        report.rows_read += len(taught)
+    empty = {"prompt": [], "completion": [], "specialty": []}
     out = DatasetDict(
-        {
-            name: Dataset.from_list([format_example(r, template, system_prompt) for r in part])
-            if part
-            else Dataset.from_dict({"prompt": [], "completion": [], "specialty": []})
-            for name, part in parts.items()
-        }
+        {name: Dataset.from_list(part) if part else Dataset.from_dict(empty) for name, part in examples.items()}
     )
     return (out, report) if with_report else out
+
+
+def fact_examples(seed: int, statements: int, system_prompt: str) -> tuple[list[dict], dict]:
+    """The taught half's training statements as prompt-completion examples (the statement's prompt as the user's
+    message, its text as the answer: no reasoning block), and a record of what they were."""
+    from medreason.facts import FORMS, assign_halves, bundled_facts_path, load_facts, statement_rows
+    from medreason.io import sha256_file
+
+    if not 1 <= statements <= len(FORMS):
+        raise UserError(f"facts_statements must be 1 to {len(FORMS)} (training statements per fact), got {statements}")
+    taught = assign_halves(load_facts(), seed)["taught"]
+    rows = statement_rows(taught, statements)
+    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    examples = [
+        {
+            "prompt": system + [{"role": "user", "content": r["prompt"]}],
+            "completion": [{"role": "assistant", "content": r["text"]}],
+            "specialty": r["specialty"],
+        }
+        for r in rows
+    ]
+    path = bundled_facts_path()
+    record = {
+        "kind": "bundled",
+        "description": f"bundled fact set, taught half (seed {seed}), {statements} statements per fact",
+        "path": str(path.resolve()),
+        "sha256": sha256_file(path),
+        "seed": seed,
+        "statements": statements,
+        "facts_taught": len(taught),
+    }
+    return examples, record
 
 
 def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", skip_invalid: bool = False):
@@ -130,6 +173,31 @@ def load_clean_rows(dataset: str = "bundled", *, dataset_config: str = "en", ski
         raise UserError(f"{origin}: no valid rows")
     good, report.exact_duplicates, report.near_duplicates = deduplicate(good)
     return good, report
+
+
+def data_args(args) -> dict:
+    """Every argument that decides which rows land in which split: stored with the adapter so that `evaluate`
+    rebuilds exactly the split the adapter was trained on."""
+    return {
+        "dataset_config": args.dataset_config,
+        "template": args.template,
+        "system_prompt": args.system_prompt,
+        "skip_invalid": args.skip_invalid,
+        "max_examples": args.max_examples,
+        "facts_seed": args.facts_seed,
+        "facts_statements": args.facts_statements,
+    }
+
+
+def data_record(args, splits, report) -> dict:
+    """What was really trained on: source kind, id or absolute path, sha256 or revision, rows per split."""
+    dataset = report.source.get("path", args.dataset) if report.source.get("kind") == "file" else args.dataset
+    return {
+        **report.source,
+        "dataset": dataset,
+        "args": data_args(args),
+        "rows": {name: len(ds) for name, ds in splits.items()},
+    }
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -319,6 +387,7 @@ def stats(
     import numpy as np
 
     from medreason.models import DEFAULT_MODEL, load_tokenizer
+    from medreason.tokens import fit_max_length, token_lengths
 
     splits, report = load_splits(
         dataset, dataset_config=dataset_config, template=template, skip_invalid=skip_invalid, with_report=True
@@ -344,62 +413,6 @@ def stats(
         "specialties": dict(Counter(s for ds in splits.values() for s in ds["specialty"]).most_common()),
         "mcq_contamination": len(report.contamination),
     }
-
-
-def fit_max_length(
-    ds, tokenizer, max_length: int | None, truncation_mode: str = "keep_start", completion_only_loss: bool | None = None
-) -> dict:
-    """What TRL 1.16's SFTTrainer will do with each example at `max_length`, counted before training.
-
-    The trainer tokenizes prompt and prompt+completion with the chat template (the completion starts where the
-    two diverge), keeps the first `max_length` tokens (`truncation_mode="keep_start"`) and then drops every
-    example left without a single completion token: one whose prompt alone fills `max_length` contributes no
-    loss. It does so silently, so the counts come from here. Returns {"kept", "truncated" (kept, completion
-    cut short), "dropped" (prompt >= max_length), "dropped_rows" (their indices)}.
-    TRL's one alternative, `truncation_mode="keep_end"` (keep the last tokens, so the prompt's start goes), is
-    deprecated in TRL 1.16; medreason therefore drops these examples itself and says how many (train.py).
-    """
-    out = {"kept": 0, "truncated": 0, "dropped": 0, "dropped_rows": []}
-    # keep_end keeps the completion's end, and without completion-only loss every token has a label: nothing
-    # is dropped then
-    drops = max_length is not None and truncation_mode == "keep_start" and completion_only_loss is not False
-    for i, ex in enumerate(ds):
-        full = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-        if max_length is None or len(full) <= max_length:
-            out["kept"] += 1
-            continue
-        prompt = tokenizer.apply_chat_template(
-            ex["prompt"], tokenize=True, return_dict=True, add_generation_prompt=True
-        )["input_ids"]
-        if drops and common_prefix_length(prompt, full) >= max_length:
-            out["dropped"] += 1
-            out["dropped_rows"].append(i)
-        else:
-            out["kept"] += 1
-            out["truncated"] += 1
-    return out
-
-
-def common_prefix_length(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two sequences share: where TRL's SFTTrainer starts the completion."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def token_lengths(ds, tokenizer) -> list[int]:
-    """Tokens per example as the trainer sees it: the chat template over prompt + completion."""
-    return [
-        len(
-            tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)["input_ids"]
-        )
-        for ex in ds
-    ]
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -447,35 +460,3 @@ def cli_validate(args) -> int:
         return 2
     print(f"{path}: {len(good)} valid rows" + (f", {len(errors)} skipped" if errors else ""))
     return 0
-
-
-def label_mask(tokenizer, example: dict, max_length: int = 1024) -> list[tuple[str, bool]]:
-    """(token text, carries loss) for one prompt-completion example, tokenized and collated by TRL's own
-    SFTTrainer exactly as in training: a tiny random model stands in, since weights do not affect labels."""
-    import tempfile
-
-    import torch
-    import trl
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config).to(torch.float32)
-    with tempfile.TemporaryDirectory() as tmp:
-        args = trl.SFTConfig(
-            output_dir=tmp, max_length=max_length, report_to=[], bf16=False, use_cpu=True, disable_tqdm=True
-        )
-        trainer = trl.SFTTrainer(
-            model=model, args=args, processing_class=tokenizer, train_dataset=Dataset.from_list([example])
-        )
-        batch = trainer.data_collator([trainer.train_dataset[0]])
-    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
-    return [(tokenizer.decode([i]), label != -100) for i, label in zip(ids, labels)]

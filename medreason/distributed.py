@@ -1,6 +1,9 @@
-"""How a run is launched across devices, and what every rank must do alike: checked here, in one place.
+"""How a run is launched across devices, what every rank must do alike, and the compute precision: decided
+here, in one place.
 
-    from medreason.distributed import check_launch, check_vllm, gathered_state_dict
+    from medreason.distributed import rank, world_size, decide_precision, check_launch, gathered_state_dict
+    rank(), world_size()                            # from the launcher's environment (torchrun, accelerate)
+    decide_precision("auto", on_gpu=False)          # ("fp32", "auto: this CPU has no native bf16 matmul")
     check_launch(sft.use_cpu)                       # before anything loads: a launch that cannot train is refused
     state_dict = gathered_state_dict(trainer)       # on EVERY rank (a collective under FSDP), then rank 0 saves
     check_vllm()                                    # use_vllm: true needs a vLLM that TRL supports
@@ -42,6 +45,59 @@ VLLM_RANGE = ("0.22.0", "0.31.0")
 DUMP_ENV = "MEDREASON_DUMP_GATHERED"
 
 
+def rank() -> int:
+    """This process's rank (0 without a launcher)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """How many processes the launcher started (1 without one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def decide_precision(requested: str = "auto", *, on_gpu: bool) -> tuple[str, str]:
+    """(bf16, fp16 or fp32, and why): `auto` takes bf16 on GPUs that have it and on CPUs with native bf16 matmul
+    (AVX512-BF16 or AMX), fp16 on other GPUs, and fp32 on other CPUs, where bf16 is emulated and several times
+    slower than fp32 (benchmarks/decode.py measures both)."""
+    if requested != "auto":
+        return requested, "--precision"
+    import torch
+
+    from medreason.compat import cpu_supports_bf16
+
+    if on_gpu:
+        return ("bf16", "auto: GPU with bf16") if torch.cuda.is_bf16_supported() else ("fp16", "auto: GPU without bf16")
+    if cpu_supports_bf16():
+        return "bf16", "auto: CPU has native bf16"
+    return "fp32", "auto: this CPU has no native bf16 matmul"
+
+
+def precision_reason(requested: str, on_gpu: bool) -> str:
+    return decide_precision(requested, on_gpu=on_gpu)[1]
+
+
+def inference_dtype():
+    """The dtype inference loads weights in: bf16 where the hardware multiplies it natively (GPUs, CPUs with
+    native bf16), fp32 elsewhere."""
+    import torch
+
+    precision, _ = decide_precision("auto", on_gpu=torch.cuda.is_available())
+    return torch.float32 if precision == "fp32" else torch.bfloat16
+
+
+def physical_cores() -> int:
+    try:
+        import psutil
+
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:
+        return os.cpu_count() or 1
+
+
 def launched() -> bool:
     """Started by torchrun / accelerate launch (which set LOCAL_RANK and WORLD_SIZE), even with one process."""
     return "LOCAL_RANK" in os.environ or "WORLD_SIZE" in os.environ
@@ -60,7 +116,7 @@ def check_launch(use_cpu: bool) -> None:
             f"configs/accelerate/ddp.yaml -m medreason train ...`, or `CUDA_VISIBLE_DEVICES=0 medreason train ...` "
             f"for one GPU"
         )
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     on_cpu = use_cpu or not torch.cuda.is_available()
     if world > 1 and on_cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         log.warning(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def export(adapter: str, out: str, model: str | None = None, force: bool = False) -> Path:
     import torch
 
-    from medreason.generate import load_for_inference
+    from medreason.session import load_for_inference
 
     out_dir = check_out(out)
     meta = read_adapter(adapter)  # a broken adapter folder: one line naming the file, before any weights load

@@ -1,6 +1,7 @@
-"""Which option did the model choose? One answer extractor for evaluation, GRPO rewards and anything else.
+"""Which option did the model choose? The extraction behind medreason.mcq.extract_choice and medreason.mcq.grade
+(the MCQ task's grading, which evaluation and the GRPO rewards call).
 
-    from medreason.extract import extract_choice
+    from medreason.mcq import extract_choice
     extract_choice("<think>...</think>\\n\\nThe answer is (C).", {"A": "...", "B": "...", "C": "...", "D": "..."})  # "C"
     extract_choice("No. The trial did not show ...", {"yes": "yes", "no": "no", "maybe": "maybe"})           # "no"
 
@@ -26,11 +27,9 @@ the answer is None:
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from medreason.template import answer_region, without_tags
-
-__all__ = ["extract_choice", "answer_region"]
+from medreason.text import normalize as _norm
 
 _MARKUP = re.compile(r"[*_`#>]+")
 _VERB = r"(?:\s+(?:is|would\s+be|should\s+be|will\s+be|must\s+be|here\s+is|=))?\s*(?:[:=\-–—]\s*)?"
@@ -61,11 +60,12 @@ _LETTER = re.compile(
 )
 
 
-def extract_choice(text: str | None, options: dict[str, str]) -> str | None:
-    """The label (a key of `options`) the output chose, or None if it chose none or several."""
+def choose(text: str | None, options: dict[str, str], lettered: bool) -> str | None:
+    """The label (a key of `options`) the output chose, or None if it chose none or several. `lettered`: the
+    options are labelled A, B, C... (medreason.mcq.lettered, the one rule; callers go through
+    medreason.mcq.extract_choice)."""
     if not text or not options:
         return None
-    lettered = _is_lettered(options)
     region, closed = answer_region(text)
     found = _extract(region, options, lettered, explicit_only=not closed)
     if found is _CONFLICT:
@@ -202,15 +202,3 @@ def _starts_with_option(s: str, option: str, whole: bool) -> bool:
         first_sentence = re.split(r"(?<=[.!?])\s|\n|;", s, maxsplit=1)[0]
         return _norm(_ARTICLE.sub("", first_sentence)) == o
     return n == o or n.startswith(o + " ")
-
-
-# --------------------------------------------------------------------------------------------- helpers
-
-
-def _is_lettered(options: dict[str, str]) -> bool:
-    return all(len(k) == 1 and "A" <= k <= "J" for k in options)
-
-
-def _norm(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.findall(r"[a-z0-9]+", text))

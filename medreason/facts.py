@@ -33,13 +33,12 @@ The rules that make it a controlled experiment (`problems` lists every one broke
 from __future__ import annotations
 
 import json
-import re
 import sys
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.text import normalize
 
 FORMS = ("definition", "vignette", "qa", "explanation")
 LETTERS = ("A", "B", "C", "D")
@@ -87,12 +86,6 @@ class Fact:
 
 
 # --------------------------------------------------------------------------------------------- text
-
-
-def normalize(text: str) -> str:
-    """Lower case, NFKC, words of letters and digits joined by single spaces."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.findall(r"[a-z0-9]+", text))
 
 
 def ngrams(text: str, n: int = NGRAM) -> set[str]:
@@ -316,6 +309,37 @@ def balance_problems(facts: list[Fact]) -> list[str]:
                     f"{name}: the {rule.replace('_', ' ')} rule scores {accuracy:.3f} > chance 0.25 + {BALANCE_MARGIN}"
                 )
     return out
+
+
+# --------------------------------------------------------------------------------------------- as tasks
+
+
+def question_item(fact: Fact, which: str = "mcq", context: str = ""):
+    """A fact's question (`mcq`, held out; `mcq_rl`, GRPO's) as an item of the MCQ task (medreason.mcq), grouped by
+    specialty; `context` puts a text before the question (the retrieval reference puts a training statement)."""
+    from medreason.mcq import MCQItem
+
+    q = getattr(fact, which)
+    return MCQItem(
+        id=f"{fact.id}:{which}",
+        question=q.question,
+        options=dict(q.options),
+        answer=q.answer,
+        context=context,
+        group=fact.specialty,
+        split=which,
+    )
+
+
+def statement_rows(facts: list[Fact], statements: int = len(FORMS)) -> list[dict]:
+    """SFT rows (prompt and completion messages, no system prompt) of each fact's first `statements` training
+    statements, in FORMS order: 1 is the definition alone, 4 all of them."""
+    order = {form: i for i, form in enumerate(FORMS)}
+    rows = []
+    for f in facts:
+        for s in sorted(f.statements, key=lambda s: order.get(s.form, len(order)))[:statements]:
+            rows.append({"fact": f.id, "form": s.form, "prompt": s.prompt, "text": s.text, "specialty": f.specialty})
+    return rows
 
 
 # --------------------------------------------------------------------------------------------- the halves

@@ -98,3 +98,23 @@ def first_existing(path: str | Path) -> Path:
     created there (a file on the way, or no write permission)."""
     path = Path(path)
     return next(p for p in [path, *path.absolute().parents] if p.exists())
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def weights_sha256(folder: str | Path, limit_bytes: int = 4 << 30) -> str | None:
+    """One sha256 over every weight file in `folder` (name and content, sorted by name; None when it has none, or
+    when they are larger than `limit_bytes`, since hashing tens of GB would take minutes). The one definition of a
+    model's or an adapter's identity: a stray second weight file changes it as surely as changed weights do."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    if not files or sum(p.stat().st_size for p in files) > limit_bytes:
+        return None
+    h = hashlib.sha256()
+    for p in files:
+        h.update(p.name.encode())
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()

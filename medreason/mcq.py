@@ -50,10 +50,7 @@ class MCQItem:
 
     @property
     def lettered(self) -> bool:
-        """Options labelled A, B, C... (else free labels such as yes / no / maybe, each its own text)."""
-        return all(label in LETTERS for label in self.options) and any(
-            label != text for label, text in self.options.items()
-        )
+        return lettered(self.options)
 
     @property
     def chance(self) -> float:
@@ -270,61 +267,38 @@ def chance(items: list[MCQItem]) -> float:
     return sum(item.chance for item in items) / len(items)
 
 
-# how the rules of trivial_baselines read in prose and tables
-BASELINE_NAMES = {
-    "chance": "chance",
-    "majority_label": "majority label",
-    "same_label": "best same label",
-    "longest_option": "longest option",
-}
-
-
-def trivial_baselines(items: list[MCQItem], prior: list[MCQItem] | None = None) -> dict:
-    """Accuracy on `items` of rules that need no medical knowledge, computed from the benchmark file alone: what
-    any accuracy has to beat before it says the model knows something.
-
-    - chance: guessing uniformly, 1/k per item, averaged;
-    - majority_label: always answer the label most often correct in `prior` (the benchmark's other split, e.g.
-      the pool when scoring heldout, as a majority-class baseline learns from training labels); without a prior,
-      the most common label among `items` themselves (then it is the same as the best same label);
-    - same_label: always answer one label (A, or "yes"), for each label, and the best of them: an oracle upper
-      bound on every constant answer, since it picks the label after seeing the answers;
-    - longest_option: answer the option with the most characters (a known cue of hand-written items: the right
-      answer is often the most qualified); ties share the credit (1/t when the answer is one of t tied options).
-    `best` names the highest of these rules, chance included (a tie goes to the one listed first)."""
-    if not items:
-        raise ValueError("no items")
-    n = len(items)
-    labels = list(dict.fromkeys(label for item in items for label in item.options))
-    same = {label: sum(item.answer == label for item in items) / n for label in labels}
-    best_label = max(labels, key=lambda label: (same[label], -labels.index(label)))
-    counts = Counter(item.answer for item in (prior or items))
-    top = max(counts.values())
-    majority = next(label for label in (labels + list(counts)) if counts.get(label) == top)
-    longest = 0.0
-    for item in items:
-        size = max(len(text) for text in item.options.values())
-        tied = [label for label, text in item.options.items() if len(text) == size]
-        longest += (item.answer in tied) / len(tied)
-    rules = {
-        "chance": {"accuracy": chance(items)},
-        "majority_label": {
-            "label": majority,
-            "accuracy": sum(item.answer == majority for item in items) / n,
-            "label_from": f"{len(prior)} other items of the benchmark" if prior else "the scored items themselves",
-        },
-        "same_label": {"label": best_label, "accuracy": same[best_label], "by_label": same},
-        "longest_option": {"accuracy": longest / n},
-    }
-    best = max(rules, key=lambda name: rules[name]["accuracy"])
-    return {"n": n, **rules, "best": {"rule": best, "accuracy": rules[best]["accuracy"]}}
-
-
 def group_counts(items: list[MCQItem]) -> dict[str, int]:
     return dict(sorted(Counter(item.group for item in items).items()))
 
 
-# --------------------------------------------------------------------------------------------- prompt
+# --------------------------------------------------------------------------------------------- the task's contract
+
+# how an answer is asked for (prompt_messages), written (the SFT data's completions) and read (extract_choice)
+ANSWER_TEMPLATE = "The answer is {label}."
+
+
+def lettered(options: dict[str, str]) -> bool:
+    """Options labelled A, B, C... (else free labels such as yes / no / maybe, each its own text): the one rule."""
+    return all(label in LETTERS for label in options) and any(label != text for label, text in options.items())
+
+
+def answer_text(label: str) -> str:
+    """The final line a completion ends with: 'The answer is C.'"""
+    return ANSWER_TEMPLATE.format(label=label)
+
+
+def extract_choice(text: str | None, options: dict[str, str]) -> str | None:
+    """The label (a key of `options`) an output chose, or None when it chose none or several (medreason.extract
+    says what counts)."""
+    from medreason.extract import choose
+
+    return choose(text, options, lettered(options))
+
+
+def grade(text: str | None, options: dict[str, str], answer: str) -> tuple[str | None, bool]:
+    """(the label the output chose, whether it is the answer): how evaluation scores and GRPO rewards."""
+    chosen = extract_choice(text, options)
+    return chosen, chosen == answer
 
 
 def prompt_messages(item: MCQItem, system_prompt: str | None) -> list[dict]:
@@ -340,7 +314,7 @@ def prompt_messages(item: MCQItem, system_prompt: str | None) -> list[dict]:
     else:
         parts.append("Options: " + " / ".join(item.options))
         choices = ", ".join(item.options)
-    parts.append(f'Think it through, then end with "The answer is X", where X is one of {choices}.')
+    parts.append(f'Think it through, then end with "{answer_text("X").rstrip(".")}", where X is one of {choices}.')
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     return messages + [{"role": "user", "content": "\n\n".join(parts)}]
 
@@ -356,3 +330,37 @@ def loglik_prompt(item: MCQItem) -> str:
     else:
         lines.append("Options: " + " / ".join(item.options))
     return "\n".join(lines) + "\nAnswer:"
+
+
+# --------------------------------------------------------------------------------------------- GRPO's questions
+
+
+def rl_items(dataset: str, seed: int) -> tuple[list[MCQItem], dict]:
+    """(items, record) of a GRPO recipe's `dataset`: `bundled-pool`, the bundled benchmark's pool split (the
+    held-out split is never trained on), or `facts-taught`, the GRPO questions (mcq_rl) of the facts the SFT data
+    taught (medreason.facts, the taught half drawn with `seed`)."""
+    from medreason.io import sha256_file
+
+    if dataset in ("bundled-pool", "bundled"):
+        path = bundled_path("mcq.jsonl")
+        items = bundled_split("pool")
+        description = "bundled MCQ benchmark, pool split"
+    elif dataset == "facts-taught":
+        from medreason.facts import assign_halves, bundled_facts_path, load_facts, question_item
+
+        path = bundled_facts_path()
+        taught = assign_halves(load_facts(), seed)["taught"]
+        items = [question_item(f, "mcq_rl") for f in taught]
+        description = f"GRPO questions of the taught facts (seed {seed})"
+    else:
+        raise UserError(f"dataset '{dataset}' is not a GRPO question set: choose bundled-pool or facts-taught")
+    record = {
+        "description": description,
+        "kind": "bundled",
+        "dataset": dataset,
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "seed": seed if dataset == "facts-taught" else None,
+        "rows": {"pool": len(items)},
+    }
+    return items, record

@@ -1,6 +1,5 @@
 """Base model resolution: a Hub id, a local folder, or the offline SmolLM2-135M-Instruct.
 
-    from medreason.models import load_model_and_tokenizer, resolve_model
     model, tokenizer = load_model_and_tokenizer("HuggingFaceTB/SmolLM2-135M-Instruct")
     resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind   # "hub", "cache", "gguf", "local", "hf-cache"
 
@@ -19,7 +18,6 @@ One log line names where the weights came from.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import logging
@@ -29,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
-from medreason.io import atomic_dir, atomic_write_json, sha256_file
+from medreason.io import atomic_dir, atomic_write_json, sha256_file, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +208,7 @@ def cache_root() -> Path:
 
 
 def converted_cache_dir() -> Path:
-    return cache_root() / "models" / DEFAULT_MODEL.split("/")[-1]
+    return cache_root() / "models" / model_name(DEFAULT_MODEL)
 
 
 def gguf_path() -> Path | None:
@@ -241,19 +239,6 @@ def gguf_provenance(path: Path) -> dict:
     }
 
 
-def weights_sha256(folder: Path, limit_bytes: int = 4 << 30) -> str | None:
-    """One sha256 over the folder's weight files (sorted by name); None above `limit_bytes` (hashing tens of
-    GB would take minutes: the path is recorded instead)."""
-    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".gguf"))
-    if not files or sum(p.stat().st_size for p in files) > limit_bytes:
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
-    return h.hexdigest()
-
-
 def _package_version() -> str:
     import importlib.metadata as md
 
@@ -263,8 +248,18 @@ def _package_version() -> str:
         return "unknown"
 
 
+def model_name(name_or_path: str) -> str:
+    """The model's name: the last part of a Hub id or a folder ("SmolLM2-135M-Instruct")."""
+    return str(name_or_path).rstrip("/").split("/")[-1]
+
+
+def same_model(a: str, b: str) -> bool:
+    """Same model whether named by Hub id or by a folder of the same name."""
+    return model_name(a).lower() == model_name(b).lower()
+
+
 def is_default_smollm2(name: str) -> bool:
-    return name.rstrip("/").split("/")[-1].lower() == DEFAULT_MODEL.split("/")[-1].lower()
+    return same_model(name, DEFAULT_MODEL)
 
 
 @functools.lru_cache(maxsize=1)
@@ -288,3 +283,65 @@ def _in_hf_cache(name: str) -> bool:
     except Exception:  # a malformed id is simply not in the cache
         return False
     return isinstance(hit, str)
+
+
+# --------------------------------------------------------------------------------------------- training's view
+
+
+def lora_targets(model_args) -> str | list[str]:
+    """The LoRA target modules as PEFT must get them: "all-linear", or a list of module names. TRL's ModelConfig
+    turns a list of one name into a bare string, which PEFT would read as a regular expression matched against
+    whole module paths (`q_proj` then matches nothing)."""
+    targets = model_args.lora_target_modules
+    if targets is None or targets == "all-linear":
+        return "all-linear" if targets else []
+    return [targets] if isinstance(targets, str) else list(targets)
+
+
+def peft_config(model_args):
+    """TRL's LoraConfig from the recipe's lora_* fields, with the target modules as `lora_targets` reads them."""
+    from trl import get_peft_config
+
+    config = get_peft_config(model_args)
+    if config is not None and model_args.lora_target_modules is not None:
+        targets = lora_targets(model_args)
+        config.target_modules = targets if isinstance(targets, str) else set(targets)
+    return config
+
+
+def model_config(name: str):
+    """The model's config without its weights (for the GGUF route, the converted cache or the GGUF header)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
+    if source.kind == "gguf":
+        path = Path(source.path)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(source.path, local_files_only=source.kind != "hub")
+
+
+def module_names(config) -> set[str]:
+    """Leaf linear-layer names of the architecture, from a weightless copy on the meta device."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+
+
+def load_base(model_args):
+    """(model, tokenizer, provenance) of the recipe's base model, in the settled dtype, quantized when the recipe
+    says so (QLoRA), with the KV cache off for training. Provenance: what was really loaded (medreason.models)."""
+    import torch
+    from trl import get_quantization_config
+
+    dtype = "auto" if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
+    model, tokenizer = load_model_and_tokenizer(
+        model_args.model_name_or_path,
+        dtype=dtype,
+        quantization_config=get_quantization_config(model_args),
+        attn_implementation=model_args.attn_implementation,
+    )
+    model.config.use_cache = False
+    return model, tokenizer, resolve_model(model_args.model_name_or_path).provenance(model)

@@ -12,16 +12,11 @@ The split ranks rows by a hash of the normalised question, so it does not depend
 from __future__ import annotations
 
 import hashlib
-import re
-import unicodedata
+
+from medreason.text import normalize
 
 NEAR_DUP_THRESHOLD = 0.8  # Jaccard similarity of word 3-grams
 SPLITS = {"train": 0.8, "validation": 0.1, "test": 0.1}
-
-
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).lower()
-    return " ".join(re.findall(r"[a-z0-9]+", text))
 
 
 def question_hash(question: str) -> int:

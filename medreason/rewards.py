@@ -12,8 +12,8 @@ and every other dataset column (here `answer` and `options`) arrives as a list w
 already repeated over the group. Extra keyword arguments the trainer adds (trainer_state, log_metric, ...) are
 accepted and ignored.
 
-Correctness uses `medreason.extract.extract_choice`, the extractor `medreason eval --mode generate` scores
-with: the reward the policy is trained on and the accuracy it is evaluated on are one definition.
+Correctness is `medreason.mcq.grade`, the MCQ task's grading that `medreason eval --mode generate` scores with:
+the reward the policy is trained on and the accuracy it is evaluated on are one definition.
 """
 
 from __future__ import annotations
@@ -24,17 +24,14 @@ from medreason.template import well_formed
 def correctness_reward(completions: list, answer: list[str], options: list[dict], **kw) -> list[float]:
     """1.0 when the extracted option label is the answer key, 0.0 when it is another one or none can be
     extracted (an unreadable answer earns nothing, the same as a wrong one)."""
-    from medreason.extract import extract_choice
+    from medreason.mcq import grade
 
     if not len(completions) == len(answer) == len(options):
         raise ValueError(
             f"correctness_reward: {len(completions)} completions, {len(answer)} answers and "
             f"{len(options)} option sets: the dataset needs one 'answer' and one 'options' per prompt"
         )
-    return [
-        1.0 if extract_choice(completion_text(c), _options(o)) == a else 0.0
-        for c, a, o in zip(completions, answer, options)
-    ]
+    return [float(grade(completion_text(c), _options(o), a)[1]) for c, a, o in zip(completions, answer, options)]
 
 
 def format_reward(completions: list, **kw) -> list[float]:

@@ -1,41 +1,41 @@
-"""What every training run shares, whatever its method: the recipes (medreason.sft, medreason.grpo) are built
-from these pieces and import nothing from each other.
+"""One training run, whatever its method: the fixed sequence every recipe goes through, and the `Run` value that
+describes it, built once from the command line.
 
-    from medreason import run
-    run.check_before_loading(args, cfg, model_args)   # values that cannot train, folders that cannot be written
-    resume_from = run.resume_point(args, cfg)          # --resume: the newest complete checkpoint, or None
-    with run.session(args, cfg, model_args):          # SIGTERM as Ctrl-C, one run per folder, torch threads
-        model, tokenizer, source = run.load_base(model_args)
-        with run.tracked(args, cfg, resolved, recipe, resumed=...) as tracking:   # the MLflow run (rank 0)
-            ...train...
-            return run.finish(trainer, tokenizer, args, model_args, meta, metrics, tracking)
+    from medreason.run import prepare, execute
+    run = prepare(["--config", "configs/smollm2-135m-cpu.yaml", "--max_steps", "5"])   # the Run value
+    result = execute(run)                                                               # medreason.train.train
 
-The recipe's configuration arrives settled (medreason.config.parse_config: precision, dtype, run name,
-report_to decided before TRL's classes validate), and nothing here changes it.
+The sequence (medreason.recipe names the phases a recipe provides):
+
+    prepare     parse the recipe as written (its hash names the adapter), check what needs no model, settle it
+                for this machine, find the resume point                                          -> Run
+    load_data   the recipe's data, checked                     (before any model loads: bad data fails in a second)
+    session     SIGTERM as Ctrl-C, one run per folder (locks), torch's CPU threads
+    load_model  the base model (+ LoRA)                                                       -> recipe.Policy
+    tracked     the MLflow run (rank 0): params, the resolved recipe, the provenance
+    fit         build the trainer, train (or resume), summarise
+    finish      gather (FSDP), save the adapter atomically with medreason.json, log the final metrics
+
+Nothing here knows a method's keys: a recipe adds its own hash inputs, checks, logged params and metadata.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
-from medreason.adapter import adapter_path, recipe_hash, save_adapter, weights_sha256
-from medreason.config import config_dict
+from medreason.adapter import adapter_path, recipe_hash, save_adapter
+from medreason.config import config_dict, parse_recipe, settle
+from medreason.distributed import check_launch, gathered_state_dict, rank, world_size
 from medreason.errors import UserError
 from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
-
-if TYPE_CHECKING:  # the config classes, for the signatures only: importing TRL here would slow `medreason --help`
-    from transformers import TrainingArguments
-    from trl import ModelConfig
-
-    from medreason.config import MedreasonArgs
-from medreason.template import TEMPLATES
+from medreason.models import lora_targets, model_config, module_names
+from medreason.recipe import Recipe
+from medreason.resume import resume_point
 
 log = logging.getLogger(__name__)
 
@@ -50,142 +50,164 @@ class TrainResult:
     log_history: list
 
 
-# the recipe keys logged as MLflow params (the whole resolved recipe is logged as resolved_config.json)
-LOGGED_PARAMS = {
-    "model_name_or_path",
-    "dataset",
-    "template",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "lora_target_modules",
-    "use_rslora",
-    "use_dora",
-    "load_in_4bit",
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_ratio",
-    "weight_decay",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_train_epochs",
-    "max_steps",
-    "max_length",
-    "loss_type",
-    "bf16",
-    "gradient_checkpointing",
-    "seed",
-    "train_sampling_strategy",
-    "packing",
-    "padding_free",
-}
+@dataclass(frozen=True)
+class Run:
+    """What one training run is: the settled recipe (medreason's keys, the method's TRL config, TRL's ModelConfig),
+    its method, the hash of the recipe as written, the flat resolved config, and where it resumes from."""
+
+    args: Any  # medreason.config.MedreasonArgs
+    cfg: Any  # the recipe's TRL config (SFTConfig, GRPOConfig, ... with the recipe's own keys)
+    model_args: Any  # trl.ModelConfig
+    recipe: Recipe
+    recipe_hash: str
+    resolved: dict
+    resume_from: Path | None = None
+
+    @property
+    def adapter_dir(self) -> Path:
+        return adapter_path(self.args.adapter_root, self.model_args.model_name_or_path)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.cfg.output_dir)
+
+    def model_config(self):
+        """The base model's config, without its weights."""
+        return model_config(self.model_args.model_name_or_path)
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
+# the recipe keys every run logs as MLflow params (a recipe adds its own: Recipe.logged_params); the whole
+# resolved recipe is logged as resolved_config.json
+LOGGED_PARAMS = frozenset(
+    {
+        "model_name_or_path",
+        "trainer",
+        "dataset",
+        "template",
+        "lora_r",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target_modules",
+        "use_rslora",
+        "use_dora",
+        "load_in_4bit",
+        "learning_rate",
+        "lr_scheduler_type",
+        "warmup_ratio",
+        "weight_decay",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "num_train_epochs",
+        "max_steps",
+        "bf16",
+        "gradient_checkpointing",
+        "seed",
+    }
+)
+
+
+# --------------------------------------------------------------------------------------------- the sequence
+
+
+def execute(run: Run) -> TrainResult:
+    """Train the run: data, session, model, tracked run, trainer, fit, summary, save."""
+    from medreason.progress import use_training_progress
+
+    data = run.recipe.load_data(run)
+    with session(run):
+        policy = run.recipe.load_model(run)
+        with tracked(run, data) as tracking:
+            from transformers import set_seed
+
+            set_seed(run.cfg.seed)  # right before a new adapter's weights are drawn (and, for GRPO, rollouts)
+            trainer = run.recipe.build_trainer(run, policy, data)
+            use_training_progress(trainer)  # step/total, loss (or reward), tokens/s and ETA
+            run.recipe.fit(run, trainer)
+            metrics, fields = run.recipe.summarise(run, trainer, data)
+            return finish(run, trainer, policy, data, metrics, fields, tracking)
+
+
+def prepare(argv: list[str]) -> Run:
+    """The Run of a command line: the recipe as written (hashed), checked, settled for this machine (precision,
+    dtype, run name, report_to: medreason.config.settle), the launch checked, the resume point found."""
+    from medreason import recipe as recipes
+
+    written = parse_recipe(argv)
+    method = recipes.get(written[0].trainer)
+    digest = recipe_hash_of(*written)
+    check_before_loading(*written)
+    args, cfg, model_args = settle(argv, *written)
+    check_launch(cfg.use_cpu)  # several GPUs without a launcher: refused before anything loads
+    run = Run(args, cfg, model_args, method, digest, config_dict(args, cfg, model_args))
+    method.check(run)
+    resume_from = resume_point(run)
+    if resume_from is not None:
+        method.check_resume(run, resume_from)
+    return Run(args, cfg, model_args, method, digest, run.resolved, resume_from)
 
 
 def recipe_hash_of(args, cfg, model_args) -> str:
-    """The hash of what decides the adapter: the recipe as written (before the machine settles precision and
-    dtype) and, for a run that continues an adapter (GRPO's init_adapter), that adapter's weights, so that a
-    retrained SFT adapter also retrains what builds on it."""
-    resolved = config_dict(args, cfg, model_args)
-    init = getattr(args, "init_adapter", None)
-    if init and weights_sha256(init):
-        resolved["init_adapter_weights_sha256"] = weights_sha256(init)
-    return recipe_hash(resolved)
+    """The hash of what decides the adapter: the recipe as written (before the machine settles precision and dtype)
+    and what its method adds (GRPO: the weights of the adapter it continues, so that a retrained SFT adapter also
+    retrains what builds on it)."""
+    from medreason import recipe as recipes
+
+    return recipe_hash(
+        config_dict(args, cfg, model_args) | recipes.get(args.trainer).hash_inputs(args, cfg, model_args)
+    )
 
 
-# --------------------------------------------------------------------------------------------- checks before loading
-
-
-def check_before_loading(args: MedreasonArgs, cfg: TrainingArguments, model_args: ModelConfig) -> None:
-    """Everything that fails in a second instead of after the model loads."""
-    check_hyperparameters(args, cfg, model_args)
-    check_steps(cfg)
-    check_folders(args, cfg, model_args)
-
-
-def check_hyperparameters(args, cfg, model_args):
-    """Values that cannot train."""
+def check_before_loading(args, cfg, model_args) -> None:
+    """Everything that fails in a second instead of after the model loads: values that cannot train, a run that
+    would take no step, folders that cannot be written."""
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is not set (the recipe names the base model)")
     if model_args.use_peft is False:
         raise UserError("use_peft is false: medreason trains LoRA adapters only (set use_peft: true)")
-    if model_args.lora_r < 1:
-        raise UserError(f"lora_r must be a positive integer, got {model_args.lora_r}")
-    if model_args.lora_alpha <= 0:
-        raise UserError(f"lora_alpha must be positive, got {model_args.lora_alpha}")
-    if not 0 <= model_args.lora_dropout < 1:
-        raise UserError(f"lora_dropout must be in [0, 1), got {model_args.lora_dropout}")
-    if cfg.learning_rate <= 0:
-        raise UserError(f"learning_rate must be positive, got {cfg.learning_rate}")
-    if cfg.per_device_train_batch_size < 1:
-        raise UserError(f"per_device_train_batch_size must be at least 1, got {cfg.per_device_train_batch_size}")
-    if model_args.load_in_4bit and model_args.load_in_8bit:
-        raise UserError("load_in_4bit and load_in_8bit are both set: choose one")
-    if args.template not in TEMPLATES:
-        raise UserError(f"template '{args.template}' is unknown")
-    config = model_config(model_args.model_name_or_path)
-    context = getattr(config, "max_position_embeddings", None)
-    max_length = getattr(cfg, "max_length", None)  # SFTConfig's; GRPOConfig has max_completion_length
-    if max_length is not None and context is not None and max_length > context:
-        raise UserError(
-            f"max_length {max_length} is beyond the context of {model_args.model_name_or_path} ({context} tokens)"
-        )
+    checks = [
+        (model_args.lora_r >= 1, f"lora_r must be a positive integer, got {model_args.lora_r}"),
+        (model_args.lora_alpha > 0, f"lora_alpha must be positive, got {model_args.lora_alpha}"),
+        (0 <= model_args.lora_dropout < 1, f"lora_dropout must be in [0, 1), got {model_args.lora_dropout}"),
+        (cfg.learning_rate > 0, f"learning_rate must be positive, got {cfg.learning_rate}"),
+        (
+            cfg.per_device_train_batch_size >= 1,
+            f"per_device_train_batch_size must be at least 1, got {cfg.per_device_train_batch_size}",
+        ),
+        (
+            cfg.gradient_accumulation_steps >= 1,
+            f"gradient_accumulation_steps must be at least 1, got {cfg.gradient_accumulation_steps}",
+        ),
+        (not (model_args.load_in_4bit and model_args.load_in_8bit), "load_in_4bit and load_in_8bit are both set"),
+        (cfg.max_steps != 0, "max_steps is 0: the run would train nothing; set max_steps >= 1, or -1 for epochs"),
+        (
+            cfg.max_steps > 0 or cfg.num_train_epochs > 0,
+            f"num_train_epochs is {cfg.num_train_epochs:g} and max_steps is unset: the run would train nothing",
+        ),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
     targets = lora_targets(model_args)
     if targets != "all-linear":
-        names = module_names(config)
+        names = module_names(model_config(model_args.model_name_or_path))
         missing = [t for t in targets if t not in names]
         if missing:
             raise UserError(
                 f"lora_target_modules: {model_args.model_name_or_path} has no module named "
                 f"'{missing[0]}' (it has {', '.join(sorted(names))})"
             )
-
-
-def lora_targets(model_args) -> str | list[str]:
-    """The LoRA target modules as PEFT must get them: "all-linear", or a list of module names. TRL's ModelConfig
-    turns a list of one name into a bare string, which PEFT would read as a regular expression matched against
-    whole module paths (`q_proj` then matches nothing)."""
-    targets = model_args.lora_target_modules
-    if targets is None or targets == "all-linear":
-        return "all-linear" if targets else []
-    return [targets] if isinstance(targets, str) else list(targets)
-
-
-def peft_config(model_args):
-    """TRL's LoraConfig from the recipe's lora_* fields, with the target modules as `lora_targets` reads them."""
-    from trl import get_peft_config
-
-    config = get_peft_config(model_args)
-    if config is not None and model_args.lora_target_modules is not None:
-        targets = lora_targets(model_args)
-        config.target_modules = targets if isinstance(targets, str) else set(targets)
-    return config
-
-
-def check_steps(cfg):
-    """A run that would take no optimizer step is refused, rather than saved as an untrained adapter."""
-    if cfg.max_steps == 0:
-        raise UserError(
-            "max_steps is 0: the run would train nothing; set max_steps >= 1, or -1 to train for num_train_epochs"
-        )
-    if cfg.max_steps < 0 and cfg.num_train_epochs <= 0:
-        raise UserError(
-            f"num_train_epochs is {cfg.num_train_epochs:g} and max_steps is unset: the run would train "
-            f"nothing; set num_train_epochs > 0 or max_steps >= 1"
-        )
+    check_folders(args, cfg, model_args)
 
 
 def check_folders(args, cfg, model_args):
     """Where the run writes: checked before anything loads, not when the adapter is saved after training."""
-    checks = [
+    import os
+
+    for name, folder in (
         ("output_dir", Path(cfg.output_dir)),
         ("adapter_root", Path(args.adapter_root)),
         ("adapter_root", adapter_path(args.adapter_root, model_args.model_name_or_path)),
-    ]
-    for name, folder in checks:
+    ):
         p = first_existing(folder)
         if not p.is_dir():
             raise UserError(f"--{name} {folder}: {p} is a file, not a folder; choose another --{name}")
@@ -193,120 +215,27 @@ def check_folders(args, cfg, model_args):
             raise UserError(f"--{name} {folder}: {p} is not writable; choose another --{name}")
 
 
-def model_config(name: str):
-    """The model's config without its weights (for the GGUF route, the converted cache or the GGUF header)."""
-    from transformers import AutoConfig
-
-    from medreason.models import resolve_model
-
-    source = resolve_model(name)
-    if source.kind == "gguf":
-        path = Path(source.path)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.path, local_files_only=source.kind != "hub")
-
-
-def module_names(config) -> set[str]:
-    """Leaf linear-layer names of the architecture, from a weightless copy on the meta device."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return {name.split(".")[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
-
-
-# --------------------------------------------------------------------------------------------- resume
-
-
-def resume_point(args: MedreasonArgs, cfg: TrainingArguments) -> Path | None:
-    """--resume: the newest complete checkpoint in output_dir (none: a log line, and the run starts anew).
-    Without --resume, a folder that already holds checkpoints is refused rather than trained over."""
-    output_dir = Path(cfg.output_dir)
-    found = last_checkpoint(output_dir)
-    if args.resume and found is None:
-        log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
-    elif not args.resume and found is not None:
-        raise UserError(
-            f"{output_dir} already holds checkpoints: pass --resume to continue that run, "
-            f"or choose another --output_dir / --run_name"
-        )
-    return found if args.resume else None
-
-
-def last_checkpoint(output_dir: Path) -> Path | None:
-    """The newest complete checkpoint. The trainer writes a checkpoint in place and trainer_state.json
-    last, so a folder without it is one that a kill interrupted: resuming from it would fail."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
-    if not output_dir.is_dir():
-        return None
-    complete = [
-        p
-        for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")
-        if p.name.split("-")[-1].isdigit() and (p / "trainer_state.json").is_file()
-    ]
-    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
-
-
-def checkpoint_step(checkpoint: Path) -> int:
-    return int(json.loads((checkpoint / "trainer_state.json").read_text()).get("global_step", 0))
-
-
-# the LoRA settings that shape the adapter's tensors or how they are used: a checkpoint only resumes into the same
-LORA_SHAPE = {
-    "lora_r": "r",
-    "lora_alpha": "lora_alpha",
-    "use_dora": "use_dora",
-    "use_rslora": "use_rslora",
-    "lora_target_modules": "target_modules",
-    "lora_modules_to_save": "modules_to_save",
-}
-
-
-def check_resume(checkpoint: Path, model_args):
-    """--resume with other LoRA settings than the checkpoint's would fail after loading with a wall of 'size
-    mismatch': compare PEFT's adapter_config.json of the checkpoint with this run's settings first."""
-    config_file = checkpoint / "adapter_config.json"
-    if not config_file.is_file():
-        return
-    saved = json.loads(config_file.read_text())
-    for ours, theirs in LORA_SHAPE.items():
-        new, old = getattr(model_args, ours, None), saved.get(theirs)
-        if ours == "lora_target_modules":
-            new = lora_targets(model_args)
-            if new == "all-linear" or old is None:
-                continue  # PEFT stores all-linear resolved to module names: not comparable by name
-            new, old = sorted(new), sorted(old)
-        elif ours == "lora_modules_to_save":
-            new, old = sorted(new or []), sorted(old or [])
-        if new != old:
-            raise UserError(
-                f"--resume: {checkpoint} was trained with {ours} {old}, this run has {new}; "
-                f"resume with the checkpoint's settings, or start anew with another --output_dir"
-            )
-
-
 # --------------------------------------------------------------------------------------------- the session
 
 
 @contextmanager
-def session(args: MedreasonArgs, cfg: TrainingArguments, model_args: ModelConfig):
+def session(run: Run):
     """For the duration of a run: SIGTERM acts as Ctrl-C, one run at a time holds its checkpoint and adapter
     folders, and torch uses the recipe's CPU threads; torch's thread count is put back afterwards."""
     import torch
 
+    from medreason.distributed import physical_cores, precision_reason
+
     threads_before = torch.get_num_threads()
-    with stop_on_sigterm(), run_locks(*locks(args, cfg, model_args)):
-        on_gpu = torch.cuda.is_available() and not cfg.use_cpu
+    with stop_on_sigterm(), run_locks(*locks(run)):
+        on_gpu = torch.cuda.is_available() and not run.cfg.use_cpu
         if not on_gpu:
-            world = int(os.environ.get("WORLD_SIZE", "1"))
-            torch.set_num_threads(max(1, (args.num_threads or physical_cores()) // world))
+            torch.set_num_threads(max(1, (run.args.num_threads or physical_cores()) // world_size()))
         log.info(
             "precision: %s (%s); base weights %s; %s",
-            "bf16" if cfg.bf16 else "fp16" if cfg.fp16 else "fp32",
-            precision_reason(args, on_gpu),
-            model_args.dtype,
+            "bf16" if run.cfg.bf16 else "fp16" if run.cfg.fp16 else "fp32",
+            precision_reason(run.args.precision, on_gpu),
+            run.model_args.dtype,
             "GPU" if on_gpu else f"{torch.get_num_threads()} CPU threads",
         )
         try:
@@ -315,26 +244,13 @@ def session(args: MedreasonArgs, cfg: TrainingArguments, model_args: ModelConfig
             torch.set_num_threads(threads_before)
 
 
-def precision_reason(args, on_gpu: bool) -> str:
-    """Why the run has its precision (medreason.config.settle decided it)."""
-    if args.precision != "auto":
-        return "--precision"
-    from medreason.compat import cpu_supports_bf16
-
-    return (
-        "auto: GPU"
-        if on_gpu
-        else ("auto: CPU has native bf16" if cpu_supports_bf16() else "auto: this CPU has no native bf16 matmul")
-    )
-
-
-def locks(args, cfg, model_args) -> list[tuple[Path, str]]:
+def locks(run: Run) -> list[tuple[Path, str]]:
     """One run at a time per checkpoint folder and per adapter folder (rank 0 holds them for all ranks)."""
     if rank() != 0:
         return []
-    adapter = adapter_path(args.adapter_root, model_args.model_name_or_path)
+    adapter = run.adapter_dir
     return [
-        (Path(cfg.output_dir) / ".medreason.lock", f"--output_dir {cfg.output_dir}"),
+        (run.output_dir / ".medreason.lock", f"--output_dir {run.output_dir}"),
         (adapter.parent / f".{adapter.name}.lock", f"the adapter folder {adapter}"),
     ]
 
@@ -362,87 +278,53 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, before)
 
 
-def physical_cores() -> int:
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
-
-
-# --------------------------------------------------------------------------------------------- the base model
-
-
-def load_base(model_args: ModelConfig):
-    """(model, tokenizer, provenance) of the recipe's base model, in the settled dtype, quantized when the recipe
-    says so (QLoRA), with the KV cache off for training. Provenance: what was really loaded (medreason.models)."""
-    import torch
-    from trl import get_quantization_config
-
-    from medreason.models import load_model_and_tokenizer, resolve_model
-
-    dtype = "auto" if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model, tokenizer = load_model_and_tokenizer(
-        model_args.model_name_or_path,
-        dtype=dtype,
-        quantization_config=get_quantization_config(model_args),
-        attn_implementation=model_args.attn_implementation,
-    )
-    model.config.use_cache = False
-    return model, tokenizer, resolve_model(model_args.model_name_or_path).provenance(model)
-
-
 # --------------------------------------------------------------------------------------------- the tracked run
 
 
 @contextmanager
-def tracked(
-    args,
-    cfg,
-    resolved: dict,
-    recipe: str,
-    *,
-    resumed: bool,
-    params: dict,
-    tags: dict | None = None,
-    documents: dict | None = None,
-):
-    """The run's MLflow run on rank 0 (None elsewhere): a resumed run continues the run its checkpoints logged
-    to. Beside the checkpoints it records that run's id, the resolved config and the recipe hash; a new run logs
-    `params` (see `logged_params`) and `tags`; every run logs the resolved config and each document (name -> dict)
-    as JSON.
-    The trainer's MLflow callback (report_to: mlflow, settled on rank 0) logs the metrics into it."""
-    from medreason.tracking import log_params, mlflow_run
+def tracked(run: Run, data):
+    """The run's MLflow run on rank 0 (None elsewhere): a resumed run continues the run its checkpoints logged to.
+    Beside the checkpoints it records that run's id, the store, the resolved config and the recipe hash; a new
+    run logs its params (LOGGED_PARAMS, the recipe's own and the data and model provenance); every run logs the
+    resolved config and the provenance as JSON. The trainer's MLflow callback logs the metrics into it."""
+    from medreason import tracking
 
-    output_dir = Path(cfg.output_dir)
-    run_id = previous_run_id(output_dir) if resumed else None
-    with mlflow_run(args.mlflow_experiment, run_name=cfg.run_name, run_id=run_id, enabled=rank() == 0) as run:
-        if run is not None:
-            import mlflow
-
-            record_run(output_dir, run.info.run_id, resolved, recipe)
+    run_id = previous_run_id(run.output_dir) if run.resume_from is not None else None
+    params = {k: v for k, v in run.resolved.items() if k in LOGGED_PARAMS | run.recipe.logged_params}
+    with tracking.mlflow_run(
+        run.args.mlflow_experiment, run_name=run.cfg.run_name, run_id=run_id, enabled=rank() == 0
+    ) as mlflow_run:
+        if mlflow_run is not None:
+            record_run(run, mlflow_run.info.run_id)
             if run_id is None:
-                log_params(params)
-                if tags:
-                    mlflow.set_tags(tags)
-            for name, document in {"resolved_config": resolved, **(documents or {})}.items():
-                mlflow.log_dict(document, f"{name}.json")
-        yield run
+                tracking.log_params(params | flat_provenance(data.record, "data"))
+                tracking.set_tags({"trainer": run.recipe.name})
+            tracking.log_dicts({"resolved_config": run.resolved, "provenance": {"data": data.record}})
+        yield mlflow_run
 
 
-def logged_params(resolved: dict, extra: set[str] = frozenset()) -> dict:
-    """The MLflow params of a run: LOGGED_PARAMS, plus a recipe's `extra` keys, from the resolved recipe."""
-    return {k: v for k, v in resolved.items() if k in LOGGED_PARAMS | set(extra)}
+def flat_provenance(record: dict, side: str) -> dict:
+    """<side>_kind, _id, _path, _revision, _sha256, _quantization, and rows per split, as MLflow params."""
+    out = {
+        f"{side}_{k}": record[k] for k in ("kind", "id", "path", "revision", "sha256", "quantization") if record.get(k)
+    }
+    for name, n in (record.get("rows") or {}).items():
+        out[f"{side}_rows_{name}"] = n
+    for name, n in (record.get("dropped_over_max_length") or {}).items():
+        out[f"{side}_dropped_over_max_length_{name}"] = n
+    return out
 
 
-def record_run(output_dir: Path, run_id: str, resolved: dict, recipe: str):
-    """Beside the checkpoints: the MLflow run they log to (a resumed run continues it), the resolved config, and
-    the recipe hash (ensure_adapter resumes checkpoints of the same recipe and moves others aside)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output_dir / "mlflow_run_id", run_id)
-    atomic_write_json(output_dir / "resolved_config.json", resolved)
-    atomic_write_text(output_dir / "recipe_hash", recipe)
+def record_run(run: Run, run_id: str):
+    """Beside the checkpoints: the MLflow run and store they log to (a resumed run continues it, from any working
+    folder), the resolved config, and the recipe hash (ensure_adapter resumes checkpoints of the same recipe)."""
+    from medreason.tracking import tracking_uri
+
+    run.output_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.output_dir / "mlflow_run_id", run_id)
+    atomic_write_text(run.output_dir / "mlflow_store", tracking_uri())
+    atomic_write_json(run.output_dir / "resolved_config.json", run.resolved)
+    atomic_write_text(run.output_dir / "recipe_hash", run.recipe_hash)
 
 
 def previous_run_id(output_dir: Path) -> str | None:
@@ -454,34 +336,35 @@ def previous_run_id(output_dir: Path) -> str | None:
 # --------------------------------------------------------------------------------------------- finishing
 
 
-def finish(
-    trainer, model, tokenizer, args: MedreasonArgs, model_args: ModelConfig, meta: dict, metrics: dict, run
-) -> TrainResult:
-    """Save the trained adapter (rank 0, atomically, with `meta` as medreason.json), log the final metrics and
-    the adapter folder to MLflow, and describe the run. Every rank calls it: under FSDP the weights are
-    gathered from all ranks first (medreason.distributed), a collective."""
-    from medreason.distributed import gathered_state_dict
+def finish(run: Run, trainer, policy, data, metrics: dict, fields: dict, tracking_run) -> TrainResult:
+    """Save the trained adapter (rank 0, atomically, with medreason.json), log the final metrics and the adapter
+    folder to MLflow, and describe the run. Every rank calls it: under FSDP the weights are gathered from all
+    ranks first (medreason.distributed), a collective."""
+    from medreason import tracking
+    from medreason.adapter import training_meta
 
     state_dict = gathered_state_dict(trainer)
     adapter_dir = None
     if trainer.is_world_process_zero():
-        adapter_dir = save_adapter(
-            model,
-            tokenizer,
-            adapter_path(args.adapter_root, model_args.model_name_or_path),
-            meta,
-            state_dict=state_dict,
+        meta = training_meta(
+            run.recipe.name,
+            run.args,
+            run.model_args,
+            recipe=run.recipe_hash,
+            resolved=run.resolved,
+            model=policy.provenance,
+            metrics=metrics,
+            **({"data": data.record} | fields),
         )
-        if run is not None:
-            import mlflow
-
-            mlflow.log_metrics({f"final_{k}": float(v) for k, v in metrics.items()})
-            mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+        model = run.recipe.trained_model(trainer)
+        adapter_dir = save_adapter(model, policy.tokenizer, run.adapter_dir, meta, state_dict=state_dict)
+        if tracking_run is not None:
+            tracking.log_final(metrics, adapter_dir)
     return TrainResult(
         adapter_dir=adapter_dir,
         output_dir=Path(trainer.args.output_dir),
         metrics=metrics,
-        mlflow_run_id=run.info.run_id if run is not None else None,
+        mlflow_run_id=tracking_run.info.run_id if tracking_run is not None else None,
         global_step=trainer.state.global_step,
         log_history=list(trainer.state.log_history),
     )

@@ -1,5 +1,5 @@
 """Log-probabilities of labelled tokens: the one place medreason computes them, for training's dense LM head
-(medreason.compat.use_dense_lm_head) and for the held-out loss of evaluation (medreason.evaluate.heldout_loss).
+(medreason.dense_head) and for the held-out loss of evaluation (`heldout_loss`, below).
 
     log_softmax, targets, mask = labelled_log_softmax(model, labels, input_ids=ids, attention_mask=attention)
     nll = -log_softmax.gather(-1, targets[:, None]).sum()
@@ -31,16 +31,10 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
     import torch
 
     from medreason.progress import progress
+    from medreason.tokens import pair_ids
 
-    examples = []
-    for ex in dataset:
-        prompt_ids = tokenizer.apply_chat_template(
-            ex["prompt"], add_generation_prompt=True, tokenize=True, return_dict=True
-        )["input_ids"]
-        full_ids = tokenizer.apply_chat_template(ex["prompt"] + ex["completion"], tokenize=True, return_dict=True)[
-            "input_ids"
-        ]
-        examples.append((full_ids, len(prompt_ids)))
+    # the completion starts where training starts it (medreason.tokens: TRL's rule)
+    examples = [pair_ids(tokenizer, ex["prompt"], ex["completion"]) for ex in dataset]
     examples.sort(key=lambda e: len(e[0]))  # similar lengths together: little padding
     total_nll, total_tokens = 0.0, 0
     device = next(model.parameters()).device

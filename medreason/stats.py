@@ -128,6 +128,133 @@ def trend(values: Sequence[float], *, level: float = 0.95) -> dict:
     }
 
 
+def paired_values(
+    a_values: Sequence[float],
+    b_values: Sequence[float],
+    *,
+    level: float = 0.95,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    n_perm: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> dict:
+    """B versus A on the same items when each item has a score in [0, 1] (a sampled pass@1, a rule's credit with
+    ties): the mean difference (B - A), a paired-bootstrap interval, and a two-sided sign-flip permutation test
+    (under "no difference" each item's difference is as likely positive as negative). For 0/1 scores the test
+    counts the same discordant items McNemar's does."""
+    import numpy as np
+
+    a = np.asarray(a_values, dtype=float)
+    b = np.asarray(b_values, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired scores must be two equal-length non-empty lists, got {a.shape} and {b.shape}")
+    d = b - a
+    rng = np.random.default_rng(seed)
+    means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    observed = abs(d.mean())
+    signs = rng.choice([-1.0, 1.0], size=(n_perm, len(d)))
+    null = np.abs((signs * d).mean(axis=1))
+    p = float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm)) if np.any(d != 0) else 1.0
+    return {
+        "n": len(d),
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "diff": float(d.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "ci_level": level,
+        "p_value": p,
+        "test": "sign-flip permutation",
+        "b": int(np.sum(d < 0)),
+        "c": int(np.sum(d > 0)),
+    }
+
+
+def diff_in_diff(
+    base_treated: Sequence[float],
+    after_treated: Sequence[float],
+    base_control: Sequence[float],
+    after_control: Sequence[float],
+    *,
+    level: float = 0.95,
+    n_boot: int = BOOTSTRAP_SAMPLES,
+    n_perm: int = BOOTSTRAP_SAMPLES,
+    seed: int = 0,
+) -> dict:
+    """The effect of a treatment read against a randomized control: (after - base) on the treated items minus
+    (after - base) on the control items. Interval: a bootstrap that resamples items within each half (each
+    item's before/after pair kept together). p-value: a permutation test that shuffles which items were treated
+    (under "no effect", an item's change does not depend on its half), two-sided."""
+    import numpy as np
+
+    t = np.asarray(after_treated, dtype=float) - np.asarray(base_treated, dtype=float)
+    c = np.asarray(after_control, dtype=float) - np.asarray(base_control, dtype=float)
+    if len(t) == 0 or len(c) == 0:
+        raise ValueError("both halves need items")
+    effect = float(t.mean() - c.mean())
+    rng = np.random.default_rng(seed)
+    boot = t[rng.integers(0, len(t), (n_boot, len(t)))].mean(1) - c[rng.integers(0, len(c), (n_boot, len(c)))].mean(1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(boot, [tail, 100 - tail])
+    pooled = np.concatenate([t, c])
+    null = np.empty(n_perm)
+    for i in range(n_perm):
+        order = rng.permutation(len(pooled))
+        null[i] = pooled[order[: len(t)]].mean() - pooled[order[len(t) :]].mean()
+    p = float((1 + np.sum(np.abs(null) >= abs(effect) - 1e-12)) / (1 + n_perm))
+    return {
+        "effect": effect,
+        "treated_change": float(t.mean()),
+        "control_change": float(c.mean()),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "ci_level": level,
+        "p_value": p,
+        "n_treated": len(t),
+        "n_control": len(c),
+    }
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """The unbiased estimator of pass@k from n samples of which c are right (Chen et al. 2021, "Evaluating Large
+    Language Models Trained on Code"): 1 - C(n-c, k) / C(n, k), the chance that k of the n samples, drawn without
+    replacement, hold at least one right answer; computed as a product, which stays exact for large n."""
+    import numpy as np
+
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def mcnemar_power(n: int, p_gain: float, p_loss: float, alpha: float = 0.05) -> float:
+    """Power of a two-sided McNemar test on n paired items when a share p_gain of them turns right and p_loss
+    turns wrong (Connor 1987's normal approximation): the chance the test finds the change at level alpha."""
+    from scipy.stats import norm
+
+    discordant = p_gain + p_loss
+    if discordant <= 0 or n <= 0:
+        return 0.0
+    diff = abs(p_gain - p_loss)
+    z = norm.ppf(1 - alpha / 2)
+    num = diff * (n**0.5) - z * discordant**0.5
+    den = (discordant - diff**2) ** 0.5
+    return float(norm.cdf(num / den)) if den > 0 else 1.0
+
+
+def detectable_gain(n: int, p_loss: float = 0.0, *, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest share of items turning right (with `p_loss` turning wrong) that a McNemar test on n items
+    finds with the given power: the effect a null result can rule out."""
+    gain = 0.0
+    while gain < 1 - p_loss:
+        gain += 0.001
+        if mcnemar_power(n, gain, p_loss, alpha) >= power:
+            return round(gain, 3)
+    return float("nan")
+
+
 def accuracy_by_group(groups: Sequence[str], correct: Sequence[bool]) -> dict[str, dict]:
     """{group: {"n", "correct", "accuracy"}}, groups sorted by name."""
     if len(groups) != len(correct):

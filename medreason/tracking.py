@@ -180,3 +180,46 @@ def find_runs(
         }
         for r in runs
     ]
+
+
+def set_tags(tags: dict):
+    """Tags of the active run."""
+    import mlflow
+
+    mlflow.set_tags(tags)
+
+
+def log_dicts(documents: dict[str, dict]):
+    """Each document (name -> dict) as <name>.json in the active run's artifacts."""
+    import mlflow
+
+    for name, document in documents.items():
+        mlflow.log_dict(document, f"{name}.json")
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None):
+    """Metrics of the active run (names MLflow refuses are rewritten: see `metric_name`)."""
+    import mlflow
+
+    mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
+
+
+def metric_name(text: str) -> str:
+    """MLflow accepts letters, digits, `_ - . /` and spaces in names: anything else becomes `_`."""
+    import re
+
+    return re.sub(r"[^\w\-./ ]", "_", text)
+
+
+def log_final(metrics: dict[str, float], adapter_dir):
+    """A finished training run: its final metrics (final_*) and the saved adapter folder."""
+    import mlflow
+
+    log_metrics({f"final_{k}": v for k, v in metrics.items()})
+    mlflow.log_artifacts(str(adapter_dir), artifact_path="adapter")
+
+
+def log_artifact(path):
+    import mlflow
+
+    mlflow.log_artifact(str(path))

@@ -1,4 +1,5 @@
-"""`medreason train`: parse a recipe, settle it for this machine, and run its method (SFT or GRPO).
+"""`medreason train`: run a recipe (configs/*.yaml), whatever its method; and `ensure_adapter`, what the book and
+the benchmarks call to reuse an adapter or train it.
 
     medreason train --config configs/smollm2-135m-cpu.yaml                 # embedded default, minutes on a CPU
     medreason train --config configs/smollm2-135m-cpu.yaml --max_steps 5 --lora_r 8
@@ -7,11 +8,11 @@
 
     from medreason.train import train, ensure_adapter
     result = train(["--config", "configs/smollm2-135m-cpu.yaml"])   # what the CLI calls
-    path = ensure_adapter()                                          # what the book calls: reuse or train
+    path = ensure_adapter()                                          # reuse or train
 
-The recipe's `trainer` key picks the method: `sft` (medreason.sft) or `grpo` (medreason.grpo). Both are built
-from medreason.run (checks, resume, locks, base model, MLflow run, save) and neither imports the other.
-Checkpoints go to results/<run name>/ (the recipe's output_dir); the adapter to lora_adapter/<model name>/.
+The recipe's `trainer` key picks the method (medreason.recipe: one module of medreason/recipes/ each); every
+method runs the same sequence (medreason.run). Checkpoints go to the recipe's output_dir; the adapter to
+<adapter_root>/<model name>/.
 """
 
 from __future__ import annotations
@@ -22,34 +23,23 @@ import time
 from pathlib import Path
 
 from medreason.adapter import adapter_path, read_adapter
-from medreason.config import parse_recipe, settle
-from medreason.distributed import check_launch
+from medreason.config import parse_recipe
 from medreason.errors import UserError
-from medreason.run import TrainResult, check_before_loading, last_checkpoint, recipe_hash_of
+from medreason.resume import last_checkpoint
+from medreason.run import TrainResult, execute, prepare, recipe_hash_of
 
 log = logging.getLogger(__name__)
 
 
 def train(argv: list[str]) -> TrainResult:
-    """Parse a recipe plus overrides and train; the same function serves the CLI and the book."""
-    recipe_args = parse_recipe(argv)
-    recipe = recipe_hash_of(*recipe_args)  # the recipe as written, before the machine settles anything
-    check_before_loading(*recipe_args)  # what the machine settles (precision, dtype, run name) is not checked
-    args, cfg, model_args = settle(argv, *recipe_args)
-    check_launch(cfg.use_cpu)  # several GPUs without a launcher: refused before anything loads
-    if args.trainer == "grpo":
-        from medreason.grpo import train_grpo
-
-        return train_grpo(args, cfg, model_args, recipe)
-    from medreason.sft import train_sft
-
-    return train_sft(args, cfg, model_args, recipe)
+    """Parse a recipe plus overrides and train; the same function serves the CLI, the book and the benchmarks."""
+    return execute(prepare(argv))
 
 
 def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: list[str] = ()) -> Path:
-    """The adapter a recipe produces. Reused when its folder holds an adapter trained from the same resolved
-    recipe (compared by `recipe_hash`); otherwise trained now into the recipe's own folder, with a log line that
-    says why. Book chapters call this so that they run in any order."""
+    """The adapter a recipe produces. Reused when its folder holds an adapter trained from the same recipe
+    (compared by `recipe_hash`); otherwise trained now into the recipe's own folder, with a log line that says
+    why. Book chapters call this so that they run in any order."""
     args, cfg, model_args = parse_recipe(["--config", config, *overrides])
     path = adapter_path(args.adapter_root, model_args.model_name_or_path)
     wanted = recipe_hash_of(args, cfg, model_args)
@@ -81,7 +71,7 @@ def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: lis
 
 
 def cli(args, rest: list[str]) -> int:
-    if "--config" not in rest:
+    if "--config" not in rest and not any(a.startswith("--config=") for a in rest):
         raise UserError("medreason train needs a recipe: --config configs/<recipe>.yaml")
     result = train(rest)
     if result.adapter_dir:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from medreason import data, overlap
+from medreason.text import normalize
 
 DATASHEET = Path(data.__file__).parent / "resources" / "DATASHEET.md"
 SPLIT_NAMES = ("pool", "heldout")
@@ -76,7 +77,7 @@ def test_ids_are_unique_and_numbered(mcq):
 def test_every_item_has_one_answer_among_four_distinct_options(mcq):
     for m in mcq:
         assert m["answer"] in m["options"], m["id"]
-        assert len({data.normalize(v) for v in m["options"].values()}) == 4, m["id"]
+        assert len({normalize(v) for v in m["options"].values()}) == 4, m["id"]
         assert m["explanation"].strip() and m["specialty"].strip(), m["id"]
 
 
@@ -153,7 +154,7 @@ def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
 
     for item in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE)):
         for m in parts["heldout"]:
-            if data.normalize(m["options"][m["answer"]]) == data.normalize(item.options[item.answer]):
+            if normalize(m["options"][m["answer"]]) == normalize(item.options[item.answer]):
                 assert overlap.jaccard(item.question, m["question"]) < 0.2, (item.id, m["id"])
 
 
@@ -169,9 +170,9 @@ def test_the_overlap_check_would_catch_a_leak(parts):
 
 def test_no_exact_normalised_question_is_shared(corpus_rows, mcq_sft_rows, parts):
     texts = {
-        "corpus": {data.normalize(r["Question"]) for r in corpus_rows},
-        "mcq_sft": {data.normalize(r["stem"]) for r in mcq_sft_rows},
-        **{name: {data.normalize(m["question"]) for m in items} for name, items in parts.items()},
+        "corpus": {normalize(r["Question"]) for r in corpus_rows},
+        "mcq_sft": {normalize(r["stem"]) for r in mcq_sft_rows},
+        **{name: {normalize(m["question"]) for m in items} for name, items in parts.items()},
     }
     assert len(texts["pool"]) == len(parts["pool"]) and len(texts["heldout"]) == len(parts["heldout"])
     for a, b in itertools.combinations(texts, 2):

@@ -7,7 +7,7 @@ import types
 
 import pytest
 
-from medreason import compat
+from medreason import compat, dense_head
 
 
 def test_every_reach_is_verified_on_the_installed_versions():
@@ -119,7 +119,7 @@ def test_dense_head_unverified_keeps_trls(monkeypatch, caplog):
     monkeypatch.setattr(compat, "verified", lambda name, installed=None: False)
     model = object()  # untouched: the check comes before anything reads the model
     with caplog.at_level(logging.INFO, logger="medreason.compat"):
-        compat.use_dense_lm_head(model)
+        dense_head.use_dense_lm_head(model)
     assert any("keeping TRL's fused head" in r.getMessage() for r in caplog.records)
 
 

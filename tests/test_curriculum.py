@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from medreason import data
+from medreason.tokens import token_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
 SFT_RECIPE = ROOT / "configs" / "smollm2-135m-cpu.yaml"
@@ -45,8 +46,7 @@ def test_gpu_recipes_keep_the_open_ended_medical_o1_format():
 def test_sft_completions_end_with_the_sentence_evaluation_reads(mcq_sft):
     """Golden: the completion is <think>reasoning</think> then exactly "The answer is X.", and the extractor reads
     X back from it; the prompt is the one generate-mode evaluation sends."""
-    from medreason.extract import extract_choice
-    from medreason.mcq import load_benchmark, prompt_messages
+    from medreason.mcq import extract_choice, load_benchmark, prompt_messages
 
     items = {i.question: i for i in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE))}
     for ex in mcq_sft["train"]:
@@ -77,14 +77,14 @@ def test_budget_covers_the_sft_traces(recipes, mcq_sft, tokenizer):
     assert p95 * 1.5 <= grpo.max_completion_length, (p95, grpo.max_completion_length)
     assert p95 * 1.5 <= eval_budget, (p95, eval_budget)
     assert grpo.max_completion_length == eval_budget  # GRPO samples within the budget it is evaluated at
-    longest = max(max(data.token_lengths(split, tokenizer)) for split in mcq_sft.values() if len(split))
+    longest = max(max(token_lengths(split, tokenizer)) for split in mcq_sft.values() if len(split))
     assert longest <= sft.max_length
 
 
 def test_signal_summary_worked_example():
     """Four logged steps: groups with no spread 1, 0.5, 0, 0 -> with signal 0, 0.5, 1, 1 (mean 0.625); rewards
     0.5, 1.0, 1.5, 2.0 rise by exactly 0.5 a step."""
-    from medreason.grpo import signal_summary
+    from medreason.recipes.grpo import signal_summary
 
     history = [
         {

@@ -20,6 +20,7 @@ from medreason import data, overlap
 from medreason.cli import main
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
+from medreason.text import normalize
 
 FIELDS = ("Question", "Complex_CoT", "Response")
 DATASHEET = Path(data.__file__).parent / "resources" / "DATASHEET.md"
@@ -548,9 +549,9 @@ def test_bundled_mcq_shape(mcq, corpus_rows):
     for m in mcq:
         assert sorted(m["options"]) == ["A", "B", "C", "D"], m["id"]
         assert all(isinstance(v, str) and v.strip() for v in m["options"].values()), m["id"]
-        assert len(set(data.normalize(v) for v in m["options"].values())) == 4, m["id"]
-    corpus_questions = {data.normalize(r["Question"]) for r in corpus_rows}
-    assert not [m["id"] for m in mcq if data.normalize(m["question"]) in corpus_questions]
+        assert len(set(normalize(v) for v in m["options"].values())) == 4, m["id"]
+    corpus_questions = {normalize(r["Question"]) for r in corpus_rows}
+    assert not [m["id"] for m in mcq if normalize(m["question"]) in corpus_questions]
 
 
 @pytest.mark.parametrize(

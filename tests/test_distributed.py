@@ -163,7 +163,7 @@ def test_lm_head_rule_reads_the_arguments_not_where_weights_lie(tiny_model_dir):
     from transformers import AutoConfig, AutoModelForCausalLM
     from trl import SFTConfig
 
-    from medreason.compat import wants_dense_head
+    from medreason.dense_head import wants_dense_head
 
     config = AutoConfig.from_pretrained(tiny_model_dir)
     rank0 = AutoModelForCausalLM.from_config(config)

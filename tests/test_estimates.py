@@ -96,7 +96,7 @@ def test_tokens_per_second_and_duration():
 
 
 def test_label_mask_trains_the_completion_only(tokenizer):
-    from medreason.data import label_mask
+    from medreason.tokens import label_mask
 
     example = {
         "prompt": [{"role": "user", "content": "Which vitamin deficiency causes scurvy?"}],

@@ -136,7 +136,8 @@ def test_generate_mode_end_to_end(adapter_dir, files, in_tmp, capsys, name, n, c
     by_variant = {v: [r["output"] for r in rows if r["variant"] == v] for v in ("base", "adapter")}
     assert by_variant["base"] != by_variant["adapter"]  # the adapter is really off for the base variant
     # every accuracy is read against the no-knowledge baselines of the file, printed and recorded
-    from medreason.mcq import load_benchmark, trivial_baselines
+    from medreason.baselines import trivial_baselines
+    from medreason.mcq import load_benchmark
 
     assert "no-knowledge baselines" in out and "vs the best baseline" in out
     assert "among extracted" in out or "no answer extracted" in out
@@ -282,12 +283,12 @@ def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     ],
 )
 def test_bad_row_exits_2_with_one_line_before_loading(in_tmp, capsys, monkeypatch, row, message):
-    import medreason.generate
+    import medreason.session
 
     def no_model(*a, **k):
         raise AssertionError("a model was loaded for a bad file")
 
-    monkeypatch.setattr(medreason.generate, "load_for_inference", no_model)
+    monkeypatch.setattr(medreason.session, "load_for_inference", no_model)
     path = in_tmp / "bad.jsonl"
     path.write_text(json.dumps(FIVE[0]) + "\n" + json.dumps(row) + "\n")
     code = main(["eval", "--mode", "generate", "--mcq", str(path)])

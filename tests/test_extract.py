@@ -4,7 +4,8 @@ block left open by the token budget), on lettered and yes/no/maybe options."""
 
 import pytest
 
-from medreason.extract import answer_region, extract_choice
+from medreason.mcq import extract_choice
+from medreason.template import answer_region
 
 COARCTATION = {
     "A": "Tetralogy of Fallot",
@@ -265,7 +266,7 @@ def test_answer_region():
 
 
 # Real greedy outputs of SmolLM2-135M-Instruct (the base model) on bundled heldout items, in the prompt of
-# medreason.mcq.prompt_messages, 192 new tokens (medreason.evaluate.generate_outputs); the first is truncated.
+# medreason.mcq.prompt_messages, 192 new tokens (medreason.answers.answers_for); the first is truncated.
 REAL_BASE = [
     (
         "mcq-014",

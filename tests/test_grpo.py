@@ -279,7 +279,7 @@ def grpo_run(tmp_path_factory, tiny_model_dir, sft_adapter):
 
 def test_two_steps_save_a_grpo_adapter(grpo_run, sft_adapter, tiny_model_dir):
     from medreason.adapter import read_adapter
-    from medreason.adapter import weights_sha256 as adapter_hash
+    from medreason.io import weights_sha256 as adapter_hash
 
     work, _, first, meta, _ = grpo_run
     assert first.global_step == 2
@@ -315,7 +315,7 @@ def test_resume_continues_from_the_checkpoint(grpo_run):
 
 
 def test_grpo_adapter_loads_for_inference(grpo_run):
-    from medreason.generate import load_for_inference
+    from medreason.session import load_for_inference
 
     _, _, _, _, resumed = grpo_run
     session = load_for_inference(str(resumed.adapter_dir))

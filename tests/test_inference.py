@@ -1,4 +1,4 @@
-"""Tests of inference and evaluation: medreason/generate.py (chat, --compare, batch answers, the reasoning
+"""Tests of inference and evaluation: medreason/chat.py and medreason/session.py (chat, --compare, batch answers, the reasoning
 split), medreason/export.py (the merged model) and medreason/evaluate.py (held-out loss, MCQ accuracy with
 lm-eval, the table), plus the one-line errors that bad input gets.
 
@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from medreason.chat import answer, chat_decoding, compare, split_reasoning
 from medreason.cli import main
 from medreason.config import DEFAULT_SYSTEM_PROMPT
+from medreason.decode import Decoding, decode
 from medreason.errors import UserError
-from medreason.generate import Sampling, Session, answer, compare, load_for_inference, split_reasoning
+from medreason.session import Session, load_for_inference
 
 QUESTION = "A 30-year-old woman has fatigue and pallor. What is the most likely cause?"
 FIXED_PROMPT = "Question: What is the most common cause of anaemia worldwide?\nAnswer:"
@@ -55,32 +57,39 @@ def _peft_model(tiny_model_dir, adapter_dir, dtype=None):
 
 
 def _reference(model, tokenizer, question: str, max_new_tokens: int, seed: int | None = None) -> str:
-    """What a plain `generate` call gives for `question` in the chat template (greedy, or sampled at
-    temperature 1 / top_p 0.9 from `seed`; medreason's default repetition penalty), decoded as medreason
-    decodes it."""
+    """The answer to `question` in the chat template: greedy from a plain `generate` call (medreason's default
+    repetition penalty), or, with `seed`, sampled at temperature 1 / top_p 0.9 by medreason.decode on this model
+    alone (transformers' sampler draws its random numbers in another order, so a seeded draw is the decode loop's
+    own contract)."""
     import torch
-
-    if seed is None:
-        decoding = {"do_sample": False}
-    else:
-        torch.manual_seed(seed)
-        decoding = {"do_sample": True, "temperature": 1.0, "top_p": 0.9, "top_k": None}
 
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}, {"role": "user", "content": question}],
         tokenize=False,
         add_generation_prompt=True,
     )
+    if seed is not None:
+        sampling = Decoding(
+            max_new_tokens=max_new_tokens, greedy=False, temperature=1.0, top_p=0.9, repetition_penalty=1.1, seed=seed
+        )
+        return decode(model, tokenizer, [text], sampling)[0].text
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
         out = model.generate(
             **ids,
-            **decoding,
+            do_sample=False,
             max_new_tokens=max_new_tokens,
             repetition_penalty=1.1,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    stop = {tokenizer.eos_token_id} | set(
+        model.generation_config.eos_token_id
+        if isinstance(model.generation_config.eos_token_id, list)
+        else [model.generation_config.eos_token_id]
+    )
+    new = out[0, ids["input_ids"].shape[1] :].tolist()
+    end = next((i for i, t in enumerate(new) if t in stop), len(new))
+    return tokenizer.decode(new[:end], skip_special_tokens=True).strip()
 
 
 def _error_line(capsys) -> str:
@@ -175,9 +184,9 @@ def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapt
         lora_layer.base_layer.register_forward_hook(counter("base_layer")),
         lora_layer.lora_A["default"].register_forward_hook(counter("lora_A")),
     ]
-    ((base, tuned),) = compare(s, [QUESTION], Sampling(greedy=True, max_new_tokens=8))
+    ((base, tuned),) = compare(s, [QUESTION], Decoding(max_new_tokens=8, repetition_penalty=1.1))
     # the tiny random base answers greedily with blank lines only, so also compare sampled answers
-    ((sampled_base, sampled_tuned),) = compare(s, [QUESTION], Sampling(max_new_tokens=8, temperature=1.0, seed=5))
+    ((sampled_base, sampled_tuned),) = compare(s, [QUESTION], chat_decoding(max_new_tokens=8, temperature=1.0, seed=5))
     for h in hooks:
         h.remove()
     gc.collect()
@@ -203,12 +212,12 @@ def test_compare_answers_from_one_copy_of_the_base_weights(tiny_model_dir, adapt
 
 
 def test_greedy_is_deterministic_and_sampling_is_reproducible(session):
-    greedy = Sampling(greedy=True, max_new_tokens=6)
+    greedy = Decoding(max_new_tokens=6)
     first = answer(session, [QUESTION, "What is anemia?"], greedy)
     second = answer(session, [QUESTION, "What is anemia?"], greedy)
     assert [a.text for a in first] == [a.text for a in second]
 
-    sampled = Sampling(max_new_tokens=6, temperature=1.0, top_p=0.95, seed=7)
+    sampled = chat_decoding(max_new_tokens=6, temperature=1.0, top_p=0.95, seed=7)
     one = answer(session, [QUESTION], sampled)[0].text
     two = answer(session, [QUESTION], sampled)[0].text
     assert one == two
@@ -216,7 +225,7 @@ def test_greedy_is_deterministic_and_sampling_is_reproducible(session):
 
 def test_batched_answers_equal_single_answers(session):
     """Left padding and the attention mask: a question answered in a batch gets the same greedy answer."""
-    greedy = Sampling(greedy=True, max_new_tokens=5)
+    greedy = Decoding(max_new_tokens=5)
     short, long = "What is anemia?", QUESTION + " Explain the mechanism briefly."
     batch = answer(session, [short, long], greedy)
     assert batch[0].text == answer(session, [short], greedy)[0].text
@@ -225,12 +234,12 @@ def test_batched_answers_equal_single_answers(session):
 
 def test_bad_sampling_values_are_refused():
     with pytest.raises(UserError, match="max_new_tokens"):
-        Sampling(max_new_tokens=0).kwargs()
+        chat_decoding(max_new_tokens=0)
     with pytest.raises(UserError, match="temperature"):
-        Sampling(temperature=0).kwargs()
+        chat_decoding(temperature=0)
     with pytest.raises(UserError, match="top_p"):
-        Sampling(top_p=1.5).kwargs()
-    assert Sampling(temperature=0, greedy=True).kwargs()["do_sample"] is False
+        chat_decoding(top_p=1.5)
+    assert chat_decoding(temperature=0, greedy=True).greedy
 
 
 def test_compare_needs_an_adapter(tiny_model_dir):
@@ -318,12 +327,12 @@ def test_empty_question_in_answer(session):
 
 
 def test_corrupt_mcq_file_names_the_row(in_tmp, capsys, monkeypatch):
-    import medreason.generate
+    import medreason.session
 
     def refuse(*a, **k):
         raise AssertionError("the model was loaded before the MCQ file was checked")
 
-    monkeypatch.setattr(medreason.generate, "load_for_inference", refuse)
+    monkeypatch.setattr(medreason.session, "load_for_inference", refuse)
     good = {
         "question": "Which vitamin deficiency causes scurvy?",
         "options": {"A": "Vitamin A", "B": "Vitamin B12", "C": "Vitamin C", "D": "Vitamin D"},
@@ -432,7 +441,7 @@ def test_interactive_chat_answers_then_quits(tiny_model_dir, adapter_dir, sessio
     )
     assert proc.returncode == 0, proc.stderr
     assert "model>" in proc.stdout
-    expected = answer(session, ["What is anemia?"], Sampling(greedy=True, max_new_tokens=4))[0].text
+    expected = answer(session, ["What is anemia?"], Decoding(max_new_tokens=4, repetition_penalty=1.1))[0].text
     assert expected and expected in proc.stdout.split("model>", 1)[1]
 
 

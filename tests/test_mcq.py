@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from medreason import mcq
+from medreason import baselines, mcq
 from medreason.errors import UserError
 
 FIVE = {
@@ -202,7 +202,7 @@ BASELINE_ITEMS = [
 
 
 def test_trivial_baselines_worked_example():
-    b = mcq.trivial_baselines(BASELINE_ITEMS)
+    b = baselines.trivial_baselines(BASELINE_ITEMS)
     assert b["chance"]["accuracy"] == pytest.approx(0.25)
     assert b["longest_option"]["accuracy"] == pytest.approx(0.4375)
     assert b["same_label"]["by_label"] == {"A": 0.25, "B": 0.5, "C": 0.25, "D": 0.0}
@@ -215,7 +215,7 @@ def test_trivial_baselines_worked_example():
 
 def test_majority_label_comes_from_the_prior_when_given():
     prior = [mcq.MCQItem(str(i), "q", {"A": "a", "B": "b", "C": "c", "D": "d"}, "D") for i in range(3)]
-    b = mcq.trivial_baselines(BASELINE_ITEMS, prior=prior)
+    b = baselines.trivial_baselines(BASELINE_ITEMS, prior=prior)
     assert b["majority_label"]["label"] == "D" and b["majority_label"]["accuracy"] == 0.0
     assert "3 other items" in b["majority_label"]["label_from"]
 
@@ -225,10 +225,10 @@ def test_trivial_baselines_free_labels_and_the_bundled_heldout_split():
         mcq.MCQItem(str(i), "q", {"yes": "yes", "no": "no", "maybe": "maybe"}, a)
         for i, a in enumerate(["yes", "yes", "no", "maybe"])
     ]
-    b = mcq.trivial_baselines(ynm)
+    b = baselines.trivial_baselines(ynm)
     assert b["same_label"]["label"] == "yes" and b["same_label"]["accuracy"] == 0.5
     assert b["longest_option"]["accuracy"] == 0.25  # "maybe" is the longest label, right once
     # the bundled heldout split: letters balanced (best same letter 32/126), the longest option a real cue
-    held = mcq.trivial_baselines(mcq.bundled_split("heldout"), prior=mcq.bundled_split("pool"))
+    held = baselines.trivial_baselines(mcq.bundled_split("heldout"), prior=mcq.bundled_split("pool"))
     assert held["same_label"]["accuracy"] == pytest.approx(32 / 126)
     assert held["best"]["rule"] == "longest_option" and held["best"]["accuracy"] > 0.3

@@ -95,7 +95,7 @@ def test_validation_and_test_metrics_keep_their_names(local_run):
 
 def test_evaluate_rebuilds_the_exact_split_from_another_directory(local_run, tmp_path, monkeypatch):
     from medreason.evaluate import training_data
-    from medreason.generate import Session
+    from medreason.session import Session
 
     work, _, result = local_run
     monkeypatch.chdir(tmp_path)  # the adapter was trained on the relative path in/x.jsonl
@@ -110,7 +110,7 @@ def test_evaluate_rebuilds_the_exact_split_from_another_directory(local_run, tmp
 def test_changed_training_file_is_refused(local_run, tmp_path):
     from medreason.errors import UserError
     from medreason.evaluate import training_data
-    from medreason.generate import Session
+    from medreason.session import Session
 
     work, _, result = local_run
     meta = json.loads((result.adapter_dir / "medreason.json").read_text())

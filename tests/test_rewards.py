@@ -54,7 +54,7 @@ def test_correctness_reward_golden(text, key, expected):
 
 def test_correctness_uses_the_eval_extractor():
     """One definition of 'correct': the reward is 1.0 exactly when eval's extractor returns the key."""
-    from medreason.extract import extract_choice
+    from medreason.mcq import extract_choice
 
     texts = [t for t, _, _ in CORRECTNESS_CASES]
     rewards = correctness_reward(texts, answer=["B"] * len(texts), options=[OPTIONS] * len(texts))

@@ -256,7 +256,8 @@ def test_over_long_counts_match_what_trl_drops(tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from medreason.data import fit_max_length, load_splits
+    from medreason.data import load_splits
+    from medreason.tokens import fit_max_length
 
     ds = load_splits("bundled", max_examples=40)["train"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -1,4 +1,4 @@
-"""The SFT recipe (medreason.sft) end to end, on the 2-layer random Llama of conftest (real SmolLM2 tokenizer).
+"""The SFT recipe (medreason.recipes.sft) end to end, on the 2-layer random Llama of conftest (real SmolLM2 tokenizer).
 
 What is checked: one seed gives one loss curve; the adapter folder (safetensors, tokenizer, model card,
 medreason.json) loads with plain PEFT and is replaced atomically; QLoRA (bitsandbytes 4-bit) on the CPU; every
@@ -340,7 +340,7 @@ def test_dense_lm_head_matches_trls_fused_head(loss_outputs, tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.compat import use_dense_lm_head
+    from medreason.dense_head import use_dense_lm_head
 
     def model(dense: bool):
         torch.manual_seed(0)
@@ -381,7 +381,7 @@ def test_dense_lm_head_leaves_generation_alone(tiny_model_dir):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from medreason.compat import use_dense_lm_head
+    from medreason.dense_head import use_dense_lm_head
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     ids = torch.tensor([[1, 2, 3, 4]])
