@@ -160,7 +160,14 @@ def test_mlflow_run_statuses_and_globals(tmp_path):
             assert mlflow.get_tracking_uri() == uri
         assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'callers.db'}"
     finally:
-        mlflow.set_tracking_uri(uri_before)
+        # Not set_tracking_uri(uri_before): with nothing set, uri_before is MLflow's default, ./mlflow.db of the
+        # working directory (the repository's top under pytest), and setting it also exports MLFLOW_TRACKING_URI,
+        # which every later subprocess of the session inherited: that is what wrote mlflow.db and mlartifacts/
+        # at the top of the repository (issue 32). None unsets both; the caller's variable is put back.
+        mlflow.set_tracking_uri(None)
+        if env_before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before and mlflow.get_tracking_uri() == uri_before
 
 
 def test_atomic_helpers_leave_nothing_half_written(tmp_path):
