@@ -29,6 +29,7 @@ from medreason.config import config_dict
 from medreason.errors import UserError
 from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
+from medreason.models import model_config  # moved to medreason.models (guards and adapter read it too)
 
 if TYPE_CHECKING:  # the config classes, for the signatures only: importing TRL here would slow `medreason --help`
     from transformers import TrainingArguments
@@ -191,19 +192,6 @@ def check_folders(args, cfg, model_args):
             raise UserError(f"--{name} {folder}: {p} is a file, not a folder; choose another --{name}")
         if not os.access(p, os.W_OK | os.X_OK):
             raise UserError(f"--{name} {folder}: {p} is not writable; choose another --{name}")
-
-
-def model_config(name: str):
-    """The model's config without its weights (for the GGUF route, the converted cache or the GGUF header)."""
-    from transformers import AutoConfig
-
-    from medreason.models import resolve_model
-
-    source = resolve_model(name)
-    if source.kind == "gguf":
-        path = Path(source.path)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.path, local_files_only=source.kind != "hub")
 
 
 def module_names(config) -> set[str]:
