@@ -21,6 +21,7 @@ import re
 import sys
 
 from medreason.errors import Terminated, UserError
+from medreason.guards import SEED, Range
 from medreason.progress import ENV as PROGRESS_ENV
 from medreason.template import TEMPLATES
 
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=probability, default=0.9)
     chat.add_argument("--repetition-penalty", type=above(0.0), default=1.1, help="1 is none; above 1 penalises repeats")
     chat.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
-    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--seed", type=seed, default=0)
     chat.set_defaults(func=_cmd("medreason.generate", "cli"))
 
     ev = sub.add_parser(
@@ -194,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a subset of this many items, stratified by group with --seed (never the first N)",
     )
-    ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    ev.add_argument("--seed", type=seed, default=0, help="seed of the --limit subset")
     ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
     ev.add_argument(
         "--repetition-penalty",
@@ -213,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--run-name", default=None, help="results/<run-name>/eval.json (default: the adapter's name)")
     ev.add_argument("--batch-size", type=at_least(1), default=8)
+    ev.add_argument(
+        "--force",
+        action="store_true",
+        help="replace results/<run-name>/ even when it holds the results of another adapter",
+    )
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
 
     export = sub.add_parser("export", help="merge an adapter into the full-precision base and save it")
@@ -229,36 +235,17 @@ def build_parser() -> argparse.ArgumentParser:
 # become `--option must ...` (Parser.error).
 
 
-def at_least(low, kind=int):
-    def check(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be {'an integer' if kind is int else 'a number'}, got {text}"
-            ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    return check
+def at_least(low, kind=int) -> Range:
+    """An argparse type: a number of `kind` at least `low` (never NaN or infinite), checked before any import."""
+    return Range(f">= {low}", kind)
 
 
-def above(low: float):
-    def check(text: str):
-        value = at_least(float("-inf"), float)(text)
-        if not value > low:
-            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
-        return value
-
-    return check
+def above(low: float) -> Range:
+    return Range(f"> {low}", float)
 
 
-def probability(text: str) -> float:
-    value = above(0.0)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+probability = Range("(0, 1]", float)
+seed = Range(SEED)  # torch.manual_seed and numpy refuse others, after the model has loaded
 
 
 def one_of(choices):
@@ -267,6 +254,7 @@ def one_of(choices):
             raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got '{text}'")
         return text
 
+    check.choices = tuple(choices)
     return check
 
 

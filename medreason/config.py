@@ -163,8 +163,14 @@ def _recipe_parser_class():
     from trl import TrlParser
 
     from medreason.compat import float_fields
+    from medreason.guards import check_ranges
 
     class RecipeParser(TrlParser):
+        def parse_known_args(self, *args, **kwargs):
+            namespace, rest = super().parse_known_args(*args, **kwargs)
+            check_ranges(vars(namespace))  # before TRL's classes are built: GRPOConfig divides by num_generations
+            return namespace, rest
+
         def set_defaults_with_config(self, **kwargs):
             floats = float_fields(self)
             for key, value in kwargs.items():

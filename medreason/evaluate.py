@@ -37,6 +37,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from medreason.errors import UserError
+from medreason.guards import eval_results
 from medreason.harness import (
     BUNDLED_TASK,
     HUB_TASKS,
@@ -94,6 +95,7 @@ def evaluate(
     session=None,
     cache: bool = True,
     repetition_penalty: float = 1.0,
+    force: bool = False,
 ) -> dict:
     """Evaluate the base model and (when given) the adapter on the same items; write results/<run>/eval.json
     and eval_items.jsonl, log to MLflow. `mcq` is a benchmark file (default: the bundled benchmark's `split`,
@@ -112,6 +114,15 @@ def evaluate(
         raise UserError(f"repetition_penalty must be above 0 (1 is none), got {repetition_penalty}")
     all_items, source = benchmark_items(mcq, split)
     items = stratified_subset(all_items, limit, seed=seed)
+    run, owner = eval_results(  # a safe run name, results/<run> no input's and no other adapter's, prompts that fit
+        run_name,
+        session.adapter if session else adapter,
+        session.base_model if session else model,
+        mcq,
+        items,
+        max_new_tokens=max_new_tokens if mode == "generate" else 0,
+        force=force,
+    )
     hub_tasks = available_hub_tasks(tasks) if mode == "loglik" else []
     session = session or load_for_inference(adapter, model)
 
@@ -128,6 +139,7 @@ def evaluate(
         "chance": chance(items),
         "groups": group_counts(items),
         "variants": {},
+        "owner": owner,  # whose results these are: another adapter's evaluation does not replace them silently
     }
     # what needs no knowledge, from the benchmark file alone; the majority label comes from the other split
     prior = bundled_split(next(s for s in SPLITS if s != split)) if mcq is None and split in SPLITS else None
@@ -186,7 +198,6 @@ def evaluate(
     if len(variants) == 2:
         results["paired"] = paired_figures(rows)
 
-    run = run_name or (Path(session.adapter).name if session.adapter else "base")
     folder = Path("results") / run
     write_items(folder / "eval_items.jsonl", rows)
     atomic_write_json(folder / "eval.json", results)
@@ -465,6 +476,7 @@ def cli(args) -> int:
         run_name=args.run_name,
         cache=not args.no_cache,
         repetition_penalty=args.repetition_penalty,
+        force=args.force,
     )
     print(table(results))
     print(f"written to {results['path']} and {results['items_path']}")

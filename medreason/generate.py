@@ -237,6 +237,8 @@ DISCLAIMER = "(for teaching; not medical advice)"
 
 
 def cli(args) -> int:
+    from medreason.guards import base_model, check_prompt_sizes, inputs, refuse_saves_onto_inputs
+
     sampling = Sampling(
         args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty, args.greedy, args.seed
     )
@@ -246,6 +248,12 @@ def cli(args) -> int:
     if args.compare and not args.adapter:
         raise UserError("--compare needs --adapter: the comparison is base model vs base model + adapter")
     questions = read_questions(args.questions) if args.questions else None
+    if questions is not None:  # --out never lands on the questions, the adapter or the base model
+        refuse_saves_onto_inputs(
+            {"--out": args.out or "results/chat.jsonl"}, inputs(args.model, args.adapter, [args.questions])
+        )
+    texts = questions or ([args.prompt] if args.prompt else [])  # each must fit the context with its answer
+    check_prompt_sizes(texts, base_model(args.model, args.adapter), args.max_new_tokens, args.questions or "")
     session = load_for_inference(args.adapter, args.model)
     if questions is not None:
         return _batch(session, questions, sampling, args)

@@ -96,14 +96,10 @@ def baselines_line(b: dict) -> str:
 
 
 def log_mlflow(results: dict, run: str, items_path: Path):
-    import re
-
     import mlflow
 
+    from medreason.guards import mlflow_key as key  # what MLflow accepts as a key ('a//b', '..' and '/x' are not)
     from medreason.tracking import log_params, mlflow_run
-
-    def key(text: str) -> str:  # MLflow accepts letters, digits, _ - . / and spaces in names
-        return re.sub(r"[^\w\-./ ]", "_", text)
 
     with mlflow_run("medreason-eval", run_name=f"eval-{results['mode']}-{run}"):
         log_params(

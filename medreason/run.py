@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 from medreason.adapter import adapter_path, recipe_hash, save_adapter, weights_sha256
 from medreason.config import config_dict
 from medreason.errors import UserError
+from medreason.guards import inputs, refuse_saves_onto_inputs
 from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
 from medreason.models import model_config  # moved to medreason.models (guards and adapter read it too)
@@ -192,6 +193,10 @@ def check_folders(args, cfg, model_args):
             raise UserError(f"--{name} {folder}: {p} is a file, not a folder; choose another --{name}")
         if not os.access(p, os.W_OK | os.X_OK):
             raise UserError(f"--{name} {folder}: {p} is not writable; choose another --{name}")
+    refuse_saves_onto_inputs(  # a save that is, holds or sits inside the base model, the init adapter, the data
+        {"--output_dir": cfg.output_dir, "--adapter_root": (args.adapter_root, checks[2][1])},
+        inputs(model_args.model_name_or_path, args.init_adapter, files=[args.dataset]),
+    )
 
 
 def module_names(config) -> set[str]:

@@ -25,6 +25,7 @@ from medreason.adapter import adapter_path, read_adapter
 from medreason.config import parse_recipe, settle
 from medreason.distributed import check_launch
 from medreason.errors import UserError
+from medreason.guards import option_value
 from medreason.run import TrainResult, check_before_loading, last_checkpoint, recipe_hash_of
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: lis
 
 
 def cli(args, rest: list[str]) -> int:
-    if "--config" not in rest:
+    if option_value(rest, "config") is None:  # --config FILE and --config=FILE alike
         raise UserError("medreason train needs a recipe: --config configs/<recipe>.yaml")
     result = train(rest)
     if result.adapter_dir:
