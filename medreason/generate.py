@@ -313,21 +313,23 @@ def _interactive(session, sampling, compare_both) -> int:
 
 def read_questions(path: str) -> list[str]:
     """One question per line (.txt), or JSONL rows with a 'question' or 'Question' field."""
+    from medreason.readers import read_text
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: file not found")
     questions = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p).split("\n"), 1):  # named when not UTF-8 or too large; editor lines
         if not line.strip():
             continue
         if p.suffix == ".jsonl":
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path} row {n}: not valid JSON ({e.msg})") from e
+                raise UserError(f"{path} line {n}: not valid JSON ({e.msg})") from e
             q = row.get("question") or row.get("Question") if isinstance(row, dict) else None
             if not isinstance(q, str) or not q.strip():
-                raise UserError(f'{path} row {n}: field "question" is missing or empty')
+                raise UserError(f'{path} line {n}: field "question" is missing or empty')
             questions.append(q)
         else:
             questions.append(line)

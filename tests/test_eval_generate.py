@@ -276,9 +276,9 @@ def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     [
         (
             {"question": "Q?", "options": {"A": "x", "C": "y"}, "answer": "A"},
-            'row 2: field "options" must map the letters',
+            'line 2: field "options" must map the letters',
         ),
-        ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "row 2: field \"answer\" is 'perhaps'"),
+        ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "line 2: field \"answer\" is 'perhaps'"),
     ],
 )
 def test_bad_row_exits_2_with_one_line_before_loading(in_tmp, capsys, monkeypatch, row, message):

@@ -333,7 +333,7 @@ def test_corrupt_mcq_file_names_the_row(in_tmp, capsys, monkeypatch):
     Path("bad.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n" + json.dumps(good) + "\n")
     assert main(["eval", "--mcq", "bad.jsonl"]) == 2
     line = _error_line(capsys)
-    assert "bad.jsonl row 2" in line and "'E'" in line
+    assert "bad.jsonl line 2" in line and "'E'" in line
 
 
 # --------------------------------------------------------------------------------------------- chat CLI
