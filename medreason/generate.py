@@ -101,6 +101,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     """The base model (+ the adapter, if given), ready to generate. Checks the adapter fits the base."""
     import torch
 
+    from medreason.adapter import check_adapter_fits, load_adapter
     from medreason.compat import cpu_supports_bf16
     from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer
 
@@ -115,6 +116,8 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
         n_tokens = len(load_tokenizer(base))
         if vocab != n_tokens:
             raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; {base} has {n_tokens}")
+    if adapter:  # whole or not at all: every saved tensor used, every LoRA module filled (before the weights load)
+        check_adapter_fits(adapter, base)
     if dtype is None:  # bf16 where the hardware multiplies it natively, fp32 elsewhere
         native = torch.cuda.is_available() or cpu_supports_bf16()
         dtype = torch.bfloat16 if native else torch.float32
@@ -122,12 +125,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     if torch.cuda.is_available():
         base_model = base_model.to("cuda")
     if adapter:
-        from peft import PeftModel
-
-        try:
-            peft_model = PeftModel.from_pretrained(base_model, adapter)
-        except RuntimeError as e:  # size mismatch: an adapter for another architecture
-            raise UserError(f"adapter {adapter} does not fit {base}: {str(e).splitlines()[0]}") from e
+        peft_model = load_adapter(base_model, adapter)
         peft_model.eval()
         return Session(
             peft_model,

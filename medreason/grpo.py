@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medreason import run
-from medreason.adapter import read_adapter, training_meta, weights_sha256
+from medreason.adapter import check_adapter_fits, load_adapter, read_adapter, training_meta, weights_sha256
 from medreason.config import config_dict
 from medreason.errors import UserError
 
@@ -167,6 +167,7 @@ def read_init_adapter(args, model_args) -> dict | None:
             f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
             f"{model_args.model_name_or_path}: use the same base model"
         )
+    check_adapter_fits(folder, model_args.model_name_or_path)  # loads whole or not at all, before the weights
     return {
         "path": str(folder),
         "sha256": weights_sha256(folder),
@@ -224,9 +225,7 @@ def load_policy(args, model_args):
     then no peft_config: GRPOTrainer refuses both) or a new LoRA described by the recipe."""
     model, tokenizer, source = run.load_base(model_args)
     if args.init_adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, args.init_adapter, is_trainable=True)
+        model = load_adapter(model, args.init_adapter, is_trainable=True)
         log.info("continuing the adapter in %s (trainable; the recipe's LoRA keys are not used)", args.init_adapter)
         return model, tokenizer, None, source
     return model, tokenizer, run.peft_config(model_args), source
