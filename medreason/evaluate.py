@@ -298,31 +298,17 @@ def generate_batch(session, prompts: list[str], max_new_tokens: int, repetition_
 
 class GenerationCache:
     """Generated answers of one model and decoding setting, by sha256 of the rendered prompt, in one JSONL file
-    under results/cache/generate/. The model is named by its base id, dtype, and the sha256 of the adapter's
-    weights (for the adapter variant), so a retrained adapter never reads another's answers. Batch size is not
-    part of the key: padding changes greedy outputs only through rounding; each row records its batch size."""
+    under results/cache/generate/. The model is named by medreason.fingerprint.generation_key: the sha256 of every
+    file the base model and the adapter load from, where the base weights came from, dtype, device, decoding and
+    library versions, so a changed or retrained model never reads another's answers. Batch size is not part of
+    the key: padding changes greedy outputs only through rounding; each row records its batch size."""
 
     def __init__(self, session, use_adapter: bool, max_new_tokens: int, repetition_penalty: float = 1.0):
-        import transformers
+        from medreason.fingerprint import generation_key, key_digest  # every weight file, decoding, versions
 
-        from medreason.io import sha256_file
-
-        dtype = str(next(session.model.parameters()).dtype)
-        weights = None
-        if use_adapter and session.adapter:
-            files = sorted(Path(session.adapter).glob("adapter_model.*"))
-            weights = sha256_file(files[0]) if files else None
-        self.key = {
-            "base_model": str(session.base_model),
-            "dtype": dtype,
-            "adapter_sha256": weights,
-            "max_new_tokens": max_new_tokens,
-            "decoding": "greedy",
-            **({"repetition_penalty": repetition_penalty} if repetition_penalty != 1.0 else {}),
-            "transformers": transformers.__version__,
-        }
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = CACHE_DIR / f"{digest}.jsonl"
+        decoding = {"max_new_tokens": max_new_tokens, "decoding": "greedy", "repetition_penalty": repetition_penalty}
+        self.key = generation_key(session, use_adapter, decoding)
+        self.path = CACHE_DIR / f"{key_digest(self.key)}.jsonl"
 
     def load(self) -> dict:
         if not self.path.is_file():
