@@ -290,14 +290,9 @@ def trainer_override(argv: list[str]) -> str | None:
 
 def _check_yaml(path: Path, trainer: str | None = None) -> str:
     """Check the recipe's keys against the classes of its trainer; return that trainer's name."""
-    import yaml
+    from medreason.yamlfile import load_recipe, refuse_yaml11_booleans
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    data, booleans = load_recipe(path)  # a key given twice is refused; `no`/`yes`/`on`/`off` remembered
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
     trainer = trainer or str(data.get("trainer", "sft"))
@@ -316,6 +311,7 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
             else (f" (did you mean '{hint}'?)" if hint else "")
         )
         raise UserError(f"{path}: unknown config key '{unknown[0]}'" + why)
+    refuse_yaml11_booleans(path, booleans, _classes(trainer))  # `eval_strategy: no` is a boolean: say to quote it
     _check_types(path, data, _classes(trainer))
     return trainer
 
