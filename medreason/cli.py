@@ -15,6 +15,7 @@ Bad input exits 2 with one line; a failure of the program exits 1; `--debug` sho
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -56,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         from medreason.compat import quiet_library_warnings
         from medreason.progress import library_bars
         from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
+        from medreason.tracking import quiet_mlflow
 
-        # SIGTERM as Ctrl-C (exit 143); libraries' inner noise dropped; their bars off when stderr is no terminal
-        with stop_on_sigterm(), quiet_library_warnings(), library_bars():
+        # SIGTERM as Ctrl-C (exit 143); libraries' inner noise dropped; their bars off when stderr is no terminal;
+        # MLflow's INFO lines (its database set-up) off unless --debug
+        with (
+            stop_on_sigterm(),
+            quiet_library_warnings(),
+            library_bars(),
+            quiet_mlflow(logging.INFO if debug else logging.WARNING),
+        ):
             result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:
@@ -73,11 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medreason: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno in FULL_DISK:  # the disk, not the program: one line naming the file, exit 2
+            where = e.filename or "a file"
+            print(f"medreason: error: {where}: {os.strerror(e.errno)}: free space or write elsewhere", file=sys.stderr)
+            return 2
+        return _failed(e)
     except Exception as e:  # a failure of the program, not of the input
         if debug:
             raise
-        print(f"medreason: failed: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _failed(e)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _failed(e: Exception) -> int:
+    """A failure of the program: one line (a library's message can run to a hundred lines of SQL), exit 1."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    print(f"medreason: failed: {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 class Parser(argparse.ArgumentParser):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from medreason.adapter import adapter_path, recipe_hash, save_adapter, weights_sha256
+from medreason.checkpoints import newest_loadable
 from medreason.config import config_dict
 from medreason.errors import UserError
 from medreason.guards import inputs, refuse_saves_onto_inputs
@@ -216,7 +217,7 @@ def resume_point(args: MedreasonArgs, cfg: TrainingArguments) -> Path | None:
     """--resume: the newest complete checkpoint in output_dir (none: a log line, and the run starts anew).
     Without --resume, a folder that already holds checkpoints is refused rather than trained over."""
     output_dir = Path(cfg.output_dir)
-    found = last_checkpoint(output_dir)
+    found = newest_loadable(output_dir) if args.resume else last_checkpoint(output_dir)  # skips damaged ones, named
     if args.resume and found is None:
         log.warning("--resume: no checkpoint in %s, starting from the beginning", output_dir)
     elif not args.resume and found is not None:
@@ -406,15 +407,19 @@ def tracked(
     `params` (see `logged_params`) and `tags`; every run logs the resolved config and each document (name -> dict)
     as JSON.
     The trainer's MLflow callback (report_to: mlflow, settled on rank 0) logs the metrics into it."""
-    from medreason.tracking import log_params, mlflow_run
+    from medreason.tracking import log_params, mlflow_run, remember_store, resume_store
 
     output_dir = Path(cfg.output_dir)
     run_id = previous_run_id(output_dir) if resumed else None
-    with mlflow_run(args.mlflow_experiment, run_name=cfg.run_name, run_id=run_id, enabled=rank() == 0) as run:
+    store = resume_store(output_dir, run_id) if rank() == 0 else None  # where the checkpoints' run lives, any cwd
+    with mlflow_run(
+        args.mlflow_experiment, run_name=cfg.run_name, run_id=run_id, uri=store, enabled=rank() == 0
+    ) as run:
         if run is not None:
             import mlflow
 
             record_run(output_dir, run.info.run_id, resolved, recipe)
+            remember_store(output_dir, mlflow.get_tracking_uri())
             if run_id is None:
                 log_params(params)
                 if tags:
