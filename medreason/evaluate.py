@@ -22,9 +22,10 @@ bootstrap 95 % interval and McNemar's exact p-value (medreason.stats). `--limit`
 with a fixed seed. Every item goes to results/<run>/eval_items.jsonl, the summary to results/<run>/eval.json and
 MLflow (experiment `medreason-eval`).
 
-Generated answers are cached under results/cache/generate/, keyed by the model (base id, dtype, sha256 of the
-adapter weights), the rendered prompt and the decoding settings, so the GRPO and evaluation chapters never
-generate the same answers twice.
+Generated answers are cached under results/cache/generate/, keyed by the model (medreason.fingerprint: the sha256
+of every file the base model and the adapter load, where the base weights came from, dtype and device), the
+rendered prompt, the decoding settings and the library versions, so the GRPO and evaluation chapters never
+generate the same answers twice, and a changed model never reads another's.
 """
 
 from __future__ import annotations

@@ -214,7 +214,8 @@ def module_names(config) -> set[str]:
 
 
 def resume_point(args: MedreasonArgs, cfg: TrainingArguments) -> Path | None:
-    """--resume: the newest complete checkpoint in output_dir (none: a log line, and the run starts anew).
+    """--resume: the newest checkpoint in output_dir that loads (medreason.checkpoints names each newer one it
+    skips; none: a log line, and the run starts anew).
     Without --resume, a folder that already holds checkpoints is refused rather than trained over."""
     output_dir = Path(cfg.output_dir)
     found = newest_loadable(output_dir) if args.resume else last_checkpoint(output_dir)  # skips damaged ones, named

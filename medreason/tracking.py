@@ -12,6 +12,10 @@ A library leaves the process as it found it: `mlflow_run` points MLflow at the s
 the block, through the `MLFLOW_TRACKING_URI` environment variable (and, when the caller had set a different URI
 with `mlflow.set_tracking_uri`, through that call, restored afterwards), and creates the experiment by id
 instead of making it MLflow's active experiment. The trainer's MLflow callback logs into the active run.
+
+A training run records its (absolute) store beside its checkpoints (`mlflow_store`): `--resume` finds its MLflow
+run there from any working directory (`resume_store`). MLflow's own INFO lines stay off stderr (`quiet_mlflow`),
+and a store that cannot be written because its disk is full is one line naming it (`store_errors`).
 """
 
 from __future__ import annotations
