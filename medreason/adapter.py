@@ -228,12 +228,99 @@ def _json(path: Path) -> dict:
     return data
 
 
-def load_peft(model, folder: str | Path, *, trainable: bool = False):
-    """The base `model` with the adapter of `folder` loaded through PEFT (a PeftModel); refused in one line when
-    it does not fit the model."""
-    from peft import PeftModel
+PEFT_TYPES = ("LORA",)  # what medreason trains and loads
 
+
+def saved_shapes(path: Path) -> dict[str, list[int]]:
+    """{tensor name: shape} from a safetensors header (checked by `check_safetensors` first), without torch."""
+    check_safetensors(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    return {k: v["shape"] for k, v in header.items() if k != "__metadata__"}
+
+
+def expected_shapes(folder: Path, base: str) -> dict[str, list[int]]:
+    """{tensor name: shape} that PEFT expects to fill from `folder` on `base`: the adapter's own config applied to
+    a weightless copy of the base on the meta device (no weights are read). A LoRA whose target modules the base
+    lacks is a UserError."""
+    import warnings
+
+    import torch
+    from peft import PeftConfig, get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from medreason.models import model_config
+
+    config_file = folder / "adapter_config.json"
+    base_config = model_config(base)
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's remarks about the meta device and unused config keys
+        model = AutoModelForCausalLM.from_config(base_config)
+        names = [name for name, _ in model.named_modules()]
+        targets = _json(config_file).get("target_modules")
+        if isinstance(targets, list):  # PEFT matches a name by the end of a module's path
+            missing = sorted(t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names))
+            if missing:
+                raise UserError(
+                    f"{config_file}: the adapter targets {', '.join(missing)}, which {base} does not have: "
+                    f"it was trained for another architecture"
+                )
+        try:
+            peft_model = get_peft_model(model, PeftConfig.from_pretrained(str(folder)))
+        except (ValueError, TypeError, KeyError) as e:
+            raise UserError(f"{config_file} does not fit {base}: {str(e).splitlines()[0]}") from e
+        return {k: list(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def check_adapter_fits(folder: str | Path, base: str) -> None:
+    """Before any weights load: the adapter is a LoRA, its target modules exist in `base`, and every tensor in its
+    weights file is one PEFT fills, with the shape it expects, and every tensor PEFT expects is in the file.
+    Otherwise PEFT would load part of it (renamed keys), leave the rest at its initial values with a library
+    warning, and the command would answer as the base model: a silent substitution."""
+    path = Path(folder)
+    config_file = path / "adapter_config.json"
+    peft_type = _json(config_file).get("peft_type")
+    if peft_type not in PEFT_TYPES:
+        raise UserError(f"{config_file}: peft_type {peft_type!r} is not LoRA: medreason loads LoRA adapters only")
+    saved = saved_shapes(path / WEIGHTS)
+    expected = expected_shapes(path, base)
+    _compare(path / WEIGHTS, saved, expected, base)
+
+
+def _compare(weights: Path, saved: dict, expected: dict, base: str):
+    unexpected = sorted(set(saved) - set(expected))
+    if unexpected:
+        raise UserError(
+            f"{weights}: tensor {unexpected[0]} matches no LoRA module of {base} ({len(unexpected)} such tensors): "
+            f"the adapter would load only in part; retrain or copy the adapter again"
+        )
+    missing = sorted(set(expected) - set(saved))
+    if missing:
+        raise UserError(
+            f"{weights}: tensor {missing[0]} is missing ({len(missing)} of {len(expected)} expected): the adapter "
+            f"would load only in part; retrain or copy the adapter again"
+        )
+    for name, shape in saved.items():
+        if list(shape) != list(expected[name]):
+            raise UserError(
+                f"{weights}: tensor {name} has shape {shape}, {base} needs {expected[name]}: the adapter was "
+                f"trained for another model"
+            )
+
+
+def load_adapter(model, folder: str | Path, is_trainable: bool = False):
+    """PeftModel.from_pretrained, whole or not at all: after loading, the adapter's tensors in the model are
+    exactly those of its weights file (`check_adapter_fits` says the same before the weights load)."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    path = Path(folder)
     try:
-        return PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
-    except (RuntimeError, ValueError, KeyError) as e:  # size mismatch, unknown modules: an adapter for another model
+        peft_model = PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+    except RuntimeError as e:  # size mismatch: an adapter for another architecture
         raise UserError(f"adapter {folder} does not fit the base model: {str(e).splitlines()[0]}") from e
+    except (ValueError, KeyError) as e:
+        raise UserError(f"adapter {folder} cannot be loaded: {str(e).splitlines()[0]}") from e
+    loaded = {k: list(v.shape) for k, v in get_peft_model_state_dict(peft_model).items()}
+    _compare(path / WEIGHTS, saved_shapes(path / WEIGHTS), loaded, str(getattr(model, "name_or_path", "the base")))
+    return peft_model

@@ -15,12 +15,14 @@ Bad input exits 2 with one line; a failure of the program exits 1; `--debug` sho
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
 import sys
 
 from medreason.errors import Terminated, UserError
+from medreason.guards import SEED, Range
 from medreason.progress import ENV as PROGRESS_ENV
 from medreason.template import TEMPLATES
 
@@ -55,9 +57,16 @@ def main(argv: list[str] | None = None) -> int:
         from medreason.compat import quiet_library_warnings
         from medreason.progress import library_bars
         from medreason.run import stop_on_sigterm  # light: run.py imports torch only inside functions
+        from medreason.tracking import quiet_mlflow
 
-        # SIGTERM as Ctrl-C (exit 143); libraries' inner noise dropped; their bars off when stderr is no terminal
-        with stop_on_sigterm(), quiet_library_warnings(), library_bars():
+        # SIGTERM as Ctrl-C (exit 143); libraries' inner noise dropped; their bars off when stderr is no terminal;
+        # MLflow's INFO lines (its database set-up) off unless --debug
+        with (
+            stop_on_sigterm(),
+            quiet_library_warnings(),
+            library_bars(),
+            quiet_mlflow(logging.INFO if debug else logging.WARNING),
+        ):
             result = args.func(args, rest) if getattr(args, "accepts_rest", False) else args.func(args)
         return int(result or 0)
     except UserError as e:
@@ -72,11 +81,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medreason: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        if debug:
+            raise
+        if e.errno in FULL_DISK:  # the disk, not the program: one line naming the file, exit 2
+            where = e.filename or "a file"
+            print(f"medreason: error: {where}: {os.strerror(e.errno)}: free space or write elsewhere", file=sys.stderr)
+            return 2
+        return _failed(e)
     except Exception as e:  # a failure of the program, not of the input
         if debug:
             raise
-        print(f"medreason: failed: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
-        return 1
+        return _failed(e)
+
+
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _failed(e: Exception) -> int:
+    """A failure of the program: one line (a library's message can run to a hundred lines of SQL), exit 1."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    print(f"medreason: failed: {type(e).__name__}: {first} (run again with --debug for the traceback)", file=sys.stderr)
+    return 1
 
 
 class Parser(argparse.ArgumentParser):
@@ -160,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--top-p", type=probability, default=0.9)
     chat.add_argument("--repetition-penalty", type=above(0.0), default=1.1, help="1 is none; above 1 penalises repeats")
     chat.add_argument("--greedy", action="store_true", help="deterministic greedy decoding")
-    chat.add_argument("--seed", type=int, default=0)
+    chat.add_argument("--seed", type=seed, default=0)
     chat.set_defaults(func=_cmd("medreason.chat", "cli"))
 
     ev = sub.add_parser(
@@ -194,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a subset of this many items, stratified by group with --seed (never the first N)",
     )
-    ev.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
+    ev.add_argument("--seed", type=seed, default=0, help="seed of the --limit subset")
     ev.add_argument("--max-new-tokens", type=at_least(1), default=256, help="generate mode: the thinking budget")
     ev.add_argument(
         "--samples",
@@ -226,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="answers decoded together (default 64 in generate mode, 8 in loglik mode)",
     )
+    ev.add_argument(
+        "--force",
+        action="store_true",
+        help="replace results/<run-name>/ even when it holds the results of another adapter",
+    )
     ev.set_defaults(func=_cmd("medreason.evaluate", "cli"))
 
     export = sub.add_parser("export", help="merge an adapter into the full-precision base and save it")
@@ -242,36 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
 # become `--option must ...` (Parser.error).
 
 
-def at_least(low, kind=int):
-    def check(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be {'an integer' if kind is int else 'a number'}, got {text}"
-            ) from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-
-    return check
+def at_least(low, kind=int) -> Range:
+    """An argparse type: a number of `kind` at least `low` (never NaN or infinite), checked before any import."""
+    return Range(f">= {low}", kind)
 
 
-def above(low: float):
-    def check(text: str):
-        value = at_least(float("-inf"), float)(text)
-        if not value > low:
-            raise argparse.ArgumentTypeError(f"must be above {low:g}, got {text}")
-        return value
-
-    return check
+def above(low: float) -> Range:
+    return Range(f"> {low}", float)
 
 
-def probability(text: str) -> float:
-    value = above(0.0)(text)
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return value
+probability = Range("(0, 1]", float)
+seed = Range(SEED)  # torch.manual_seed and numpy refuse others, after the model has loaded
 
 
 def one_of(choices):
@@ -280,6 +292,7 @@ def one_of(choices):
             raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)}, got '{text}'")
         return text
 
+    check.choices = tuple(choices)
     return check
 
 

@@ -168,8 +168,14 @@ def _recipe_parser_class():
     from trl import TrlParser
 
     from medreason.compat import float_fields
+    from medreason.guards import check_ranges
 
     class RecipeParser(TrlParser):
+        def parse_known_args(self, *args, **kwargs):
+            namespace, rest = super().parse_known_args(*args, **kwargs)
+            check_ranges(vars(namespace))  # before TRL's classes are built: GRPOConfig divides by num_generations
+            return namespace, rest
+
         def set_defaults_with_config(self, **kwargs):
             floats = float_fields(self)
             for key, value in kwargs.items():
@@ -282,14 +288,9 @@ def trainer_override(argv: list[str]) -> str | None:
 
 def _check_yaml(path: Path, trainer: str | None = None) -> str:
     """Check the recipe's keys against the classes of its trainer; return that trainer's name."""
-    import yaml
+    from medreason.yamlfile import load_recipe, refuse_yaml11_booleans
 
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from e
+    data, booleans = load_recipe(path)  # a key given twice is refused; `no`/`yes`/`on`/`off` remembered
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping of key: value")
     from medreason.recipe import names
@@ -310,6 +311,7 @@ def _check_yaml(path: Path, trainer: str | None = None) -> str:
             else (f" (did you mean '{hint}'?)" if hint else "")
         )
         raise UserError(f"{path}: unknown config key '{unknown[0]}'" + why)
+    refuse_yaml11_booleans(path, booleans, _classes(trainer))  # `eval_strategy: no` is a boolean: say to quote it
     _check_types(path, data, _classes(trainer))
     return trainer
 

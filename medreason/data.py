@@ -26,8 +26,9 @@ from pathlib import Path
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
 from medreason.overlap import contamination, deduplicate, question_hash, split_rows
-from medreason.readers import READERS, Unparseable, bundled_path
+from medreason.readers import READERS, Unparseable, bundled_path, positions
 from medreason.readers import read_file as read_rows_file
+from medreason.readers import where as where_in_file
 from medreason.template import render
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,12 @@ MCQ_REASONING_FILE = "mcq_reasoning.jsonl"
 @dataclass
 class RowError:
     origin: str
-    row: int  # 1-based, as a person counts lines or rows
+    row: int  # 1-based: a medreason.readers.Position, which says the line an editor shows
     field: str | None
     problem: str
 
     def __str__(self) -> str:
-        where = f"{self.origin} row {self.row}"
+        where = f"{self.origin} {where_in_file(self.row)}"  # "line 6", as an editor counts (medreason.readers)
         return f'{where}: field "{self.field}" {self.problem}' if self.field else f"{where}: {self.problem}"
 
 
@@ -273,19 +274,21 @@ def mcq_reasoning_rows(path: Path, rows: list | None = None) -> list[dict]:
     evaluation asks for: `Question` is the user message that evaluation and GRPO send (medreason.mcq.prompt_messages:
     the question, its options and "end with The answer is X"), `Complex_CoT` the reasoning, and `Response`
     "The answer is X." `stem` keeps the bare question for the contamination check. A bad row is a UserError naming it."""
-    from medreason.mcq import parse_row, prompt_messages
+    from medreason.mcq import answer_text, parse_row, prompt_messages
 
     out = []
-    for n, row in enumerate(read_file(path) if rows is None else rows, 1):
+    rows = read_file(path) if rows is None else rows
+    for n, row in zip(positions(rows), rows):
         item = parse_row(row, n, path)
         reasoning = row.get("reasoning")
         if not isinstance(reasoning, str) or not reasoning.strip():
-            raise UserError(f'{path} row {n}: field "reasoning" is {"missing" if reasoning is None else "empty"}')
+            missing = "missing" if reasoning is None else "empty"
+            raise UserError(f'{path} {where_in_file(n)}: field "reasoning" is {missing}')
         out.append(
             {
                 "Question": prompt_messages(item, None)[0]["content"],
                 "Complex_CoT": reasoning.strip(),
-                "Response": f"The answer is {item.answer}.",
+                "Response": answer_text(item.answer),
                 "specialty": item.group,
                 "stem": item.question,
             }
@@ -299,7 +302,7 @@ def mcq_reasoning_rows(path: Path, rows: list | None = None) -> list[dict]:
 def validate_rows(rows: list, origin: str) -> tuple[list[dict], list[RowError]]:
     """Split rows into valid ones (stripped strings) and one RowError per invalid row."""
     good, errors = [], []
-    for n, row in enumerate(rows, 1):
+    for n, row in zip(positions(rows), rows):  # each row's line in its file
         error = validate_row(row, n, origin)
         if error:
             errors.append(error)

@@ -45,12 +45,15 @@ def evaluate(
     run_name: str | None = None,
     session=None,
     cache: bool = True,
+    force: bool = False,
 ) -> dict:
     """Evaluate the base model and (when given) the adapter on the same items with `mode` (default: log-likelihood);
     write results/<run>/eval.json and eval_items.jsonl, log to MLflow. The items are `items` (MCQ items, named
     `benchmark`), else a benchmark file `mcq`, else the bundled benchmark's `split` ('heldout', 'pool' or 'all');
-    `limit` draws a stratified subset with `seed`."""
+    `limit` draws a stratified subset with `seed`. results/<run>/ (the adapter folder's name by default) is refused
+    when it holds another adapter's results, unless `force` (medreason.guards.eval_results)."""
     from medreason.baselines import trivial_baselines
+    from medreason.guards import eval_results
     from medreason.mcq import SPLITS, bundled_split, chance, group_counts, stratified_subset
     from medreason.modes import LoglikMode
     from medreason.session import load_for_inference
@@ -62,6 +65,15 @@ def evaluate(
     else:
         all_items, source = list(items), benchmark or "the given items"
     items = stratified_subset(all_items, limit, seed=seed)
+    run, owner = eval_results(  # a safe run name, results/<run> no input's and no other adapter's, prompts that fit
+        run_name,
+        session.adapter if session else adapter,
+        session.base_model if session else model,
+        mcq,
+        items,
+        max_new_tokens=getattr(mode, "max_new_tokens", 0),
+        force=force,
+    )
     session = session or load_for_inference(adapter, model)
     variants = [("base", False)] + ([("adapter", True)] if session.adapter else [])
     # the majority label comes from the other split of the bundled benchmark, as a classifier's would
@@ -84,6 +96,7 @@ def evaluate(
         "baselines": trivial_baselines(items, prior=prior),
         "settings": mode.settings(session),
         "variants": {},
+        "owner": owner,  # whose results these are: another adapter's evaluation does not replace them silently
     }
     results |= mode.prepare(session, items, limit)
     rows = []
@@ -95,7 +108,6 @@ def evaluate(
         log.info("%s: accuracy %.3f on %d items", name, summary["accuracy"], len(scored))
     if len(variants) == 2:
         results["paired"] = paired_figures(rows, "base", "adapter")
-    run = run_name or (Path(session.adapter).name if session.adapter else "base")
     folder = Path("results") / run
     write_items(folder / "eval_items.jsonl", rows)
     atomic_write_json(folder / "eval.json", results)
@@ -231,6 +243,7 @@ def cli(args) -> int:
         seed=args.seed,
         run_name=args.run_name,
         cache=not args.no_cache,
+        force=args.force,
     )
     print(table(results, mode))
     print(f"written to {results['path']} and {results['items_path']}")

@@ -71,28 +71,10 @@ def check_replace(out_dir: Path, force: bool):
 
 def check_not_an_input(out_dir: Path, adapter: str, base: str):
     """The export replaces --out as a whole: it must not be, hold, or sit inside the adapter, the base model's
-    folder or a model cache, which the replacement would destroy."""
-    from medreason.models import cache_root, resolve_model
+    folder or a model cache, which the replacement would destroy (medreason.guards)."""
+    from medreason.guards import inputs, refuse_saves_onto_inputs
 
-    inputs = {"the adapter folder": Path(adapter), "medreason's model cache": cache_root()}
-    source = resolve_model(base)
-    if source.kind in ("local", "cache"):
-        inputs["the base model's folder"] = Path(source.path)
-    elif source.kind == "gguf":
-        inputs["the base model's GGUF folder"] = Path(source.path).parent
-    else:
-        from huggingface_hub.constants import HF_HUB_CACHE
-
-        inputs["the Hugging Face cache"] = Path(HF_HUB_CACHE)
-    target = out_dir.resolve()
-    for what, folder in inputs.items():
-        folder = folder.resolve()
-        if target == folder or folder in target.parents or target in folder.parents:
-            relation = "is" if target == folder else ("is inside" if folder in target.parents else "contains")
-            raise UserError(
-                f"--out {out_dir} {relation} {what} ({folder}): the export would overwrite its own "
-                f"input; choose another --out"
-            )
+    refuse_saves_onto_inputs({"--out": out_dir}, inputs(base, adapter))
 
 
 def cli(args) -> int:

@@ -8,6 +8,9 @@ never leaves it half-written, and whatever was there before stays intact until t
     with atomic_dir("lora_adapter/SmolLM2-135M-Instruct") as tmp:  # fill tmp; it replaces the folder on success
         model.save_pretrained(tmp)
 
+Nothing here writes through a symlink: a temporary file is opened with O_EXCL | O_NOFOLLOW, and the final rename
+replaces a symlink standing at the target (the link, not what it points to).
+
 Temporary files and folders sit beside their target (same filesystem, so the final rename is atomic) and are
 named `.<name>.tmp-<random>`, which `.gitignore`-style globs and the book's caches never pick up.
 """
@@ -34,7 +37,10 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(final)
     try:
-        with open(tmp, mode, encoding=None if "b" in mode else encoding) as f:
+        # a fresh file (O_EXCL), never through a symlink (O_NOFOLLOW); the rename replaces a symlink at `path`
+        # itself, never the file it points to
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -76,10 +82,10 @@ def atomic_dir(final: str | Path):
         if old.exists() and not final.exists():  # failed between the two renames: put the previous one back
             os.replace(old, final)
         raise
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    elif old.exists():
+    if old.is_symlink() or (old.exists() and not old.is_dir()):  # a symlink that stood at `final`: only the link goes
         old.unlink()
+    elif old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
     for stale in final.parent.glob(f".{final.name}.old-*"):  # left by a process killed between the renames
         shutil.rmtree(stale, ignore_errors=True)
 

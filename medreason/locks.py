@@ -4,7 +4,8 @@
     with run_lock(Path("results/run") / ".medreason.lock", "output_dir results/run"):
         ...   # a second run on the same folder stops at once: "... in use by PID 1234 ..."
 
-A lock is a small file holding the PID (and host) of its holder, locked with `fcntl.flock` while the run lives.
+A lock is a small file holding the PID (and host) of its holder, locked with `fcntl.flock` while the run lives. It
+is opened with O_NOFOLLOW: a symlink in its place is refused, never followed (its target would be overwritten).
 The kernel drops a flock when its process dies, however it dies (SIGKILL included), so a lock file left behind
 by a dead run is stale by construction: the next run takes it over and says so in one log line. The PID in
 the file is only what the error message names.
@@ -12,6 +13,7 @@ the file is only what the error message names.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -58,7 +60,15 @@ def run_locks(*locks: tuple[str | Path, str]):
 
 def _acquire(path: Path, what: str) -> int:
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a lock file that is a symlink is refused, never followed (its target would be truncated)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise UserError(
+                f"the lock file {path} is a symbolic link (to {os.readlink(path)}): medreason never writes through "
+                f"one; remove it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -71,7 +81,7 @@ def _acquire(path: Path, what: str) -> int:
         # the holder may have removed the file between our open and our flock: then we hold a lock on a file
         # nobody else sees, and must try again on the one at `path`
         try:
-            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            same = os.fstat(fd).st_ino == os.lstat(path).st_ino
         except FileNotFoundError:
             same = False
         if not same:

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
-from medreason.readers import Unparseable, bundled_path, read_file
+from medreason.readers import Unparseable, bundled_path, positions, read_file, where
 
 LETTERS = tuple(string.ascii_uppercase[:10])  # A..J
 MIN_OPTIONS, MAX_OPTIONS = 2, 10
@@ -67,13 +67,14 @@ def load_benchmark(path: str | Path | None = None) -> list[MCQItem]:
     """Every item of a benchmark file (the bundled one by default); the first bad row is a UserError."""
     path = Path(path).expanduser() if path else bundled_path("mcq.jsonl")
     rows = read_file(path, csv_header=_csv_header_problem)
+    places = positions(rows)  # each row's line in its file, as an editor counts (medreason.readers)
     if path.suffix.lower() == ".csv":
         rows = [_csv_row(row) for row in rows]
     items, seen = [], set()
-    for n, row in enumerate(rows, 1):
+    for n, row in zip(places, rows):
         item = parse_row(row, n, path)
         if item.id in seen:
-            raise UserError(f'{path} row {n}: field "id" repeats {item.id!r}: ids must be unique')
+            raise UserError(f'{path} {where(n)}: field "id" repeats {item.id!r}: ids must be unique')
         seen.add(item.id)
         items.append(item)
     if not items:
@@ -94,12 +95,12 @@ def bundled_split(name: str) -> list[MCQItem]:
 def parse_row(row, n: int, origin) -> MCQItem:
     """One row as an MCQItem; a problem is a UserError 'FILE row N: field "x" ...'."""
     if isinstance(row, Unparseable):
-        raise UserError(f"{origin} row {row.line}: {row.problem}")
+        raise UserError(f"{origin} {where(row.line)}: {row.problem}")
     if not isinstance(row, dict):
-        raise UserError(f"{origin} row {n}: is {_kind(row)}, not an object with question, options, answer")
+        raise UserError(f"{origin} {where(n)}: is {_kind(row)}, not an object with question, options, answer")
 
     def bad(field: str, problem: str):
-        return UserError(f'{origin} row {n}: field "{field}" {problem}')
+        return UserError(f'{origin} {where(n)}: field "{field}" {problem}')
 
     for key in ("question", "options", "answer"):
         if row.get(key) is None:

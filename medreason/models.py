@@ -76,6 +76,7 @@ class ModelSource:
 def resolve_model(name_or_path: str = DEFAULT_MODEL) -> ModelSource:
     """Decide where `name_or_path` loads from, without downloading anything."""
     if Path(name_or_path).expanduser().is_dir():
+        check_model_folder(Path(name_or_path).expanduser())
         return ModelSource("local", str(Path(name_or_path).expanduser()))
     if hub_reachable():
         return ModelSource("hub", name_or_path)
@@ -96,6 +97,33 @@ def resolve_model(name_or_path: str = DEFAULT_MODEL) -> ModelSource:
         f"model '{name_or_path}' cannot be loaded: the Hugging Face Hub is unreachable and it is not in the "
         f"local cache; pass a local folder with --model_name_or_path /path/to/model"
     )
+
+
+def check_model_folder(folder: Path) -> None:
+    """A local folder is a model when its config.json names a model type: anything else fails here with the
+    folder's name, not inside transformers with "Unrecognized model"."""
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UserError(
+            f"{folder} is not a model folder: it has no config.json (pass a folder saved with save_pretrained)"
+        )
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{config}: not valid JSON ({getattr(e, 'msg', e)})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise UserError(f"{config} does not name a model_type: {folder} is not a transformers model folder")
+
+
+def model_config(name: str):
+    """The model's config without its weights (for the GGUF route, the converted cache or the GGUF header)."""
+    from transformers import AutoConfig
+
+    source = resolve_model(name)
+    if source.kind == "gguf":
+        path = Path(source.path)
+        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
+    return AutoConfig.from_pretrained(source.path, local_files_only=source.kind != "hub")
 
 
 def load_model_and_tokenizer(name_or_path: str = DEFAULT_MODEL, dtype=None, **model_kwargs):
@@ -307,17 +335,6 @@ def peft_config(model_args):
         targets = lora_targets(model_args)
         config.target_modules = targets if isinstance(targets, str) else set(targets)
     return config
-
-
-def model_config(name: str):
-    """The model's config without its weights (for the GGUF route, the converted cache or the GGUF header)."""
-    from transformers import AutoConfig
-
-    source = resolve_model(name)
-    if source.kind == "gguf":
-        path = Path(source.path)
-        return AutoConfig.from_pretrained(path.parent, gguf_file=path.name)
-    return AutoConfig.from_pretrained(source.path, local_files_only=source.kind != "hub")
 
 
 def module_names(config) -> set[str]:

@@ -73,12 +73,17 @@ class Recipe:
         """What decides the adapter besides the recipe's keys (GRPO: the weights of the adapter it continues)."""
         return {}
 
+    def inputs(self, args, cfg, model_args) -> tuple:
+        """Folders or files the run reads besides the base model and the dataset (GRPO: the adapter it continues):
+        no save may land on them (medreason.guards.refuse_saves_onto_inputs)."""
+        return ()
+
     def check(self, run: Run) -> None:
         """Checks that need the settled run but no data and no model."""
 
     def check_resume(self, run: Run, checkpoint) -> None:
         """--resume: the checkpoint's LoRA has the shape this run would build."""
-        from medreason.resume import check_resume
+        from medreason.checkpoints import check_resume
 
         check_resume(checkpoint, run.model_args)
 

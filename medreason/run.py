@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from medreason.adapter import adapter_path, recipe_hash, save_adapter
+from medreason.checkpoints import resume_point
 from medreason.config import config_dict, parse_recipe, settle
 from medreason.distributed import check_launch, gathered_state_dict, rank, world_size
 from medreason.errors import UserError
@@ -35,7 +36,6 @@ from medreason.io import atomic_write_json, atomic_write_text, first_existing
 from medreason.locks import run_locks
 from medreason.models import lora_targets, model_config, module_names
 from medreason.recipe import Recipe
-from medreason.resume import resume_point
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def prepare(argv: list[str]) -> Run:
     written = parse_recipe(argv)
     method = recipes.get(written[0].trainer)
     digest = recipe_hash_of(*written)
-    check_before_loading(*written)
+    check_before_loading(*written, inputs=method.inputs(*written))
     args, cfg, model_args = settle(argv, *written)
     check_launch(cfg.use_cpu)  # several GPUs without a launcher: refused before anything loads
     run = Run(args, cfg, model_args, method, digest, config_dict(args, cfg, model_args))
@@ -157,7 +157,7 @@ def recipe_hash_of(args, cfg, model_args) -> str:
     )
 
 
-def check_before_loading(args, cfg, model_args) -> None:
+def check_before_loading(args, cfg, model_args, inputs: tuple = ()) -> None:
     """Everything that fails in a second instead of after the model loads: values that cannot train, a run that
     would take no step, folders that cannot be written."""
     if not model_args.model_name_or_path:
@@ -196,23 +196,32 @@ def check_before_loading(args, cfg, model_args) -> None:
                 f"lora_target_modules: {model_args.model_name_or_path} has no module named "
                 f"'{missing[0]}' (it has {', '.join(sorted(names))})"
             )
-    check_folders(args, cfg, model_args)
+    check_folders(args, cfg, model_args, inputs)
 
 
-def check_folders(args, cfg, model_args):
+def check_folders(args, cfg, model_args, inputs: tuple = ()):
     """Where the run writes: checked before anything loads, not when the adapter is saved after training."""
     import os
 
+    from medreason.guards import inputs as input_paths
+    from medreason.guards import refuse_saves_onto_inputs
+
+    adapter = adapter_path(args.adapter_root, model_args.model_name_or_path)
     for name, folder in (
         ("output_dir", Path(cfg.output_dir)),
         ("adapter_root", Path(args.adapter_root)),
-        ("adapter_root", adapter_path(args.adapter_root, model_args.model_name_or_path)),
+        ("adapter_root", adapter),
     ):
         p = first_existing(folder)
         if not p.is_dir():
             raise UserError(f"--{name} {folder}: {p} is a file, not a folder; choose another --{name}")
         if not os.access(p, os.W_OK | os.X_OK):
             raise UserError(f"--{name} {folder}: {p} is not writable; choose another --{name}")
+    # a save that is, holds or sits inside what the run reads: the base model, the data, a recipe's own inputs
+    refuse_saves_onto_inputs(
+        {"--output_dir": cfg.output_dir, "--adapter_root": (args.adapter_root, adapter)},
+        input_paths(model_args.model_name_or_path, *inputs, files=[args.dataset]),
+    )
 
 
 # --------------------------------------------------------------------------------------------- the session
@@ -290,9 +299,10 @@ def tracked(run: Run, data):
     from medreason import tracking
 
     run_id = previous_run_id(run.output_dir) if run.resume_from is not None else None
+    store = tracking.resume_store(run.output_dir, run_id) if rank() == 0 else None  # the checkpoints' run, any cwd
     params = {k: v for k, v in run.resolved.items() if k in LOGGED_PARAMS | run.recipe.logged_params}
     with tracking.mlflow_run(
-        run.args.mlflow_experiment, run_name=run.cfg.run_name, run_id=run_id, enabled=rank() == 0
+        run.args.mlflow_experiment, run_name=run.cfg.run_name, run_id=run_id, uri=store, enabled=rank() == 0
     ) as mlflow_run:
         if mlflow_run is not None:
             record_run(run, mlflow_run.info.run_id)
@@ -318,11 +328,13 @@ def flat_provenance(record: dict, side: str) -> dict:
 def record_run(run: Run, run_id: str):
     """Beside the checkpoints: the MLflow run and store they log to (a resumed run continues it, from any working
     folder), the resolved config, and the recipe hash (ensure_adapter resumes checkpoints of the same recipe)."""
-    from medreason.tracking import tracking_uri
+    import mlflow
+
+    from medreason.tracking import remember_store
 
     run.output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.output_dir / "mlflow_run_id", run_id)
-    atomic_write_text(run.output_dir / "mlflow_store", tracking_uri())
+    remember_store(run.output_dir, mlflow.get_tracking_uri())
     atomic_write_json(run.output_dir / "resolved_config.json", run.resolved)
     atomic_write_text(run.output_dir / "recipe_hash", run.recipe_hash)
 

@@ -70,7 +70,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     natively, fp32 elsewhere (medreason.distributed.inference_dtype)."""
     import torch
 
-    from medreason.adapter import load_peft, read_adapter
+    from medreason.adapter import check_adapter_fits, load_adapter, read_adapter
     from medreason.distributed import inference_dtype
     from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer, load_tokenizer, resolve_model, same_model
 
@@ -83,12 +83,14 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
         n_tokens = len(load_tokenizer(base))
         if vocab != n_tokens:
             raise UserError(f"adapter {adapter} was trained with a vocabulary of {vocab} tokens; {base} has {n_tokens}")
+    if adapter:  # whole or not at all: every saved tensor used, every LoRA module filled (before the weights load)
+        check_adapter_fits(adapter, base)
     base_model, tokenizer = load_model_and_tokenizer(base, dtype=dtype or inference_dtype())
     if torch.cuda.is_available():
         base_model = base_model.to("cuda")
     source = resolve_model(base).provenance(base_model)
     if adapter:
-        peft_model = load_peft(base_model, adapter)
+        peft_model = load_adapter(base_model, adapter)
         peft_model.eval()
         return Session(
             peft_model,

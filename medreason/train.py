@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 
 from medreason.adapter import adapter_path, read_adapter
+from medreason.checkpoints import last_checkpoint
 from medreason.config import parse_recipe
 from medreason.errors import UserError
-from medreason.resume import last_checkpoint
 from medreason.run import TrainResult, execute, prepare, recipe_hash_of
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,9 @@ def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: lis
 
 
 def cli(args, rest: list[str]) -> int:
-    if "--config" not in rest and not any(a.startswith("--config=") for a in rest):
+    from medreason.guards import option_value
+
+    if option_value(rest, "config") is None:  # --config FILE and --config=FILE alike
         raise UserError("medreason train needs a recipe: --config configs/<recipe>.yaml")
     result = train(rest)
     if result.adapter_dir:

@@ -34,6 +34,20 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.line(f"Install them and run again; {REQUIRE_TOOLS}=1 (set by .ci/run) fails these tests instead.")
 
 
+# MLflow's own default store is ./mlflow.db (and ./mlartifacts/) of the working directory, the repository's top under
+# pytest. medreason always names its store; a test that lets MLflow fall back to the default writes there (issue 32:
+# a leaked MLFLOW_TRACKING_URI did, and the store was committed). Checked once, after the whole session.
+STRAYS = ("mlflow.db", "mlartifacts", "mlruns")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_mlflow_store_at_the_top():
+    before = {name for name in STRAYS if (ROOT / name).exists()}
+    yield
+    made = sorted(name for name in STRAYS if (ROOT / name).exists() and name not in before)
+    assert not made, f"the test session wrote {made} at the repository's top: a test let MLflow use its default store"
+
+
 @pytest.fixture(scope="session")
 def smollm2_dir():
     """The real SmolLM2-135M-Instruct checkpoint (converted from the bundled GGUF on first use)."""

@@ -130,12 +130,12 @@ def test_a_local_mcq_reasoning_file_trains_and_a_bad_row_names_itself(tmp_path, 
     assert source["kind"] == "file" and main(["data", "validate", str(good)]) == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(item) + "\n" + json.dumps({**item, "reasoning": " "}) + "\n")
-    with pytest.raises(UserError, match=r'bad.jsonl row 2: field "reasoning" is empty'):
+    with pytest.raises(UserError, match=r'bad.jsonl line 2: field "reasoning" is empty'):
         data.read_rows(str(bad))
     capsys.readouterr()
     assert main(["data", "validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and 'row 2: field "reasoning" is empty' in err[0]
+    assert len(err) == 1 and 'line 2: field "reasoning" is empty' in err[0]
 
 
 def test_curriculum_script_pairs_by_id_and_the_committed_table_is_complete():

@@ -89,51 +89,51 @@ BAD_INPUTS = [
         "missing-column",
         "bad.jsonl",
         _jsonl([good(0), without("Response")]),
-        '{path} row 2: field "Response" is missing',
+        '{path} line 2: field "Response" is missing',
     ),
-    ("empty-field", "bad.jsonl", _jsonl([good(0), good(1, Response="")]), '{path} row 2: field "Response" is empty'),
+    ("empty-field", "bad.jsonl", _jsonl([good(0), good(1, Response="")]), '{path} line 2: field "Response" is empty'),
     (
         "whitespace-field",
         "bad.jsonl",
         _jsonl([good(0), good(1), good(2, Complex_CoT=" \t\n  ")]),
-        '{path} row 3: field "Complex_CoT" is empty',
+        '{path} line 3: field "Complex_CoT" is empty',
     ),
-    ("null-field", "bad.jsonl", _jsonl([good(0, Question=None)]), '{path} row 1: field "Question" is null'),
+    ("null-field", "bad.jsonl", _jsonl([good(0, Question=None)]), '{path} line 1: field "Question" is null'),
     (
         "number-field",
         "bad.jsonl",
         _jsonl([good(0), good(1, Response=42)]),
-        '{path} row 2: field "Response" is a int, not text',
+        '{path} line 2: field "Response" is a int, not text',
     ),
     (
         "list-field",
         "bad.jsonl",
         _jsonl([good(0), good(1, Complex_CoT=["step one", "step two"])]),
-        '{path} row 2: field "Complex_CoT" is a list, not text',
+        '{path} line 2: field "Complex_CoT" is a list, not text',
     ),
     (
         "too-short",
         "bad.jsonl",
         _jsonl([good(0), good(1, Response="A")]),
-        '{path} row 2: field "Response" is too short (1 characters, at least 2)',
+        '{path} line 2: field "Response" is too short (1 characters, at least 2)',
     ),
     (
         "too-long",
         "bad.jsonl",
         _jsonl([good(0, Question="why " * 2500)]),
-        '{path} row 1: field "Question" is too long (9999 characters, at most 8000)',
+        '{path} line 1: field "Question" is too long (9999 characters, at most 8000)',
     ),
     (
         "row-is-a-list",
         "bad.jsonl",
         _jsonl([good(0), ["a question", "a chain of thought", "an answer"]]),
-        "{path} row 2: is a list, not an object with Question, Complex_CoT, Response",
+        "{path} line 2: is a list, not an object with Question, Complex_CoT, Response",
     ),
     (
         "invalid-json-line",
         "bad.jsonl",
         _text(json.dumps(good(0)) + '\n{"Question": "unterminated\n'),
-        "{path} row 2: not valid JSON (Unterminated string starting at)",
+        "{path} line 2: not valid JSON (Unterminated string starting at)",
     ),
     (
         "json-not-json",
@@ -193,7 +193,7 @@ BAD_INPUTS = [
         lambda p: write_csv(
             p, [good(0), [good(1)["Question"], GOOD["Complex_CoT"], "An answer", "Hematology", "extra"]]
         ),
-        "{path} row 2: has more cells than the header",
+        "{path} line 3: has more cells than the header",  # line 1 is the header
     ),
     (
         "not-utf8",
@@ -222,7 +222,7 @@ def test_validate_rows_reports_every_bad_row_and_strips_the_good_ones():
     rows = [good(0, Question="  " + good(0)["Question"] + "\n"), good(1, Response=None), 7, without("Question")]
     clean, errors = data.validate_rows(rows, "t.jsonl")
     assert [str(e) for e in errors] == [
-        't.jsonl row 2: field "Response" is null',
+        't.jsonl row 2: field "Response" is null',  # rows that come from no file: counted as rows
         "t.jsonl row 3: is a int, not an object with Question, Complex_CoT, Response",
         't.jsonl row 4: field "Question" is missing',
     ]
@@ -237,7 +237,7 @@ def test_missing_specialty_becomes_unspecified():
 def test_first_error_says_how_many_more(tmp_path):
     path = tmp_path / "two-bad.jsonl"
     write_jsonl(path, [good(0), good(1, Response=""), good(2, Question=None), good(3, Response=3)])
-    assert message(path) == f'{path} row 2: field "Response" is empty (and 2 more; --skip-invalid drops bad rows)'
+    assert message(path) == f'{path} line 2: field "Response" is empty (and 2 more; --skip-invalid drops bad rows)'
 
 
 def test_skip_invalid_drops_bad_rows_and_reports_them(tmp_path):
@@ -256,26 +256,44 @@ def test_skip_invalid_with_no_good_row_is_an_error(tmp_path):
         data.load_clean_rows(str(path), skip_invalid=True)
 
 
-def test_jsonl_row_numbers_agree_after_a_blank_line(tmp_path):
+def test_jsonl_positions_are_the_lines_an_editor_shows(tmp_path):
+    """issue 32: positions counted records, so after blank lines "row 3" was on line 6."""
     path = tmp_path / "gaps.jsonl"
     path.write_text(json.dumps(good(0)) + "\n\n" + json.dumps(good(2, Response="")) + "\n{broken\n")
     errors = data.validate_rows(data.read_file(path), "gaps.jsonl")[1]
-    rows = [e.row for e in errors]
-    # either numbering is fine (physical lines 3 and 4, or records 2 and 3), but not a mix of the two
-    assert rows in ([3, 4], [2, 3]), [str(e) for e in errors]
+    assert [str(e) for e in errors] == [
+        'gaps.jsonl line 3: field "Response" is empty',
+        "gaps.jsonl line 4: not valid JSON (Expecting property name enclosed in double quotes)",
+    ]
 
 
-def test_csv_row_numbers_count_records_not_lines(tmp_path):
+def test_csv_positions_are_the_line_a_record_starts_on(tmp_path):
+    """A CSV record with a multi-line cell spans lines: the next record is named by the line it starts on."""
     path = tmp_path / "multiline.csv"
     multiline = good(0, Complex_CoT="First step of the reasoning.\nSecond step.\nThird step, so the answer.")
     write_csv(path, [multiline, [good(1)["Question"], GOOD["Complex_CoT"], "An answer", "Hematology", "extra"]])
-    assert message(path) == f"{path} row 2: has more cells than the header"
+    assert message(path) == f"{path} line 5: has more cells than the header"
 
 
-def test_csv_field_error_after_a_multiline_cell_names_the_record(tmp_path):
+def test_csv_field_error_after_a_multiline_cell_names_its_line(tmp_path):
     path = tmp_path / "multiline.csv"
     multiline = good(0, Complex_CoT="First step of the reasoning.\nSecond step.\nThird step, so the answer.")
     write_csv(path, [multiline, good(1, Response="")])
+    assert message(path) == f'{path} line 5: field "Response" is empty'
+
+
+def test_json_positions_are_the_line_an_element_starts_on(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text("[\n  " + json.dumps(good(0), indent=2) + ",\n\n  " + json.dumps(good(1, Response="")) + "\n]\n")
+    first_lines = 2 + json.dumps(good(0), indent=2).count("\n")
+    assert message(path) == f'{path} line {first_lines + 2}: field "Response" is empty'
+
+
+def test_parquet_positions_are_rows(tmp_path):
+    import pandas as pd
+
+    path = tmp_path / "rows.parquet"
+    pd.DataFrame([good(0), good(1, Response="")]).to_parquet(path)
     assert message(path) == f'{path} row 2: field "Response" is empty'
 
 
@@ -287,7 +305,7 @@ def test_cli_validate_bad_file_exits_2_naming_row_and_field(tmp_path, capsys):
     write_jsonl(path, [good(0), good(1), good(2, Response="   ")])
     assert main(["data", "validate", str(path)]) == 2
     out = capsys.readouterr().out
-    assert f'{path} row 3: field "Response" is empty\n' in out
+    assert f'{path} line 3: field "Response" is empty\n' in out
     assert f"{path}: 1 invalid rows of 3" in out
 
 
@@ -303,7 +321,7 @@ def test_cli_validate_skip_invalid_exits_0_when_some_rows_are_good(tmp_path, cap
     write_jsonl(path, [good(0), good(1, Question=None)])
     assert main(["data", "validate", "--skip-invalid", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f'{path} row 2: field "Question" is null' in out and f"{path}: 1 valid rows, 1 skipped" in out
+    assert f'{path} line 2: field "Question" is null' in out and f"{path}: 1 valid rows, 1 skipped" in out
 
 
 def test_cli_validate_unreadable_file_exits_2_with_one_line(tmp_path, capsys):
@@ -557,10 +575,10 @@ def test_bundled_mcq_shape(mcq, corpus_rows):
 @pytest.mark.parametrize(
     "corrupt, expected",
     [
-        (lambda rows: rows[2].update(answer="E"), "row 3: field \"answer\" is 'E', not one of A, B, C, D"),
-        (lambda rows: rows[1].pop("options"), 'row 2: field "options" is missing'),
-        (lambda rows: rows[0]["options"].update(B="  "), 'row 1: field "options" option B is empty'),
-        (lambda rows: rows.__setitem__(4, "{not json"), "row 5: not valid JSON ("),
+        (lambda rows: rows[2].update(answer="E"), "line 3: field \"answer\" is 'E', not one of A, B, C, D"),
+        (lambda rows: rows[1].pop("options"), 'line 2: field "options" is missing'),
+        (lambda rows: rows[0]["options"].update(B="  "), 'line 1: field "options" option B is empty'),
+        (lambda rows: rows.__setitem__(4, "{not json"), "line 5: not valid JSON ("),
     ],
     ids=["answer-letter", "missing-options", "empty-option", "invalid-json"],
 )

@@ -277,9 +277,9 @@ def test_loglik_chat_and_free_labels(adapter_dir, files, in_tmp):
     [
         (
             {"question": "Q?", "options": {"A": "x", "C": "y"}, "answer": "A"},
-            'row 2: field "options" must map the letters',
+            'line 2: field "options" must map the letters',
         ),
-        ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "row 2: field \"answer\" is 'perhaps'"),
+        ({"question": "Q?", "options": ["yes", "no"], "answer": "perhaps"}, "line 2: field \"answer\" is 'perhaps'"),
     ],
 )
 def test_bad_row_exits_2_with_one_line_before_loading(in_tmp, capsys, monkeypatch, row, message):
@@ -476,3 +476,72 @@ def test_continuous_batching_benchmark_runs_on_the_tiny_model(adapter_dir, in_tm
     for r in report["results"]:
         assert r["padded_s"] > 0 and r["continuous_over_padded"] == pytest.approx(r["continuous_s"] / r["padded_s"])
         assert 0 <= r["identical_answers"] <= 3
+
+
+# --------------------------------------------------------------------------------------------- the cache key
+# issue 32, "silent substitution": the generation cache served answers of another model. Each hole of its key, one
+# test: the cache file an evaluation reads must change when what decides the answers changes.
+
+
+def _session(base, adapter=None):
+    from types import SimpleNamespace
+
+    import torch
+
+    return SimpleNamespace(model=torch.nn.Linear(1, 1), base_model=str(base), adapter=str(adapter) if adapter else None)
+
+
+def _cache_file(session, use_adapter=True):
+    from medreason.evaluate import GenerationCache
+
+    return GenerationCache(session, use_adapter, 8).path
+
+
+def _flip_last_byte(path):
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))
+
+
+def test_silent_substitution_cache_a_stray_bin_hid_a_changed_safetensors(adapter_dir, tiny_model_dir, tmp_path):
+    """The key hashed the first adapter_model.* in sorted order: a stray .bin hid a retrained .safetensors."""
+    import shutil
+
+    adapter = shutil.copytree(adapter_dir, tmp_path / "adapter")
+    (adapter / "adapter_model.bin").write_bytes(b"a stray file from another tool")
+    before = _cache_file(_session(tiny_model_dir, adapter))
+    assert _cache_file(_session(tiny_model_dir, adapter)) == before  # the same files: the same cache
+    _flip_last_byte(adapter / "adapter_model.safetensors")
+    assert _cache_file(_session(tiny_model_dir, adapter)) != before
+
+
+def test_silent_substitution_cache_changed_base_weights(tiny_model_dir, tmp_path):
+    """The base model's weights were not in the key: changed base weights were served the old answers."""
+    import shutil
+
+    base = shutil.copytree(tiny_model_dir, tmp_path / "base")
+    before = _cache_file(_session(base), use_adapter=False)
+    assert _cache_file(_session(base), use_adapter=False) == before
+    _flip_last_byte(base / "model.safetensors")
+    assert _cache_file(_session(base), use_adapter=False) != before
+
+
+def test_silent_substitution_cache_gguf_copy_is_not_the_hub_weights(tiny_model_dir, tmp_path, monkeypatch):
+    """Under one model id, the bf16 copy converted from the offline Q4_1 GGUF and the Hub's weights shared a key."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from medreason.models import DEFAULT_MODEL, resolve_model
+
+    monkeypatch.setenv("MEDREASON_CACHE", str(tmp_path / "medreason"))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    shutil.copytree(tiny_model_dir, tmp_path / "medreason" / "models" / DEFAULT_MODEL.split("/")[-1])
+    assert resolve_model(DEFAULT_MODEL).kind == "cache"
+    converted = _cache_file(_session(DEFAULT_MODEL), use_adapter=False)
+    repo = tmp_path / "hf" / f"models--{DEFAULT_MODEL.replace('/', '--')}"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abcd")  # the same bytes, from the Hub this time
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    assert resolve_model(DEFAULT_MODEL).kind == "hf-cache"
+    assert _cache_file(_session(DEFAULT_MODEL), use_adapter=False) != converted

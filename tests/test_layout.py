@@ -32,6 +32,54 @@ def test_repository_layout():
         assert (REPO / "book" / f"{entry}.md").is_file(), f"_toc.yml names {entry}, but book/{entry}.md is missing"
 
 
+# The design card's top level (STYLE.md, README "Layout"), and the tooling's files beside it. Anything else at the
+# top is a stray: issue 32 found a test run's MLflow store (mlflow.db, mlartifacts/) committed there.
+DESIGN_CARD = {
+    "_config.yml",
+    "_toc.yml",
+    "book",
+    "medreason",
+    "results",
+    "lora_adapter",
+    ".github",
+    "pixi.toml",
+    "README.md",
+    "configs",
+    "tests",
+    "benchmarks",
+    "pyproject.toml",
+    ".ci",
+    "LICENSE",
+}
+TOOLING = {"Makefile", "requirements.lock", ".gitignore", ".pre-commit-config.yaml"}
+
+
+def _top_level_entries() -> set[str]:
+    """What the repository holds at the top: tracked files and files that git would add (not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    if listed.returncode != 0:
+        pytest.fail(f"git ls-files failed in {REPO}: {listed.stderr.strip()}")
+    return {path.split("/")[0] for path in listed.stdout.split("\0") if path}
+
+
+def test_top_level_holds_only_the_design_cards_entries():
+    stray = sorted(_top_level_entries() - DESIGN_CARD - TOOLING)
+    assert not stray, f"not part of the layout at the repository's top: {stray}"
+
+
+def test_mlflow_stores_at_the_top_are_ignored():
+    """A store that a run writes at the top (MLflow's default is ./mlflow.db) is never committed."""
+    probe = subprocess.run(
+        ["git", "check-ignore", "mlflow.db", "mlartifacts/x", "mlruns/x"], cwd=REPO, capture_output=True, text=True
+    )
+    assert probe.stdout.split() == ["mlflow.db", "mlartifacts/x", "mlruns/x"], probe.stdout + probe.stderr
+
+
 def test_gitignore_and_clean_follow_the_layout():
     ignored = (REPO / ".gitignore").read_text(encoding="utf-8").split()
     assert "_build/" in ignored, ".gitignore does not ignore the top-level _build/"

@@ -112,18 +112,21 @@ def test_csv_with_json_options_cell(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"options": {"A": "x", "B": "y", "D": "z"}}, 'row 2: field "options" must map the letters A, B, C'),
-        ({"options": {"A": "x"}}, 'row 2: field "options" has 1 options: give 2 to 10'),
-        ({"options": [f"o{i}" for i in range(11)], "answer": "o1"}, 'row 2: field "options" has 11 options'),
-        ({"options": {"A": "x", "B": " "}}, 'row 2: field "options" option B is empty'),
-        ({"options": {"A": "x", "B": "X"}, "answer": "A"}, 'row 2: field "options" has two options with the same text'),
-        ({"answer": "F"}, "row 2: field \"answer\" is 'F', not one of A, B, C, D, E"),
-        ({"answer": 3}, 'row 2: field "answer" is a number, not one of'),
-        ({"question": ""}, 'row 2: field "question" is empty'),
-        ({"question": None}, 'row 2: field "question" is missing'),
-        ({"options": 5}, 'row 2: field "options" is a number'),
-        ({"context": 7}, 'row 2: field "context" is a number, not text'),
-        ({"id": "usmle-1"}, 'row 2: field "id" repeats'),
+        ({"options": {"A": "x", "B": "y", "D": "z"}}, 'line 2: field "options" must map the letters A, B, C'),
+        ({"options": {"A": "x"}}, 'line 2: field "options" has 1 options: give 2 to 10'),
+        ({"options": [f"o{i}" for i in range(11)], "answer": "o1"}, 'line 2: field "options" has 11 options'),
+        ({"options": {"A": "x", "B": " "}}, 'line 2: field "options" option B is empty'),
+        (
+            {"options": {"A": "x", "B": "X"}, "answer": "A"},
+            'line 2: field "options" has two options with the same text',
+        ),
+        ({"answer": "F"}, "line 2: field \"answer\" is 'F', not one of A, B, C, D, E"),
+        ({"answer": 3}, 'line 2: field "answer" is a number, not one of'),
+        ({"question": ""}, 'line 2: field "question" is empty'),
+        ({"question": None}, 'line 2: field "question" is missing'),
+        ({"options": 5}, 'line 2: field "options" is a number'),
+        ({"context": 7}, 'line 2: field "context" is a number, not text'),
+        ({"id": "usmle-1"}, 'line 2: field "id" repeats'),
     ],
 )
 def test_bad_row_names_row_and_field(tmp_path, change, message):
@@ -137,7 +140,7 @@ def test_bad_row_names_row_and_field(tmp_path, change, message):
 def test_unparseable_line_and_bad_files(tmp_path):
     path = tmp_path / "b.jsonl"
     path.write_text(json.dumps(FIVE) + "\n{not json\n")
-    with pytest.raises(UserError, match=r"b.jsonl row 2: not valid JSON"):
+    with pytest.raises(UserError, match=r"b.jsonl line 2: not valid JSON"):
         mcq.load_benchmark(path)
     with pytest.raises(UserError, match="file not found"):
         mcq.load_benchmark(tmp_path / "missing.jsonl")

@@ -1,7 +1,5 @@
 """Base model resolution: offline GGUF -> cached checkpoint, exact logits, fluent answers, clear errors."""
 
-import time
-
 import pytest
 
 from medreason import models
@@ -67,12 +65,14 @@ def test_cached_checkpoint_has_exactly_the_gguf_logits(smollm2_dir):
 
 
 @pytest.mark.slow
-def test_greedy_answer_is_fluent_english(smollm2_dir):
+def test_greedy_answer_is_fluent_english(smollm2_dir, monkeypatch):
     import torch
 
-    start = time.time()
+    def no_conversion(*a, **kw):  # the converted cache exists (smollm2_dir): loading must not convert again
+        raise AssertionError("the GGUF was dequantized again although its converted cache exists")
+
+    monkeypatch.setattr(models, "load_gguf", no_conversion)
     model, tok = models.load_model_and_tokenizer(models.DEFAULT_MODEL)
-    assert time.time() - start < 30  # the cache loads in about a second; conversion would take ~20 s more
     msgs = [{"role": "user", "content": "What is the most common cause of iron deficiency anemia in adults?"}]
     x = tok.apply_chat_template(msgs, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     with torch.no_grad():

@@ -160,7 +160,14 @@ def test_mlflow_run_statuses_and_globals(tmp_path):
             assert mlflow.get_tracking_uri() == uri
         assert mlflow.get_tracking_uri() == f"sqlite:///{tmp_path / 'callers.db'}"
     finally:
-        mlflow.set_tracking_uri(uri_before)
+        # Not set_tracking_uri(uri_before): with nothing set, uri_before is MLflow's default, ./mlflow.db of the
+        # working directory (the repository's top under pytest), and setting it also exports MLFLOW_TRACKING_URI,
+        # which every later subprocess of the session inherited: that is what wrote mlflow.db and mlartifacts/
+        # at the top of the repository (issue 32). None unsets both; the caller's variable is put back.
+        mlflow.set_tracking_uri(None)
+        if env_before is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = env_before
+    assert os.environ.get("MLFLOW_TRACKING_URI") == env_before and mlflow.get_tracking_uri() == uri_before
 
 
 def test_atomic_helpers_leave_nothing_half_written(tmp_path):
@@ -182,6 +189,29 @@ def test_atomic_helpers_leave_nothing_half_written(tmp_path):
             raise RuntimeError("crash")
     assert (folder / "w").read_text() == "first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "adapter"]
+
+
+def test_symlink_atomic_writes_replace_the_link_never_its_target(tmp_path):
+    """issue 32: no write follows a symlink. An atomic write onto a path that is a symlink replaces the link; the
+    file it pointed to, somebody else's, is untouched (files and folders alike)."""
+    from medreason.io import atomic_dir, atomic_write_text
+
+    theirs = tmp_path / "theirs.txt"
+    theirs.write_text("keep me")
+    link = tmp_path / "eval.json"
+    link.symlink_to(theirs)
+    atomic_write_text(link, "ours")
+    assert theirs.read_text() == "keep me" and not link.is_symlink() and link.read_text() == "ours"
+    their_folder = tmp_path / "their-folder"
+    their_folder.mkdir()
+    (their_folder / "w").write_text("keep me too")
+    folder_link = tmp_path / "adapter"
+    folder_link.symlink_to(their_folder)
+    with atomic_dir(folder_link) as tmp:
+        (tmp / "w").write_text("ours")
+    assert (their_folder / "w").read_text() == "keep me too" and not folder_link.is_symlink()
+    assert (folder_link / "w").read_text() == "ours"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter", "eval.json", "their-folder", "theirs.txt"]
 
 
 def test_ensure_adapter_retrains_when_the_recipe_changed(in_tmp, tiny_model_dir, caplog):

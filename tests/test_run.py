@@ -687,3 +687,64 @@ def test_sigkill_then_resume_finishes_the_run(in_tmp, capsys, caplog, monkeypatc
     assert run_status(uri, run_id) == "FINISHED"
     steps = [step for step, _ in loss_curve(uri, run_id)]
     assert {done[-1] + 1, 6} <= set(steps) <= set(range(1, 7))
+
+
+# --------------------------------------------------------------------------------------------- resume (issue 32)
+
+
+def test_resume_skips_a_damaged_last_checkpoint_and_names_it(tmp_path, tiny_model_dir, monkeypatch, caplog):
+    """A truncated last checkpoint stopped --resume with a library error naming no file, although an older good
+    checkpoint was there: now the newest checkpoint that loads is taken, and the skipped one is named."""
+    import shutil
+
+    from medreason.adapter import check_safetensors
+    from medreason.cli import main
+    from medreason.train import train
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    args = tiny(tiny_model_dir, tmp_path, steps=4)
+    first = train(args)
+    damaged = tmp_path / "out" / "checkpoint-4" / "adapter_model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:200])  # a copy cut short
+    shutil.rmtree(first.adapter_dir)  # as if the run had stopped before saving its adapter
+    with caplog.at_level(logging.WARNING, logger="medreason"):
+        assert main(["train", *args, "--resume"]) == 0
+    assert "skipping" in caplog.text and "checkpoint-4" in caplog.text and "adapter_model.safetensors" in caplog.text
+    check_safetensors(damaged)  # retrained from checkpoint-2 and saved whole again
+    assert json.loads((damaged.parent / "trainer_state.json").read_text())["global_step"] == 4
+    assert (first.adapter_dir / "adapter_model.safetensors").is_file()
+
+
+def test_resume_with_no_loadable_checkpoint_is_one_line(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    from medreason.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = tmp_path / "out" / "checkpoint-2"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text('{"global_step": 2}')
+    (checkpoint / "optimizer.pt").write_bytes(b"PK\x03\x04 cut short")
+    assert main(["train", *tiny(tiny_model_dir, tmp_path), "--resume"]) == 2
+    (line,) = error_lines(capsys.readouterr().err)
+    assert "no checkpoint" in line and "optimizer.pt" in line, line
+
+
+def test_resume_finds_its_mlflow_store_from_another_folder(tmp_path, tiny_model_dir, monkeypatch):
+    """results/mlflow.db is relative to the working directory: --resume from another folder used to create an
+    empty store there and fail (exit 1). The store is recorded beside the checkpoints."""
+    from medreason.cli import main
+
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(project)
+    assert main(["train", *tiny(tiny_model_dir, project, steps=2)]) == 0
+    store = f"sqlite:///{project / 'results' / 'mlflow.db'}"
+    run_id = (project / "out" / "mlflow_run_id").read_text().strip()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", *tiny(tiny_model_dir, project, steps=4), "--resume"]) == 0
+    assert not (elsewhere / "results").exists()  # no empty store made here
+    assert (project / "out" / "mlflow_run_id").read_text().strip() == run_id
+    assert run_status(store, run_id) == "FINISHED"
+    assert max(step for step, _ in loss_curve(store, run_id)) == 4

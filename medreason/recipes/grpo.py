@@ -92,6 +92,9 @@ class GRPO(Recipe):
         digest = weights_sha256(init) if init and Path(init).is_dir() else None
         return {"init_adapter_weights_sha256": digest} if digest else {}
 
+    def inputs(self, args, cfg, model_args) -> tuple:
+        return (cfg.init_adapter,) if cfg.init_adapter else ()
+
     def check(self, run):
         if run.args.template != "think":
             raise UserError(
@@ -133,9 +136,9 @@ class GRPO(Recipe):
 
         model, tokenizer, provenance = load_base(run.model_args)
         if run.cfg.init_adapter:
-            from medreason.adapter import load_peft
+            from medreason.adapter import load_adapter
 
-            model = load_peft(model, run.cfg.init_adapter, trainable=True)
+            model = load_adapter(model, run.cfg.init_adapter, is_trainable=True)
             log.info(
                 "continuing the adapter in %s (trainable; the recipe's LoRA keys are not used)", run.cfg.init_adapter
             )
@@ -190,7 +193,7 @@ class GRPO(Recipe):
 
 def read_init_adapter(run) -> dict | None:
     """The adapter to continue: validated, its base model the recipe's, and its weights' hash."""
-    from medreason.adapter import read_adapter
+    from medreason.adapter import check_adapter_fits, read_adapter
     from medreason.io import weights_sha256
     from medreason.models import same_model
 
@@ -203,6 +206,7 @@ def read_init_adapter(run) -> dict | None:
             f"(medreason train --config configs/smollm2-135m-cpu.yaml), or remove init_adapter"
         )
     meta = read_adapter(folder)
+    check_adapter_fits(folder, run.model_args.model_name_or_path)  # loads whole or not at all, before the weights
     if not same_model(meta["base_model"], run.model_args.model_name_or_path):
         raise UserError(
             f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "

@@ -73,7 +73,7 @@ class SFT(Recipe):
 
     def fit(self, run, trainer):
         from medreason import compat
-        from medreason.resume import checkpoint_step
+        from medreason.checkpoints import checkpoint_step
 
         resume = run.resume_from
         if resume is not None and checkpoint_step(resume) >= run.cfg.max_steps > 0:
