@@ -53,7 +53,6 @@ NOT_HASHED = {
     "hub_strategy",
     "overwrite_output_dir",
     "eval_on_start",
-    "evaluate_test",
     "include_num_input_tokens_seen",
 }
 
@@ -65,11 +64,11 @@ def adapter_path(adapter_root: str | Path, model_name: str) -> Path:
     return Path(adapter_root) / name_of(model_name)
 
 
-def recipe_hash(resolved: dict) -> str:
-    """A short hash of the settings that determine the adapter (NOT_HASHED keys and object reprs left out)."""
-    kept = {
-        k: v for k, v in sorted(resolved.items()) if k not in NOT_HASHED and not (isinstance(v, str) and " at 0x" in v)
-    }
+def recipe_hash(resolved: dict, ignore: frozenset[str] = frozenset()) -> str:
+    """A short hash of the settings that determine the adapter (NOT_HASHED keys, a recipe's own `ignore`d keys
+    and object reprs left out)."""
+    skip = NOT_HASHED | ignore
+    kept = {k: v for k, v in sorted(resolved.items()) if k not in skip and not (isinstance(v, str) and " at 0x" in v)}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -81,7 +80,7 @@ def training_meta(
 ) -> dict:
     """medreason.json of a trained adapter, the one schema both recipes write and `read_adapter` reads back:
     the method, base model, prompt format (template, system prompt), data and model provenance, final metrics,
-    the resolved recipe and its hash; a recipe adds its own fields (GRPO: rl_data, init_adapter, signal)."""
+    the resolved recipe and its hash; a recipe adds its own fields (medreason.recipe.Recipe.summarise)."""
     return {
         "trainer": trainer,
         "base_model": model_args.model_name_or_path,
@@ -121,7 +120,7 @@ def model_card(meta: dict) -> str:
     )
     rows = ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items())
     trainer = meta.get("trainer", "sft")
-    init = f"\n- Started from the adapter `{meta['init_adapter']}`" if meta.get("init_adapter") else ""
+    init = f"\n- Started from the adapter `{meta['started_from']}`" if meta.get("started_from") else ""
     return f"""---
 base_model: {meta["base_model"]}
 library_name: peft
@@ -139,7 +138,7 @@ the care of a patient.**
 - Data: {data.get("description", data.get("dataset", "unknown"))} ({_ident(data)}); rows: {rows or "n/a"};
   template `{meta.get("template")}`{init}
 - LoRA: r={c.get("lora_r")}, alpha={c.get("lora_alpha")}, dropout={c.get("lora_dropout")}, targets={c.get("lora_target_modules")}, rsLoRA={c.get("use_rslora")}, DoRA={c.get("use_dora")}, 4-bit base={c.get("load_in_4bit")}
-- Training: lr={c.get("learning_rate")}, batch={c.get("per_device_train_batch_size")} x accumulation {c.get("gradient_accumulation_steps")}, max_steps={c.get("max_steps")}, epochs={c.get("num_train_epochs")}, max_length={c.get("max_length")}, loss={c.get("loss_type")}, seed={c.get("seed")}
+- Training: lr={c.get("learning_rate")}, batch={c.get("per_device_train_batch_size")} x accumulation {c.get("gradient_accumulation_steps")}, max_steps={c.get("max_steps")}, epochs={c.get("num_train_epochs")}, seed={c.get("seed")}{_own_keys(meta)}
 - Run: `{meta.get("run_name")}`, recipe hash `{meta.get("recipe_hash")}` (resolved config in `medreason.json`)
 
 ## Metrics
@@ -159,6 +158,12 @@ model = PeftModel.from_pretrained(base, "path/to/this/folder")
 
 or `medreason chat --adapter path/to/this/folder`.
 """
+
+
+def _own_keys(meta: dict) -> str:
+    """The method's own keys (medreason.recipe.Recipe.logged_params), as the recipe logged them."""
+    config = meta.get("config", {})
+    return "".join(f", {k}={config.get(k)}" for k in meta.get("method_keys", []) if k in config)
 
 
 def _ident(source: dict) -> str:

@@ -5,9 +5,9 @@ each), from medreason.decode, cached under results/cache/generate/.
     outputs = answers_for(session, items, Decoding(max_new_tokens=256), use_adapter=True, batch_size=64, cache=True)
     outputs[i]   # [{"output", "tokens", "truncated"}, ...]: the item's answers (one when greedy)
 
-The cache key is everything that decides an answer: the model's fingerprint (medreason.session.Session.fingerprint:
-the base weights' source and hash, the dtype, every adapter weight file's hash, the library versions), the
-decoding settings, and the rendered prompt. Batch size is not in the key: batching changes greedy outputs only
+The cache key is everything that decides an answer (medreason.fingerprint.generation_key: the sha256 of every
+file the base model and the adapter load, where the base weights came from, dtype, device and the library
+versions), the decoding settings, and the rendered prompt. Batch size is not in the key: batching changes greedy outputs only
 through float rounding; each answer records the batch it was decoded in. The cache is written after every batch,
 so an interrupted evaluation resumes where it stopped.
 """
@@ -46,7 +46,7 @@ def answers_for(
 
     prompts = mcq_prompts(session, items)
     keys = [hashlib.sha256(p.encode()).hexdigest() for p in prompts]
-    store = AnswerCache(session.fingerprint(use_adapter), decoding) if cache else None
+    store = AnswerCache(session, use_adapter, decoding) if cache else None
     done = store.load() if store else {}
     todo = sorted({k: i for i, k in enumerate(keys) if k not in done}.values())
     if store and len(todo) < len(items):
@@ -81,10 +81,11 @@ def answers_for(
 class AnswerCache:
     """Answers of one model and one decoding setting, by sha256 of the rendered prompt, in one JSONL file."""
 
-    def __init__(self, fingerprint: dict, decoding: Decoding):
-        self.key = {"model": fingerprint, "decoding": decoding.key()}
-        digest = hashlib.sha256(json.dumps(self.key, sort_keys=True).encode()).hexdigest()[:16]
-        self.path = CACHE_DIR / f"{digest}.jsonl"
+    def __init__(self, session, use_adapter: bool, decoding: Decoding):
+        from medreason.fingerprint import generation_key, key_digest  # every file the model loads, versions
+
+        self.key = generation_key(session, use_adapter, decoding.key())
+        self.path = CACHE_DIR / f"{key_digest(self.key)}.jsonl"
         self.samples = decoding.samples
 
     def load(self) -> dict[str, list[dict]]:

@@ -106,6 +106,8 @@ DISCLAIMER = "(for teaching; not medical advice)"
 
 
 def cli(args) -> int:
+    from medreason.guards import base_model, check_prompt_sizes, inputs, refuse_saves_onto_inputs
+
     sampling = chat_decoding(  # bad sampling values fail here, before the model loads
         args.max_new_tokens, args.temperature, args.top_p, args.repetition_penalty, args.greedy, args.seed
     )
@@ -114,6 +116,12 @@ def cli(args) -> int:
     if args.compare and not args.adapter:
         raise UserError("--compare needs --adapter: the comparison is base model vs base model + adapter")
     questions = read_questions(args.questions) if args.questions else None
+    if questions is not None:  # --out never lands on the questions, the adapter or the base model
+        refuse_saves_onto_inputs(
+            {"--out": args.out or "results/chat.jsonl"}, inputs(args.model, args.adapter, [args.questions])
+        )
+    texts = questions or ([args.prompt] if args.prompt else [])  # each must fit the context with its answer
+    check_prompt_sizes(texts, base_model(args.model, args.adapter), args.max_new_tokens, args.questions or "")
     session = load_for_inference(args.adapter, args.model)
     if questions is not None:
         return _batch(session, questions, sampling, args)
@@ -173,21 +181,23 @@ def _interactive(session, sampling, compare_both) -> int:
 
 def read_questions(path: str) -> list[str]:
     """One question per line (.txt), or JSONL rows with a 'question' or 'Question' field."""
+    from medreason.readers import read_text
+
     p = Path(path)
     if not p.is_file():
         raise UserError(f"{path}: file not found")
     questions = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p).split("\n"), 1):  # named when not UTF-8 or too large; editor lines
         if not line.strip():
             continue
         if p.suffix == ".jsonl":
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path} row {n}: not valid JSON ({e.msg})") from e
+                raise UserError(f"{path} line {n}: not valid JSON ({e.msg})") from e
             q = row.get("question") or row.get("Question") if isinstance(row, dict) else None
             if not isinstance(q, str) or not q.strip():
-                raise UserError(f'{path} row {n}: field "question" is missing or empty')
+                raise UserError(f'{path} line {n}: field "question" is missing or empty')
             questions.append(q)
         else:
             questions.append(line)

@@ -295,3 +295,11 @@ def bad_option_message(message: str) -> str:
     if m:
         return f"--{m[1]} must be {TYPE_WORDS[m[2]]}, got {m[3]}"
     return f"bad option: {message} (see `medreason train --help`)"
+
+
+def fused_head_output(**fields):
+    """TRL 1.16's private `FusedCausalLMOutput` (what its trainers read from a forward with fused_lm_head=True),
+    built with `fields` (loss, log_probs, entropy, is_top1, label_mask): the dense LM head returns it."""
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    return FusedCausalLMOutput(**fields)

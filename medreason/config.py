@@ -173,7 +173,7 @@ def _recipe_parser_class():
     class RecipeParser(TrlParser):
         def parse_known_args(self, *args, **kwargs):
             namespace, rest = super().parse_known_args(*args, **kwargs)
-            check_ranges(vars(namespace))  # before TRL's classes are built: GRPOConfig divides by num_generations
+            check_ranges(vars(namespace))  # before TRL's classes are built: some divide by a recipe's counts
             return namespace, rest
 
         def set_defaults_with_config(self, **kwargs):
@@ -211,7 +211,7 @@ def parse_recipe(argv: list[str]):
     try:
         return tuple(parser(trainer).parse_args_and_config(argv))
     except ValueError as e:  # TRL and HfArgumentParser report unknown keys as ValueError
-        raise UserError(_unknown_key_message(str(e), argv)) from e
+        raise UserError(_unknown_key_message(str(e), trainer)) from e
 
 
 def settle(argv: list[str], args, cfg, model):
@@ -392,11 +392,21 @@ def _classes(trainer: str = "sft"):
     return (MedreasonArgs, type(get(trainer)).config_class, ModelConfig)
 
 
-def _unknown_key_message(message: str, argv: list[str]) -> str:
+def _unknown_key_message(message: str, trainer: str) -> str:
     keys = re.findall(r"'--?([\w.-]+)'", message)
-    if keys:
-        return f"unknown option '--{keys[0]}' (see `medreason train --help` for the keys a recipe accepts)"
-    return message.splitlines()[0]
+    if not keys:
+        return message.splitlines()[0]
+    return f"unknown option '--{keys[0]}'" + _other_method(
+        keys[0].replace("-", "_"), trainer, "see `medreason train --help`"
+    )
+
+
+def _other_method(key: str, trainer: str, otherwise: str) -> str:
+    """' (a grpo key: this recipe is for trainer sft)' when another recipe's config class has the key."""
+    from medreason.recipe import names
+
+    other = [t for t in names() if t != trainer and key in {f.name for f in dataclasses.fields(_classes(t)[1])}]
+    return f" (a {other[0]} key: this recipe is for trainer {trainer})" if other else f" ({otherwise})"
 
 
 def _closest(key: str, known: set[str]) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 
-from medreason.compat import unverified, verified
+from medreason import compat
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,11 @@ def use_dense_lm_head(model):
     import functools
 
     import torch
-    from trl.trainer.utils import FusedCausalLMOutput
 
     from medreason.scoring import labelled_log_softmax
 
-    if not verified("dense_lm_head"):
-        unverified("dense_lm_head", "keeping TRL's fused head")
+    if not compat.verified("dense_lm_head"):
+        compat.unverified("dense_lm_head", "keeping TRL's fused head")
         return
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -90,7 +89,7 @@ def use_dense_lm_head(model):
 
         log_probs = per_position(token_log_probs)
         denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-        return FusedCausalLMOutput(
+        return compat.fused_head_output(
             loss=-log_probs.sum() / denominator,
             log_probs=log_probs,
             entropy=per_position(entropy),

@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 def evaluate(
     adapter: str | None = None,
     *,
-    mode=None,
+    mode="loglik",
+    samples: int | None = None,
     model: str | None = None,
     mcq: str | None = None,
     split: str = "heldout",
@@ -46,8 +47,11 @@ def evaluate(
     session=None,
     cache: bool = True,
     force: bool = False,
+    **settings,
 ) -> dict:
-    """Evaluate the base model and (when given) the adapter on the same items with `mode` (default: log-likelihood);
+    """Evaluate the base model and (when given) the adapter on the same items with `mode`: a medreason.modes object,
+    or its name with its `settings` (`evaluate(a, mode="generate", max_new_tokens=256)`; with `samples` K, the
+    samples mode: pass@k);
     write results/<run>/eval.json and eval_items.jsonl, log to MLflow. The items are `items` (MCQ items, named
     `benchmark`), else a benchmark file `mcq`, else the bundled benchmark's `split` ('heldout', 'pool' or 'all');
     `limit` draws a stratified subset with `seed`. results/<run>/ (the adapter folder's name by default) is refused
@@ -55,10 +59,13 @@ def evaluate(
     from medreason.baselines import trivial_baselines
     from medreason.guards import eval_results
     from medreason.mcq import SPLITS, bundled_split, chance, group_counts, stratified_subset
-    from medreason.modes import LoglikMode
+    from medreason.modes import mode_for
     from medreason.session import load_for_inference
 
-    mode = mode or LoglikMode()
+    if isinstance(mode, str):
+        mode = mode_for(mode, samples=samples, strict=True, **({"seed": seed} if samples else {}), **settings)
+    elif settings or samples:
+        raise TypeError("settings go with a mode's name; a mode object carries its own")
     # everything about the input fails here, before any model loads
     if items is None:
         all_items, source = benchmark_items(mcq, split)
@@ -182,42 +189,6 @@ def write_items(path: Path, rows: list[dict]):
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-# --------------------------------------------------------------------------------------------- the adapter's data
-
-
-def adapter_test_split(session, limit: int | None):
-    """The test split of the data the adapter was trained on (its first `limit` rows), rebuilt exactly."""
-    from medreason.data import load_splits
-
-    test = load_splits(**training_data(session))["test"]
-    return test if limit is None else test.select(range(min(limit, len(test))))
-
-
-def training_data(session) -> dict:
-    """load_splits arguments that rebuild the adapter's own test split: every data argument it was trained with
-    (medreason.json "data"), and a check that the file still has the content it was trained on. Without an
-    adapter (or for an adapter from before these records), the bundled corpus with the session's template."""
-    data = session.meta.get("data") or {}
-    if not data.get("args"):
-        return {
-            "dataset": session.meta.get("dataset") or "bundled",
-            "template": session.template,
-            "system_prompt": session.system_prompt,
-        }
-    if data.get("kind") in ("file", "bundled") and data.get("sha256"):
-        from medreason.io import sha256_file
-
-        path = Path(data["path"])
-        if not path.is_file():
-            raise UserError(f"adapter {session.adapter} was trained on {path}, which no longer exists")
-        if sha256_file(path) != data["sha256"]:
-            raise UserError(
-                f"{path} changed since adapter {session.adapter} was trained on it (sha256 differs): "
-                f"its test split cannot be rebuilt"
-            )
-    return {"dataset": data.get("dataset", "bundled"), **data["args"]}
-
-
 def cli(args) -> int:
     from medreason.modes import mode_for
     from medreason.report import table
@@ -232,7 +203,7 @@ def cli(args) -> int:
         tasks=tuple(t.strip() for t in args.tasks.split(",") if t.strip() and t.strip() != "medreason_mcq"),
         batch_size=args.batch_size,
         seed=args.seed,
-    )
+    )  # each mode takes the options it has (medreason.modes), the others are its siblings' defaults
     results = evaluate(
         args.adapter,
         mode=mode,

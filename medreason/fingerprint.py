@@ -25,40 +25,9 @@ import hashlib
 import json
 from pathlib import Path
 
-# files a model or tokenizer loads from a folder; README, licences and .gitattributes decide nothing
-MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt", ".tiktoken")
-NOT_LOADED = {"README.md", "LICENSE", "LICENSE.txt", ".gitattributes"}
+from medreason.io import file_sha256, folder_sha256
+
 NUMERIC_LIBRARIES = ("torch", "transformers", "peft", "tokenizers")
-
-_memo: dict[tuple, str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes (through a symlink, as a Hub snapshot's files are), memoised per version."""
-    from medreason.io import sha256_file
-
-    st = Path(path).stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
-    if key not in _memo:
-        _memo[key] = sha256_file(path)
-    return _memo[key]
-
-
-def folder_sha256(folder: Path, every_file: bool = False) -> str | None:
-    """One sha256 over (name, sha256) of the folder's files, sorted by name: every regular file with
-    `every_file`, else the files a model load reads (MODEL_FILE_SUFFIXES). None for a folder without any."""
-    folder = Path(folder)
-    files = sorted(
-        p
-        for p in folder.iterdir()
-        if p.is_file() and p.name not in NOT_LOADED and (every_file or p.name.endswith(MODEL_FILE_SUFFIXES))
-    )
-    if not files:
-        return None
-    h = hashlib.sha256()
-    for p in files:
-        h.update(p.name.encode() + b"\0" + file_sha256(p).encode() + b"\n")
-    return h.hexdigest()
 
 
 def base_model_fingerprint(name: str) -> dict:

@@ -118,6 +118,8 @@ SEED = "[0, 4294967295]"  # numpy's seeds; torch's manual_seed refuses larger on
 RANGES: dict[str, Range] = {
     # medreason
     "max_examples": Range(">= 1"),
+    "facts_seed": Range(SEED),
+    "facts_statements": Range("[1, 4]"),
     "num_threads": Range(">= 1"),
     # the trainer (transformers' TrainingArguments, TRL's SFTConfig)
     "per_device_train_batch_size": Range(">= 1"),

@@ -106,21 +106,34 @@ def first_existing(path: str | Path) -> Path:
     return next(p for p in [path, *path.absolute().parents] if p.exists())
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+# files a model or tokenizer loads from a folder; README, licences and .gitattributes decide nothing
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".jinja", ".model", ".txt", ".tiktoken")
+NOT_LOADED = {"README.md", "LICENSE", "LICENSE.txt", ".gitattributes"}
+
+_memo: dict[tuple, str] = {}
 
 
-def weights_sha256(folder: str | Path, limit_bytes: int = 4 << 30) -> str | None:
-    """One sha256 over every weight file in `folder` (name and content, sorted by name; None when it has none, or
-    when they are larger than `limit_bytes`, since hashing tens of GB would take minutes). The one definition of a
-    model's or an adapter's identity: a stray second weight file changes it as surely as changed weights do."""
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes (through a symlink, as a Hub snapshot's files are), memoised per version."""
+    st = Path(path).stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _memo:
+        _memo[key] = sha256_file(path)
+    return _memo[key]
+
+
+def folder_sha256(folder: Path, every_file: bool = False) -> str | None:
+    """One sha256 over (name, sha256) of the folder's files, sorted by name: every regular file with
+    `every_file`, else the files a model load reads (MODEL_FILE_SUFFIXES). None for a folder without any."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return None
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-    if not files or sum(p.stat().st_size for p in files) > limit_bytes:
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.name not in NOT_LOADED and (every_file or p.name.endswith(MODEL_FILE_SUFFIXES))
+    )
+    if not files:
         return None
     h = hashlib.sha256()
     for p in files:
-        h.update(p.name.encode())
-        h.update(sha256_file(p).encode())
+        h.update(p.name.encode() + b"\0" + file_sha256(p).encode() + b"\n")
     return h.hexdigest()

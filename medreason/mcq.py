@@ -331,37 +331,3 @@ def loglik_prompt(item: MCQItem) -> str:
     else:
         lines.append("Options: " + " / ".join(item.options))
     return "\n".join(lines) + "\nAnswer:"
-
-
-# --------------------------------------------------------------------------------------------- GRPO's questions
-
-
-def rl_items(dataset: str, seed: int) -> tuple[list[MCQItem], dict]:
-    """(items, record) of a GRPO recipe's `dataset`: `bundled-pool`, the bundled benchmark's pool split (the
-    held-out split is never trained on), or `facts-taught`, the GRPO questions (mcq_rl) of the facts the SFT data
-    taught (medreason.facts, the taught half drawn with `seed`)."""
-    from medreason.io import sha256_file
-
-    if dataset in ("bundled-pool", "bundled"):
-        path = bundled_path("mcq.jsonl")
-        items = bundled_split("pool")
-        description = "bundled MCQ benchmark, pool split"
-    elif dataset == "facts-taught":
-        from medreason.facts import assign_halves, bundled_facts_path, load_facts, question_item
-
-        path = bundled_facts_path()
-        taught = assign_halves(load_facts(), seed)["taught"]
-        items = [question_item(f, "mcq_rl") for f in taught]
-        description = f"GRPO questions of the taught facts (seed {seed})"
-    else:
-        raise UserError(f"dataset '{dataset}' is not a GRPO question set: choose bundled-pool or facts-taught")
-    record = {
-        "description": description,
-        "kind": "bundled",
-        "dataset": dataset,
-        "path": str(path),
-        "sha256": sha256_file(path),
-        "seed": seed if dataset == "facts-taught" else None,
-        "rows": {"pool": len(items)},
-    }
-    return items, record

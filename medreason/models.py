@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medreason.errors import UserError
-from medreason.io import atomic_dir, atomic_write_json, sha256_file, weights_sha256
+from medreason.io import atomic_dir, atomic_write_json, folder_sha256, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class ModelSource:
             out.update(gguf_provenance(Path(self.path)))
         elif self.kind == "local":
             out["path"] = str(Path(self.path).resolve())
-            out["sha256"] = weights_sha256(Path(self.path))
+            out["sha256"] = folder_sha256(Path(self.path))
         return out
 
 

@@ -262,8 +262,8 @@ class LoglikMode(Mode):
         return "log-likelihood" + (" with the chat template" if settings.get("chat") else "")
 
     def prepare(self, session, items, limit):
-        from medreason.evaluate import adapter_test_split
         from medreason.harness import available_hub_tasks
+        from medreason.scoring import adapter_test_split
 
         self.hub_tasks = available_hub_tasks(self.tasks)
         self.limit = limit
@@ -290,8 +290,9 @@ class LoglikMode(Mode):
 MODES = {"generate": GenerateMode, "samples": SampleMode, "loglik": LoglikMode}
 
 
-def mode_for(name: str, samples: int | None = None, **settings) -> Mode:
-    """The mode `medreason eval --mode NAME [--samples K]` runs: generate with --samples is the samples mode."""
+def mode_for(name: str, samples: int | None = None, *, strict: bool = False, **settings) -> Mode:
+    """The mode `medreason eval --mode NAME [--samples K]` runs: generate with --samples is the samples mode.
+    `settings` it has no field for are ignored (the command line passes every option), or with `strict` refused."""
     if name not in ("generate", "loglik"):
         raise UserError(f"mode '{name}' is unknown: choose generate or loglik")
     if samples is not None:
@@ -299,5 +300,8 @@ def mode_for(name: str, samples: int | None = None, **settings) -> Mode:
             raise UserError("--samples draws answers to generate: use it with --mode generate")
         name, settings = "samples", {**settings, "samples": samples}
     cls = MODES[name]
-    known = {f for f in cls.__dataclass_fields__}
+    known = set(cls.__dataclass_fields__) - {"ks"}
+    unknown = sorted(set(settings) - known)
+    if strict and unknown:
+        raise TypeError(f"the {name} mode has no setting {unknown[0]!r} (it has {', '.join(sorted(known))})")
     return cls(**{k: v for k, v in settings.items() if k in known and v is not None})

@@ -28,12 +28,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from medreason.errors import UserError
-
-if TYPE_CHECKING:
-    from medreason.run import Run
 
 
 @dataclass
@@ -68,6 +65,8 @@ class Recipe:
     help: ClassVar[str] = ""
     # recipe keys logged as MLflow params besides the ones every run logs (medreason.run.LOGGED_PARAMS)
     logged_params: ClassVar[frozenset[str]] = frozenset()
+    # recipe keys that do not change the adapter the run produces (left out of the recipe hash)
+    not_hashed: ClassVar[frozenset[str]] = frozenset()
 
     def hash_inputs(self, args, cfg, model_args) -> dict:
         """What decides the adapter besides the recipe's keys (GRPO: the weights of the adapter it continues)."""
@@ -78,32 +77,32 @@ class Recipe:
         no save may land on them (medreason.guards.refuse_saves_onto_inputs)."""
         return ()
 
-    def check(self, run: Run) -> None:
+    def check(self, run) -> None:
         """Checks that need the settled run but no data and no model."""
 
-    def check_resume(self, run: Run, checkpoint) -> None:
+    def check_resume(self, run, checkpoint) -> None:
         """--resume: the checkpoint's LoRA has the shape this run would build."""
         from medreason.checkpoints import check_resume
 
         check_resume(checkpoint, run.model_args)
 
-    def load_data(self, run: Run) -> Data:
+    def load_data(self, run) -> Data:
         raise NotImplementedError
 
-    def load_model(self, run: Run) -> Policy:
+    def load_model(self, run) -> Policy:
         """The base model with a new LoRA described by the recipe's lora_* keys."""
         from medreason.models import load_base, peft_config
 
         model, tokenizer, provenance = load_base(run.model_args)
         return Policy(model, tokenizer, peft_config(run.model_args), provenance)
 
-    def build_trainer(self, run: Run, policy: Policy, data: Data):
+    def build_trainer(self, run, policy: Policy, data: Data):
         raise NotImplementedError
 
-    def fit(self, run: Run, trainer) -> None:
+    def fit(self, run, trainer) -> None:
         trainer.train(resume_from_checkpoint=str(run.resume_from) if run.resume_from else None)
 
-    def summarise(self, run: Run, trainer, data: Data) -> tuple[dict, dict]:
+    def summarise(self, run, trainer, data: Data) -> tuple[dict, dict]:
         """(final metrics, the method's own fields of medreason.json)."""
         raise NotImplementedError
 

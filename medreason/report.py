@@ -25,17 +25,28 @@ def mode_of(results: dict):
 
 def table(results: dict, mode=None) -> str:
     """Base vs adapter, the paired comparison and accuracy per group, as `medreason eval` prints it."""
+    from medreason.baselines import BASELINE_NAMES
+
     mode = mode or mode_of(results)
     names = list(results["variants"])
-    lines = [f"{'':<10}" + "".join(c.header.rjust(c.width) for c in mode.columns)]
+    tasks = list(next(iter(results["variants"].values())).get("tasks", {}))  # lm-eval's own scores, when run
+    lines = [
+        f"{'':<10}"
+        + "".join(c.header.rjust(c.width) for c in mode.columns)
+        + "".join(f"   {t} acc ± se" for t in tasks)
+    ]
     for name, v in results["variants"].items():
-        lines.append(f"{name:<10}" + "".join(c.cell(v) for c in mode.columns))
+        scores = "".join(
+            f"{s['acc']:.3f} ± {s['acc_stderr'] or 0:.3f}".rjust(len(t) + 12) for t, s in v.get("tasks", {}).items()
+        )
+        lines.append(f"{name:<10}" + "".join(c.cell(v) for c in mode.columns) + scores)
     lines.append(
         f"chance level (1/k per item, averaged): {results['chance']:.3f}; {results['n_mcq']} items of "
         f"{results['benchmark']}; {mode.describe(results['settings'])}"
     )
-    lines.append(baselines_line(results["baselines"]))
-    for name, v in results["variants"].items():
+    if "baselines" in results:
+        lines.append(baselines_line(results["baselines"]))
+    for name, v in results["variants"].items() if "baselines" in results else ():
         vs = v["vs_best_baseline"]
         low, high = v["accuracy_ci"]
         extra = ""
@@ -45,9 +56,9 @@ def table(results: dict, mode=None) -> str:
         elif mode.extracts and "accuracy_when_extracted_ci" in v:
             extra = "; no answer extracted"
         lines.append(
-            f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), {vs['diff']:+.3f} vs the "
-            f"{vs['rule'].replace('_', ' ')} rule item by item (95% {vs['ci_low']:+.3f} to {vs['ci_high']:+.3f}, "
-            f"p = {vs['p_value']:.3g}){extra}"
+            f"{name}: accuracy {v['accuracy']:.3f} (Wilson 95% {low:.3f}-{high:.3f}), {vs['diff']:+.3f} vs the best "
+            f"no-knowledge rule ({BASELINE_NAMES[vs['rule']]}) item by item (95% {vs['ci_low']:+.3f} to "
+            f"{vs['ci_high']:+.3f}, p = {vs['p_value']:.3g}){extra}"
         )
     if "paired" in results:
         p = results["paired"]

@@ -116,7 +116,7 @@ def execute(run: Run) -> TrainResult:
     data = run.recipe.load_data(run)
     with session(run):
         policy = run.recipe.load_model(run)
-        with tracked(run, data) as tracking:
+        with tracked(run, data, policy) as tracking:
             from transformers import set_seed
 
             set_seed(run.cfg.seed)  # right before a new adapter's weights are drawn (and, for GRPO, rollouts)
@@ -152,8 +152,9 @@ def recipe_hash_of(args, cfg, model_args) -> str:
     retrains what builds on it)."""
     from medreason import recipe as recipes
 
+    method = recipes.get(args.trainer)
     return recipe_hash(
-        config_dict(args, cfg, model_args) | recipes.get(args.trainer).hash_inputs(args, cfg, model_args)
+        config_dict(args, cfg, model_args) | method.hash_inputs(args, cfg, model_args), method.not_hashed
     )
 
 
@@ -291,7 +292,7 @@ def stop_on_sigterm():
 
 
 @contextmanager
-def tracked(run: Run, data):
+def tracked(run: Run, data, policy):
     """The run's MLflow run on rank 0 (None elsewhere): a resumed run continues the run its checkpoints logged to.
     Beside the checkpoints it records that run's id, the store, the resolved config and the recipe hash; a new
     run logs its params (LOGGED_PARAMS, the recipe's own and the data and model provenance); every run logs the
@@ -307,9 +308,11 @@ def tracked(run: Run, data):
         if mlflow_run is not None:
             record_run(run, mlflow_run.info.run_id)
             if run_id is None:
-                tracking.log_params(params | flat_provenance(data.record, "data"))
+                sources = flat_provenance(data.record, "data") | flat_provenance(policy.provenance, "model")
+                tracking.log_params(params | sources)
                 tracking.set_tags({"trainer": run.recipe.name})
-            tracking.log_dicts({"resolved_config": run.resolved, "provenance": {"data": data.record}})
+            provenance = {"data": data.record, "model": policy.provenance}
+            tracking.log_dicts({"resolved_config": run.resolved, "provenance": provenance})
         yield mlflow_run
 
 
@@ -366,6 +369,7 @@ def finish(run: Run, trainer, policy, data, metrics: dict, fields: dict, trackin
             resolved=run.resolved,
             model=policy.provenance,
             metrics=metrics,
+            method_keys=sorted(run.recipe.logged_params),
             **({"data": data.record} | fields),
         )
         model = run.recipe.trained_model(trainer)

@@ -10,6 +10,10 @@ logits would be ~50x larger and dominate the time on a CPU.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from medreason.errors import UserError
+
 
 def labelled_log_softmax(model, labels, *args, **inputs):
     """(log-softmax over the vocabulary at each labelled position, fp32 [n, vocab]; the next-token targets [n];
@@ -58,3 +62,39 @@ def heldout_loss(model, tokenizer, dataset, batch_size: int = 8) -> float:
             total_nll -= log_softmax.gather(-1, targets[:, None]).sum().item()
             total_tokens += int(mask.sum())
     return total_nll / max(1, total_tokens)
+
+
+# --------------------------------------------------------------------------------------------- the adapter's test split
+
+
+def adapter_test_split(session, limit: int | None):
+    """The test split of the data the adapter was trained on (its first `limit` rows), rebuilt exactly."""
+    from medreason.data import load_splits
+
+    test = load_splits(**training_data(session))["test"]
+    return test if limit is None else test.select(range(min(limit, len(test))))
+
+
+def training_data(session) -> dict:
+    """load_splits arguments that rebuild the adapter's own test split: every data argument it was trained with
+    (medreason.json "data"), and a check that the file still has the content it was trained on. Without an
+    adapter (or for an adapter from before these records), the bundled corpus with the session's template."""
+    data = session.meta.get("data") or {}
+    if not data.get("args"):
+        return {
+            "dataset": session.meta.get("dataset") or "bundled",
+            "template": session.template,
+            "system_prompt": session.system_prompt,
+        }
+    if data.get("kind") in ("file", "bundled") and data.get("sha256"):
+        from medreason.io import sha256_file
+
+        path = Path(data["path"])
+        if not path.is_file():
+            raise UserError(f"adapter {session.adapter} was trained on {path}, which no longer exists")
+        if sha256_file(path) != data["sha256"]:
+            raise UserError(
+                f"{path} changed since adapter {session.adapter} was trained on it (sha256 differs): "
+                f"its test split cannot be rebuilt"
+            )
+    return {"dataset": data.get("dataset", "bundled"), **data["args"]}

@@ -5,7 +5,6 @@ what is needed to prompt it and to name it exactly. Chat, evaluation and export 
     session = load_for_inference("lora_adapter/SmolLM2-135M-Instruct")   # checks the adapter fits, then loads
     with session.adapter_off():                                             # the plain base model
         ...
-    session.fingerprint(use_adapter=True)   # what decides an answer besides the prompt: weights, dtype, versions
 
 The adapter variant and the base variant share the base weights: the base answers inside PEFT's
 `disable_adapter()` context.
@@ -34,34 +33,10 @@ class Session:
     template: str = "think"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     meta: dict = field(default_factory=dict)
-    base_source: dict = field(default_factory=dict)  # medreason.models provenance: kind, sha256 or revision
 
     def adapter_off(self):
         """Context in which the model answers as the plain base model."""
         return self.model.disable_adapter() if self.adapter else nullcontext()
-
-    def fingerprint(self, use_adapter: bool) -> dict:
-        """Everything about the model that decides an answer: the base weights (their source and hash, so the
-        offline GGUF copy and the Hub weights differ, and changed weights are a new model), the dtype, the
-        adapter's weight files (all of them) when it is on, and the library versions that change numerics."""
-        import peft
-        import torch
-        import transformers
-
-        from medreason.io import weights_sha256
-
-        base = {k: self.base_source.get(k) for k in ("kind", "path", "sha256", "revision") if self.base_source.get(k)}
-        return {
-            "base_model": str(self.base_model),
-            "base_weights": base,
-            "dtype": str(next(self.model.parameters()).dtype),
-            "adapter_weights": weights_sha256(self.adapter) if use_adapter and self.adapter else None,
-            "versions": {
-                "torch": torch.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
-            },
-        }
 
 
 def load_for_inference(adapter: str | None = None, model: str | None = None, dtype=None) -> Session:
@@ -72,7 +47,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
 
     from medreason.adapter import check_adapter_fits, load_adapter, read_adapter
     from medreason.distributed import inference_dtype
-    from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer, load_tokenizer, resolve_model, same_model
+    from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer, load_tokenizer, same_model
 
     meta = read_adapter(adapter) if adapter else {}
     base = model or meta.get("base_model") or DEFAULT_MODEL
@@ -88,7 +63,6 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     base_model, tokenizer = load_model_and_tokenizer(base, dtype=dtype or inference_dtype())
     if torch.cuda.is_available():
         base_model = base_model.to("cuda")
-    source = resolve_model(base).provenance(base_model)
     if adapter:
         peft_model = load_adapter(base_model, adapter)
         peft_model.eval()
@@ -100,10 +74,9 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
             meta.get("template", "think"),
             meta.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
             meta,
-            source,
         )
     base_model.eval()
-    return Session(base_model, tokenizer, base, base_source=source)
+    return Session(base_model, tokenizer, base)
 
 
 def prompt_text(session: Session, messages: list[dict]) -> str:

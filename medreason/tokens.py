@@ -8,7 +8,7 @@ inference chapter all call this, so they agree with the trainer.
     label_mask(tokenizer, example)               # (token, carries loss) exactly as SFTTrainer collates it
 
 TRL 1.16's SFTTrainer tokenises the prompt (with the generation prompt) and prompt + completion through the chat
-template, and the completion starts where the two diverge (`trl.data_utils.common_prefix_length`): usually
+template, and the completion starts where the two diverge (TRL's `common_prefix_length`): usually
 right after the prompt, earlier when a chat template renders the prompt alone differently or tokens merge
 across the boundary. That rule is a reach into how TRL tokenises (medreason.compat, "completion_boundary").
 """

@@ -197,7 +197,7 @@ def store_errors(uri: str):
     except UserError:
         raise
     except Exception as e:
-        if not store_full(e) or (isinstance(e, OSError) and e.filename):
+        if not store_full(e) or not from_the_store(e):  # a full disk under another write names its own file
             raise
         where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
         raise UserError(
@@ -206,6 +206,18 @@ def store_errors(uri: str):
         ) from e
     finally:
         db_log.removeFilter(_not_a_full_store)
+
+
+def from_the_store(error: BaseException) -> bool:
+    """Whether `error` comes from writing the MLflow store (MLflow's or SQLAlchemy's own exception, or one raised
+    from it), not from another write inside the tracked block (a checkpoint, the adapter)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if type(error).__module__.split(".")[0] in ("mlflow", "sqlalchemy", "sqlite3"):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _not_a_full_store(record: logging.LogRecord) -> bool:

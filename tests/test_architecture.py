@@ -2,6 +2,7 @@
 other, no module reaches for another's private names, and the code passes ruff."""
 
 import ast
+import re
 import shutil
 import subprocess
 import sys
@@ -11,22 +12,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "medreason"
-RECIPES = {"sft", "grpo"}
+
+
+def _recipes() -> set[str]:
+    """The recipe modules: every method medreason.recipe's registry finds, one file each in medreason/recipes/."""
+    from medreason.recipe import names
+
+    return {f"recipes.{name}" for name in names()}
 
 
 def _imports() -> dict[str, set[tuple[str, str]]]:
     """module -> {(imported medreason module, name)}, at module level and inside functions alike."""
     graph = {}
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
+        name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
         found = set()
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medreason":
                 parts = node.module.split(".")
                 for alias in node.names:
-                    found |= {(parts[1], alias.name)} if len(parts) > 1 else {(alias.name, "")}
+                    found |= {(".".join(parts[1:]), alias.name)} if len(parts) > 1 else {(alias.name, "")}
             elif isinstance(node, ast.Import):
-                found |= {(a.name.split(".")[1], "") for a in node.names if a.name.startswith("medreason.")}
-        graph[path.stem] = {(m, n) for m, n in found if m != path.stem}
+                found |= {(a.name.split(".", 1)[1], "") for a in node.names if a.name.startswith("medreason.")}
+        graph[name] = {(m, n) for m, n in found if m != name}
     return graph
 
 
@@ -48,14 +56,34 @@ def test_no_import_circle():
         visit(module, [])
 
 
-def test_recipes_import_the_run_skeleton_and_not_each_other():
+def test_recipes_register_with_the_interface_and_never_import_each_other():
+    """A method is one file of medreason/recipes/: it builds on medreason.recipe, imports no other method, and
+    nothing but the registry's discovery imports it (the run, the CLI and the config read the registry)."""
     graph = _imports()
-    for recipe in RECIPES:
+    recipes = _recipes()
+    assert recipes == {f"recipes.{p.stem}" for p in (PACKAGE / "recipes").glob("*.py") if p.stem != "__init__"}
+    for recipe in recipes:
         deps = {d for d, _ in graph[recipe]}
-        assert "run" in deps, recipe
-        assert not deps & (RECIPES - {recipe}), f"{recipe} imports {deps & RECIPES}"
-        assert "train" not in deps, f"{recipe} imports medreason.train: train only picks the recipe"
-    assert not {d for d, _ in graph["run"]} & (RECIPES | {"train"})
+        assert "recipe" in deps, recipe
+        assert not deps & (recipes - {recipe}), f"{recipe} imports {deps & recipes}"
+        assert not deps & {"train", "run", "cli"}, f"{recipe} imports the entry points: they pick the recipe"
+    importers = {m for m, deps in graph.items() for d, _ in deps if d in recipes}
+    assert not importers - recipes, f"{importers - recipes} import a recipe module directly"
+
+
+# keys that belong to one training method: the shared rooms never name them
+METHOD_KEYS = ("init_adapter", "num_generations", "max_completion_length", "max_length", "evaluate_test", "packing")
+
+
+def test_shared_rooms_name_no_methods_keys():
+    shared = ["run.py", "train.py", "recipe.py", "config.py", "adapter.py"]
+    found = [
+        f"{name}: {key}"
+        for name in shared
+        for key in METHOD_KEYS
+        if re.search(rf"\b{key}\b", (PACKAGE / name).read_text(encoding="utf-8"))
+    ]
+    assert not found, found
 
 
 def test_no_private_name_crosses_a_module():

@@ -840,24 +840,25 @@ def test_bad_value_is_one_line_and_exit_2(in_tmp, capsys, tiny_model_dir):
 def test_bool_options_parse_as_documented():
     from medreason.config import parse_config
 
-    args, _, _ = parse_config(["--config", str(RECIPE), "--resume"])
-    assert args.resume is True and args.evaluate_test is True
-    args, _, model_args = parse_config(
+    args, sft, _ = parse_config(["--config", str(RECIPE), "--resume"])
+    assert args.resume is True and sft.evaluate_test is True
+    args, sft, model_args = parse_config(
         ["--config", str(RECIPE), "--resume", "true", "--evaluate_test", "false", "--load_in_4bit", "true"]
     )
-    assert args.resume is True and args.evaluate_test is False and model_args.load_in_4bit is True
+    assert args.resume is True and sft.evaluate_test is False and model_args.load_in_4bit is True
 
 
 def test_single_target_module_becomes_a_list(tiny_model_dir):
     """`--lora_target_modules q_proj` arrives from the parser as a string, which PEFT would take as a regex
     over full module paths (matching nothing): the checks turn it into a list of one name."""
     from medreason.config import parse_config
-    from medreason.run import check_hyperparameters, lora_targets, peft_config
+    from medreason.models import lora_targets, peft_config
+    from medreason.run import check_before_loading
 
     args, sft, model_args = parse_config(
         ["--config", str(RECIPE), "--model_name_or_path", str(tiny_model_dir), "--lora_target_modules", "q_proj"]
     )
-    check_hyperparameters(args, sft, model_args)
+    check_before_loading(args, sft, model_args)
     assert lora_targets(model_args) == ["q_proj"]
     assert peft_config(model_args).target_modules == {"q_proj"}
 

@@ -111,7 +111,7 @@ def test_split_follows_the_hash_rule(mcq):
     for m in mcq:
         by_specialty.setdefault(m["specialty"], []).append(m)
     for specialty, items in by_specialty.items():
-        ranked = sorted(items, key=lambda m: data.question_hash(m["question"]))
+        ranked = sorted(items, key=lambda m: overlap.question_hash(m["question"]))
         expected = ["heldout"] * HELDOUT_PER_SPECIALTY + ["pool"] * (len(items) - HELDOUT_PER_SPECIALTY)
         assert [m["split"] for m in ranked] == expected, specialty
 
@@ -130,21 +130,21 @@ def _as_sft(items) -> list[dict]:
 
 
 def test_sft_corpus_does_not_overlap_pool_or_heldout(corpus_rows, parts):
-    sft = data.split_rows(corpus_rows)
-    assert data.contamination(sft, parts["pool"]) == []
-    assert data.contamination(sft, parts["heldout"]) == []
+    sft = overlap.split_rows(corpus_rows)
+    assert overlap.contamination(sft, parts["pool"]) == []
+    assert overlap.contamination(sft, parts["heldout"]) == []
 
 
 def test_mcq_reasoning_set_does_not_overlap_pool_or_heldout(mcq_sft_rows, parts):
     """The SFT curriculum's multiple-choice items are new questions: none is a benchmark question, in any of the
     pipeline's train/validation/test splits."""
-    sft = data.split_rows(mcq_sft_rows)
+    sft = overlap.split_rows(mcq_sft_rows)
     assert sum(map(len, sft.values())) == len(mcq_sft_rows) and all("stem" in r for r in mcq_sft_rows)
-    assert data.contamination(sft, parts["pool"]) == []
-    assert data.contamination(sft, parts["heldout"]) == []
+    assert overlap.contamination(sft, parts["pool"]) == []
+    assert overlap.contamination(sft, parts["heldout"]) == []
     # and the check reads the bare question: a heldout question copied in with its options is caught
     leaked = dict(mcq_sft_rows[0], stem=parts["heldout"][3]["question"])
-    assert data.contamination({"train": [leaked]}, parts["heldout"]) == [("train", parts["heldout"][3]["id"])]
+    assert overlap.contamination({"train": [leaked]}, parts["heldout"]) == [("train", parts["heldout"][3]["id"])]
 
 
 def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
@@ -159,13 +159,13 @@ def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
 
 
 def test_pool_does_not_overlap_heldout(parts):
-    assert data.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"]) == []
+    assert overlap.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"]) == []
 
 
 def test_the_overlap_check_would_catch_a_leak(parts):
     """Guards against a vacuous disjointness test: a pool question copied into the held-out set is found."""
     leaked = dict(parts["pool"][5], id="leaked")
-    assert data.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"] + [leaked]) == [("pool", "leaked")]
+    assert overlap.contamination({"pool": _as_sft(parts["pool"])}, parts["heldout"] + [leaked]) == [("pool", "leaked")]
 
 
 def test_no_exact_normalised_question_is_shared(corpus_rows, mcq_sft_rows, parts):
@@ -212,7 +212,7 @@ def test_no_pair_reaches_the_contamination_threshold_exhaustively(highest_simila
 
 def test_benchmark_has_no_near_duplicates(mcq):
     rows = [{"Question": m["question"], "Response": m["options"][m["answer"]]} for m in mcq]
-    kept, exact, near = data.deduplicate(rows)
+    kept, exact, near = overlap.deduplicate(rows)
     assert (len(kept), exact, near) == (len(mcq), 0, 0)
 
 

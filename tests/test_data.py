@@ -385,16 +385,16 @@ def _membership(parts: dict) -> dict[str, set[str]]:
 
 
 def test_split_does_not_depend_on_row_order(corpus_rows):
-    reference = _membership(data.split_rows(corpus_rows))
+    reference = _membership(overlap.split_rows(corpus_rows))
     for seed in range(3):
         shuffled = corpus_rows[:]
         random.Random(seed).shuffle(shuffled)
         assert shuffled != corpus_rows
-        assert _membership(data.split_rows(shuffled)) == reference
+        assert _membership(overlap.split_rows(shuffled)) == reference
 
 
 def test_split_has_no_question_in_two_parts_and_loses_none(corpus_rows):
-    parts = _membership(data.split_rows(corpus_rows))
+    parts = _membership(overlap.split_rows(corpus_rows))
     assert not (
         parts["train"] & parts["validation"] or parts["train"] & parts["test"] or parts["validation"] & parts["test"]
     )
@@ -404,7 +404,7 @@ def test_split_has_no_question_in_two_parts_and_loses_none(corpus_rows):
 @pytest.mark.parametrize("n", [10, 37, 100, 216, 1001])
 def test_split_shares_are_80_10_10_within_one_row(n):
     rows = [good(i) for i in range(n)]
-    parts = data.split_rows(rows)
+    parts = overlap.split_rows(rows)
     assert list(parts) == ["train", "validation", "test"]
     assert sum(len(p) for p in parts.values()) == n
     for name, share in (("train", 0.8), ("validation", 0.1), ("test", 0.1)):
@@ -414,10 +414,12 @@ def test_split_shares_are_80_10_10_within_one_row(n):
 def test_split_ignores_case_and_punctuation_of_the_question():
     rows = [good(i, Response=f"Answer number {i}.") for i in range(50)]
     shouted = [dict(r, Question=r["Question"].upper().replace(".", " ! ")) for r in rows]
-    assert [[r["Response"] for r in p] for p in data.split_rows(rows).values()] == [
-        [r["Response"] for r in p] for p in data.split_rows(shouted).values()
+    assert [[r["Response"] for r in p] for p in overlap.split_rows(rows).values()] == [
+        [r["Response"] for r in p] for p in overlap.split_rows(shouted).values()
     ]
-    assert [data.question_hash(r["Question"]) for r in rows] == [data.question_hash(r["Question"]) for r in shouted]
+    assert [overlap.question_hash(r["Question"]) for r in rows] == [
+        overlap.question_hash(r["Question"]) for r in shouted
+    ]
 
 
 # --------------------------------------------------------------------------------------------- duplicates
@@ -441,7 +443,7 @@ def test_deduplicate_removes_exact_and_near_duplicates_and_keeps_distinct_questi
     )
     distinct = corpus_rows[:5]
     rows = [base, *distinct, dict(base), near]
-    kept, exact, near_count = data.deduplicate(rows)
+    kept, exact, near_count = overlap.deduplicate(rows)
     assert (exact, near_count) == (1, 1)
     assert kept == [base, *distinct]
 
@@ -460,20 +462,22 @@ def _edited(question: str, low: float, high: float) -> str | None:
 
 
 def test_deduplicate_removes_every_pair_at_or_above_the_threshold(corpus_rows):
-    low, high = data.NEAR_DUP_THRESHOLD, data.NEAR_DUP_THRESHOLD + 0.06
+    low, high = overlap.NEAR_DUP_THRESHOLD, overlap.NEAR_DUP_THRESHOLD + 0.06
     pairs = [(r, _edited(r["Question"], low, high)) for r in corpus_rows[:40]]
     pairs = [(r, q) for r, q in pairs if q is not None]
     assert len(pairs) >= 30
     for r, q in pairs:
-        assert overlap.jaccard(r["Question"], q) >= data.NEAR_DUP_THRESHOLD
-    missed = [q for r, q in pairs if data.deduplicate([r, dict(r, Question=q, Response="A different answer.")])[2] != 1]
+        assert overlap.jaccard(r["Question"], q) >= overlap.NEAR_DUP_THRESHOLD
+    missed = [
+        q for r, q in pairs if overlap.deduplicate([r, dict(r, Question=q, Response="A different answer.")])[2] != 1
+    ]
     assert not missed, f"{len(missed)} of {len(pairs)} near duplicates kept, e.g. {missed[0]!r}"
 
 
 def test_deduplicate_counts_case_and_spacing_variants_as_exact():
     a = good(0)
     b = dict(a, Question="  " + a["Question"].upper(), Response=a["Response"].lower() + "  ")
-    kept, exact, near = data.deduplicate([a, b])
+    kept, exact, near = overlap.deduplicate([a, b])
     assert kept == [a] and (exact, near) == (1, 0)
 
 
@@ -485,7 +489,7 @@ def test_deduplicate_keeps_questions_that_only_share_a_stem():
         "She has episodic headaches, palpitations and sweating with severe hypertension; next step?",
     ]
     rows = [good(i, Question=stem + ending) for i, ending in enumerate(endings)]
-    kept, exact, near = data.deduplicate(rows)
+    kept, exact, near = overlap.deduplicate(rows)
     assert kept == rows and (exact, near) == (0, 0)
 
 
@@ -506,9 +510,9 @@ def mcq():
 def test_planted_mcq_question_is_found(corpus_rows, mcq):
     item = mcq[17]
     planted = good(0, Question=item["question"])
-    parts = data.split_rows(corpus_rows[:40])
+    parts = overlap.split_rows(corpus_rows[:40])
     parts["validation"] = parts["validation"] + [planted]
-    assert data.contamination(parts, mcq) == [("validation", item["id"])]
+    assert overlap.contamination(parts, mcq) == [("validation", item["id"])]
 
 
 def test_lightly_edited_mcq_question_is_found(corpus_rows, mcq):
@@ -516,20 +520,20 @@ def test_lightly_edited_mcq_question_is_found(corpus_rows, mcq):
     words = item["question"].split()
     words[len(words) // 2] = "notably"
     edited = good(0, Question=" ".join(words).upper())
-    assert data.contamination({"train": corpus_rows[:20] + [edited], "test": []}, mcq) == [("train", item["id"])]
+    assert overlap.contamination({"train": corpus_rows[:20] + [edited], "test": []}, mcq) == [("train", item["id"])]
 
 
 def test_contamination_finds_every_question_at_or_above_the_threshold(mcq):
     edited = [(m["id"], _edited(m["question"], 0.5, 0.6)) for m in mcq[:40]]
     edited = [(mid, q) for mid, q in edited if q is not None]
     assert len(edited) >= 30
-    found = {mid for _, mid in data.contamination({"train": [{"Question": q} for _, q in edited]}, mcq)}
+    found = {mid for _, mid in overlap.contamination({"train": [{"Question": q} for _, q in edited]}, mcq)}
     missed = [mid for mid, _ in edited if mid not in found]
     assert not missed, f"{len(missed)} of {len(edited)} contaminated questions not found: {missed}"
 
 
 def test_bundled_corpus_is_not_contaminated_by_the_bundled_benchmark(corpus_rows, mcq):
-    assert data.contamination(data.split_rows(corpus_rows), mcq) == []
+    assert overlap.contamination(overlap.split_rows(corpus_rows), mcq) == []
 
 
 # --------------------------------------------------------------------------------------------- bundled data

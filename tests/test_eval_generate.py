@@ -139,7 +139,7 @@ def test_generate_mode_end_to_end(adapter_dir, files, in_tmp, capsys, name, n, c
     from medreason.baselines import trivial_baselines
     from medreason.mcq import load_benchmark
 
-    assert "no-knowledge baselines" in out and "vs the best baseline" in out
+    assert "no-knowledge baselines" in out and "vs the best no-knowledge rule" in out
     assert "among extracted" in out or "no answer extracted" in out
     assert report["baselines"] == json.loads(json.dumps(trivial_baselines(load_benchmark(files[name]))))
     for name_, v in report["variants"].items():
@@ -184,17 +184,19 @@ def test_base_variant_is_the_plain_base_model(adapter_dir, tiny_model_dir, files
 
 
 def test_cache_reuses_answers(adapter_dir, files, monkeypatch):
+    import medreason.decode
+    from medreason import answers
     from medreason import evaluate as ev
 
     first = ev.evaluate(
         str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4, batch_size=3, run_name="c1"
     )
-    assert list((ev.CACHE_DIR).glob("*.jsonl"))
+    assert list((answers.CACHE_DIR).glob("*.jsonl"))
 
     def no_generation(*a, **k):
         raise AssertionError("generated although every answer is cached")
 
-    monkeypatch.setattr(ev, "generate_batch", no_generation)
+    monkeypatch.setattr(medreason.decode, "decode", no_generation)
     again = ev.evaluate(
         str(adapter_dir), mode="generate", mcq=str(files["pubmedqa"]), max_new_tokens=4, batch_size=1, run_name="c2"
     )
@@ -298,8 +300,8 @@ def test_bad_row_exits_2_with_one_line_before_loading(in_tmp, capsys, monkeypatc
 
 def test_scores_from_outputs_without_a_model():
     """Accuracy, extraction rate, lengths and truncation from given outputs (no generation)."""
-    from medreason.evaluate import score_outputs, summarize_generate
     from medreason.mcq import parse_row
+    from medreason.modes import grade_row, summarize_generated
 
     items = [parse_row(r, n, "t") for n, r in enumerate(FIVE[:4], 1)]
     outputs = [
@@ -308,10 +310,10 @@ def test_scores_from_outputs_without_a_model():
         {"output": "Answer: A", "tokens": 5, "truncated": False},
         {"output": "IM epinephrine", "tokens": 3, "truncated": False},
     ]
-    rows = score_outputs(items, outputs, "adapter")
+    rows = [grade_row(item, out, "adapter") for item, out in zip(items, outputs)]
     assert [r["extracted"] for r in rows] == ["D", None, "A", "A"]
     assert [r["correct"] for r in rows] == [True, False, False, True]
-    s = summarize_generate(rows, 64)
+    s = summarize_generated(rows, 64)
     assert (
         s["accuracy"] == 0.5 and s["extraction_rate"] == 0.75 and s["accuracy_when_extracted"] == pytest.approx(2 / 3)
     )
@@ -492,9 +494,10 @@ def _session(base, adapter=None):
 
 
 def _cache_file(session, use_adapter=True):
-    from medreason.evaluate import GenerationCache
+    from medreason.answers import AnswerCache
+    from medreason.decode import Decoding
 
-    return GenerationCache(session, use_adapter, 8).path
+    return AnswerCache(session, use_adapter, Decoding(max_new_tokens=8)).path
 
 
 def _flip_last_byte(path):

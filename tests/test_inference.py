@@ -472,7 +472,8 @@ def test_interactive_chat_ends_cleanly_on_eof(tiny_model_dir, in_tmp):
 
 @pytest.mark.slow
 def test_evaluate_base_and_adapter(adapter_dir, in_tmp):
-    from medreason.evaluate import evaluate, table
+    from medreason.evaluate import evaluate
+    from medreason.report import table
 
     results = evaluate(str(adapter_dir), limit=8, batch_size=4)
     path = in_tmp / "results" / "adapter" / "eval.json"
@@ -495,7 +496,7 @@ def test_heldout_loss_equals_a_hand_computation(session):
     from datasets import Dataset
 
     from medreason.data import load_splits
-    from medreason.evaluate import heldout_loss
+    from medreason.scoring import heldout_loss
 
     tok = session.tokenizer
     test = load_splits("bundled", template="think", system_prompt=DEFAULT_SYSTEM_PROMPT)["test"]
@@ -525,7 +526,7 @@ def test_mcq_task_prompt_follows_the_medqa_convention():
     import jinja2
 
     from medreason.data import bundled_path, load_mcq
-    from medreason.evaluate import mcq_task_config
+    from medreason.harness import mcq_task_config
 
     config = mcq_task_config()
     item = load_mcq()[0]

@@ -62,11 +62,11 @@ def test_metadata_card_and_mlflow_name_the_real_sources(local_run, tiny_model_di
     assert meta["data"]["sha256"] == sha256(data_file)
     assert meta["data"]["args"]["max_examples"] == 60
     assert sum(meta["data"]["rows"].values()) == 60
-    # the model: a local folder, with a hash of its weights
+    # the model: a local folder, with one hash of every file a load reads from it (weights, config, tokenizer)
     weights = hashlib.sha256()
-    for p in sorted(tiny_model_dir.glob("*.safetensors")):
-        weights.update(p.name.encode())
-        weights.update(sha256(p).encode())
+    loaded = (".safetensors", ".json", ".jinja")
+    for p in sorted(q for q in tiny_model_dir.iterdir() if q.name.endswith(loaded)):
+        weights.update(p.name.encode() + b"\0" + sha256(p).encode() + b"\n")
     assert meta["model"]["kind"] == "local" and meta["model"]["sha256"] == weights.hexdigest()
     card = (result.adapter_dir / "README.md").read_text()
     assert meta["data"]["sha256"][:16] in card and meta["model"]["sha256"][:16] in card
@@ -94,7 +94,7 @@ def test_validation_and_test_metrics_keep_their_names(local_run):
 
 
 def test_evaluate_rebuilds_the_exact_split_from_another_directory(local_run, tmp_path, monkeypatch):
-    from medreason.evaluate import training_data
+    from medreason.scoring import training_data
     from medreason.session import Session
 
     work, _, result = local_run
@@ -109,7 +109,7 @@ def test_evaluate_rebuilds_the_exact_split_from_another_directory(local_run, tmp
 
 def test_changed_training_file_is_refused(local_run, tmp_path):
     from medreason.errors import UserError
-    from medreason.evaluate import training_data
+    from medreason.scoring import training_data
     from medreason.session import Session
 
     work, _, result = local_run

@@ -415,7 +415,7 @@ def test_export_writes_once_then_needs_force(finished_run, tiny_model_dir, tmp_p
 
 def test_eval_table_stays_aligned_at_large_perplexity():
     """A perplexity >= 1e4 used to run into the test-loss column."""
-    from medreason.evaluate import table
+    from medreason.report import table
 
     def variant(loss):
         import math

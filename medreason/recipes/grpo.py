@@ -86,10 +86,10 @@ class GRPO(Recipe):
     )
 
     def hash_inputs(self, args, cfg, model_args) -> dict:
-        from medreason.io import weights_sha256
+        from medreason.fingerprint import adapter_fingerprint
 
         init = cfg.init_adapter
-        digest = weights_sha256(init) if init and Path(init).is_dir() else None
+        digest = adapter_fingerprint(init) if init and Path(init).is_dir() else None
         return {"init_adapter_weights_sha256": digest} if digest else {}
 
     def inputs(self, args, cfg, model_args) -> tuple:
@@ -114,7 +114,7 @@ class GRPO(Recipe):
     def load_data(self, run) -> Data:
         from datasets import Dataset
 
-        from medreason.mcq import prompt_messages, rl_items
+        from medreason.mcq import prompt_messages
 
         items, record = rl_items(run.args.dataset, seed=run.args.facts_seed)
         if run.args.max_examples:
@@ -182,6 +182,7 @@ class GRPO(Recipe):
         meta = {
             "rl_data": data.record,
             "init_adapter": init and init["path"],
+            "started_from": init and init["path"],
             "init_adapter_sha256": init and init["sha256"],
             "rewards": ["correctness_reward", "format_reward"],
             "signal": signal_summary(trainer.state.log_history),
@@ -194,7 +195,7 @@ class GRPO(Recipe):
 def read_init_adapter(run) -> dict | None:
     """The adapter to continue: validated, its base model the recipe's, and its weights' hash."""
     from medreason.adapter import check_adapter_fits, read_adapter
-    from medreason.io import weights_sha256
+    from medreason.fingerprint import adapter_fingerprint
     from medreason.models import same_model
 
     folder = run.cfg.init_adapter
@@ -206,15 +207,15 @@ def read_init_adapter(run) -> dict | None:
             f"(medreason train --config configs/smollm2-135m-cpu.yaml), or remove init_adapter"
         )
     meta = read_adapter(folder)
-    check_adapter_fits(folder, run.model_args.model_name_or_path)  # loads whole or not at all, before the weights
     if not same_model(meta["base_model"], run.model_args.model_name_or_path):
         raise UserError(
             f"init_adapter {folder} was trained on {meta['base_model']}, but model_name_or_path is "
             f"{run.model_args.model_name_or_path}: use the same base model"
         )
+    check_adapter_fits(folder, run.model_args.model_name_or_path)  # loads whole or not at all, before the weights
     return {
         "path": str(folder),
-        "sha256": weights_sha256(folder),
+        "sha256": adapter_fingerprint(folder),
         "base_model": meta["base_model"],
         "trainer": meta.get("trainer", "sft"),
         "recipe_hash": meta.get("recipe_hash"),
@@ -259,3 +260,36 @@ def signal_summary(log_history: list[dict]) -> dict:
         if len(per_step[name]) >= 3:
             out[f"{name}_trend"] = trend(per_step[name])
     return out
+
+
+def rl_items(dataset: str, seed: int) -> tuple[list, dict]:
+    """(items, record) of a GRPO recipe's `dataset`: `bundled-pool`, the bundled benchmark's pool split (the
+    held-out split is never trained on), or `facts-taught`, the GRPO questions (mcq_rl) of the facts the SFT data
+    taught (medreason.facts, the taught half drawn with `seed`)."""
+    from medreason.io import sha256_file
+    from medreason.mcq import bundled_split
+    from medreason.readers import bundled_path
+
+    if dataset in ("bundled-pool", "bundled"):
+        path = bundled_path("mcq.jsonl")
+        items = bundled_split("pool")
+        description = "bundled MCQ benchmark, pool split"
+    elif dataset == "facts-taught":
+        from medreason.facts import assign_halves, bundled_facts_path, load_facts, question_item
+
+        path = bundled_facts_path()
+        taught = assign_halves(load_facts(), seed)["taught"]
+        items = [question_item(f, "mcq_rl") for f in taught]
+        description = f"GRPO questions of the taught facts (seed {seed})"
+    else:
+        raise UserError(f"dataset '{dataset}' is not a GRPO question set: choose bundled-pool or facts-taught")
+    record = {
+        "description": description,
+        "kind": "bundled",
+        "dataset": dataset,
+        "path": str(path),
+        "sha256": sha256_file(path),
+        "seed": seed if dataset == "facts-taught" else None,
+        "rows": {"pool": len(items)},
+    }
+    return items, record

@@ -35,6 +35,7 @@ class SFT(Recipe):
     config_class = SFTRecipeConfig
     help = "supervised fine-tuning on prompt/completion pairs (TRL's SFTTrainer)"
     logged_params = frozenset({"max_length", "loss_type", "packing", "padding_free", "train_sampling_strategy"})
+    not_hashed = frozenset({"evaluate_test"})
 
     def check(self, run):
         context = getattr(run.model_config(), "max_position_embeddings", None)
