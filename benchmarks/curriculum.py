@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from generate_throughput import load_average, machine_info  # noqa: E402  (the sibling benchmark's machine facts)
+from common import load_average, machine  # noqa: E402
 
 from medreason.io import atomic_write_json  # noqa: E402
 
@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     )
     t0 = time.time()
     sessions = {"sft": load_for_inference(str(sft_dir)), "grpo": load_for_inference(str(grpo_dir))}
-    report["machine"] = machine_info(sessions["sft"])
+    report["machine"] = machine(next(sessions["sft"].model.parameters()).dtype)
     report["data_sha256"] = sft_meta.get("data", {}).get("sha256")
     gen_sft = evaluate(session=sessions["sft"], run_name="curriculum-generate-sft", **common)
     gen_grpo = evaluate(session=sessions["grpo"], run_name="curriculum-generate-grpo", **common)

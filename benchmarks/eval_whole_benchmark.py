@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from book_build import machine  # noqa: E402  (the sibling benchmark's machine facts)
-from generate_throughput import load_average  # noqa: E402
+from common import load_average  # noqa: E402
 
 from medreason.io import atomic_write_json  # noqa: E402
 

@@ -104,11 +104,14 @@ def decode(
     batch_size: int = 32,
     on_batch: Callable[[list[Completion]], None] | None = None,
     streamer=None,
+    stop: set[int] | None = None,
 ) -> list[Completion]:
     """Continuations of `prompts`, `decoding.samples` per prompt, in the order of the prompts (the samples of a
     prompt together). The model decodes as it is (its adapter on or off, as the caller set it); nothing about
     the model, the tokenizer or torch's settings is changed. `on_batch` is called with each finished batch (for
-    progress and incremental caching); `streamer` (a transformers streamer) sees the tokens of a single prompt."""
+    progress and incremental caching); `streamer` (a transformers streamer) sees the tokens of a single prompt;
+    `stop`: the tokens that end an answer (default: the model's end-of-sequence tokens; an empty set never stops,
+    as a benchmark of full-length decoding wants)."""
     import torch
 
     decoding = decoding or Decoding()
@@ -117,8 +120,8 @@ def decode(
     rows = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     if any(len(r) == 0 for r in rows):
         raise UserError("an empty prompt: every prompt needs at least one token")
-    stop = stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stop))
+    stop = stop_ids(model, tokenizer) if stop is None else set(stop)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     jobs = [(i, s) for i in range(len(rows)) for s in range(decoding.samples)]
     jobs.sort(key=lambda job: (len(rows[job[0]]), job[0], job[1]))  # similar lengths together
     generator = None if decoding.greedy else torch.Generator().manual_seed(decoding.seed)
@@ -170,7 +173,7 @@ def _decode_batch(model, rows, decoding: Decoding, pad: int, stop: set[int], gen
         seen = torch.zeros((n, _vocab_size(model)), dtype=torch.bool, device=device)
         for j, r in enumerate(rows):
             seen[j, torch.tensor(r, device=device)] = True
-    stop_tensor = torch.tensor(sorted(stop), device=device)
+    stop_tensor = torch.tensor(sorted(stop), device=device, dtype=torch.long)
     if streamer is not None and n == 1:  # a transformers streamer takes the prompt first (and skips it if told to)
         streamer.put(torch.tensor([rows[0]]))
     live = torch.arange(n, device=device)  # original row of each batch slot

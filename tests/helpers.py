@@ -111,3 +111,17 @@ def _mlflow_left_as_found():
     assert mlflow.active_run() is None
     assert os.environ.get("MLFLOW_TRACKING_URI") == env_before
     assert mlflow.get_tracking_uri() == uri_before
+
+
+def benchmark_module(name: str):
+    """benchmarks/<name>.py, imported from its file (benchmarks/ is not a package; its scripts import `common`)."""
+    import importlib.util
+    import sys
+
+    folder = ROOT / "benchmarks"
+    if str(folder) not in sys.path:
+        sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", folder / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench

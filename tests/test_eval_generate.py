@@ -3,7 +3,6 @@ file and on a yes/no/maybe-with-context file, base and adapter from one copy of 
 paired figures, the answer cache, and bad input refused before any model loads."""
 
 import json
-import math
 
 import pytest
 
@@ -391,93 +390,6 @@ def test_readme_conversion_of_medqa_and_pubmedqa(tmp_path, monkeypatch):
         ("16418930", "maybe", "Methods."),
     ]
     assert all(list(i.options) == ["yes", "no", "maybe"] for i in ynm)
-
-
-def _benchmark_module(name: str = "eval_throughput"):
-    """benchmarks/<name>.py, imported from its file (benchmarks/ is not a package)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"{name}_bench", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
-
-
-def test_eval_throughput_benchmark_records_what_it_measured(adapter_dir, in_tmp):
-    """benchmarks/eval_throughput.py on the tiny model: every (dtype, batch, variant) figure, the decoding-step
-    costs, and a projection that follows from the figures, in one JSON file."""
-    bench = _benchmark_module()
-    out = in_tmp / "eval_throughput.json"
-    assert (
-        bench.main(
-            [
-                "--adapter",
-                str(adapter_dir),
-                "--n",
-                "3",
-                "--max-new-tokens",
-                "4",
-                "--batch-sizes",
-                "1,2",
-                "--dtypes",
-                "float32",
-                "--step-batch-sizes",
-                "1,4",
-                "--step-tokens",
-                "3",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
-    report = json.loads(out.read_text())
-    run = report["runs"]["float32"]
-    assert run["complete"] and run["dtype"] == "float32"
-    assert {(r["variant"], r["batch_size"]) for r in run["results"]} == {
-        (v, b) for v in ("base", "adapter") for b in (1, 2)
-    }
-    for r in run["results"]:
-        assert r["n"] == 3 and r["questions_per_minute"] == pytest.approx(3 / r["seconds"] * 60)
-        assert 0 <= r["truncation_rate"] <= 1 and 0 <= r["extraction_rate"] <= 1
-    assert {(r["variant"], r["batch_size"]) for r in run["decoding_step_ms"]} == {
-        (v, b) for v in ("base", "adapter") for b in (1, 4)
-    }
-    # a step's cost is the difference of two timings; on the tiny model both take milliseconds, so its sign is noise
-    assert all(math.isfinite(r["ms_per_step"]) and r["prompt_tokens"] > 0 for r in run["decoding_step_ms"])
-    assert all(
-        r["ms_per_step_per_row"] == pytest.approx(r["ms_per_step"] / r["batch_size"]) for r in run["decoding_step_ms"]
-    )
-    p = run["projection"]
-    best = [r for r in run["results"] if r["batch_size"] == p["batch_size"]]
-    assert p["minutes"] == pytest.approx(sum(p["items"] / r["questions_per_minute"] for r in best))
-    assert p["meets_goal"] == (p["minutes"] <= 10)
-    assert report["machine"]["cpu_count"] >= 1 and report["command"].startswith("python ")
-
-
-def test_eval_throughput_benchmark_needs_an_adapter(in_tmp, capsys):
-    bench = _benchmark_module()
-    assert bench.main(["--adapter", str(in_tmp / "missing"), "--out", str(in_tmp / "x.json")]) == 2
-    assert "is not an adapter folder" in capsys.readouterr().err
-    assert not (in_tmp / "x.json").exists()
-
-
-def test_continuous_batching_benchmark_runs_on_the_tiny_model(adapter_dir, in_tmp):
-    bench = _benchmark_module("continuous_batching")
-    out = in_tmp / "cb.json"
-    assert (
-        bench.main(
-            ["--adapter", str(adapter_dir), "--n", "3", "--max-new-tokens", "3", "--out", str(out), "--num-blocks", "8"]
-        )
-        == 0
-    )
-    report = json.loads(out.read_text())
-    assert [r["variant"] for r in report["results"]] == ["base", "adapter"]
-    for r in report["results"]:
-        assert r["padded_s"] > 0 and r["continuous_over_padded"] == pytest.approx(r["continuous_s"] / r["padded_s"])
-        assert 0 <= r["identical_answers"] <= 3
 
 
 # --------------------------------------------------------------------------------------------- the cache key
