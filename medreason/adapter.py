@@ -97,8 +97,9 @@ def training_meta(
 
 
 def save_adapter(model, tokenizer, folder: str | Path, meta: dict, state_dict: dict | None = None) -> Path:
-    """PEFT weights + tokenizer + medreason.json + model card into `folder`, atomically. `state_dict`: the full
-    weights when the model's own are sharded (gathered on every rank first; see medreason.run.finish)."""
+    """PEFT weights (or, for a fully fine-tuned model, all its weights) + tokenizer + medreason.json + model card
+    into `folder`, atomically. `state_dict`: the full weights when the model's own are sharded (gathered on every
+    rank first; see medreason.run.finish)."""
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
@@ -121,6 +122,8 @@ def model_card(meta: dict) -> str:
     rows = ", ".join(f"{k} {v}" for k, v in data.get("rows", {}).items())
     trainer = meta.get("trainer", "sft")
     init = f"\n- Started from the adapter `{meta['started_from']}`" if meta.get("started_from") else ""
+    if c.get("use_peft") is False:
+        return _full_card(meta, trainer, model, data, rows, metrics, c)
     return f"""---
 base_model: {meta["base_model"]}
 library_name: peft
@@ -160,6 +163,37 @@ or `medreason chat --adapter path/to/this/folder`.
 """
 
 
+def _full_card(meta, trainer, model, data, rows, metrics, c) -> str:
+    """The card of a fully fine-tuned copy (use_peft: false): every weight trained, no adapter."""
+    return f"""---
+base_model: {meta["base_model"]}
+library_name: transformers
+tags: [full-fine-tune, {trainer}, trl, medical, medreason]
+license: apache-2.0
+---
+
+# Fully fine-tuned {meta["base_model"]} (medreason, {trainer.upper()})
+
+**For teaching and research only. Not for clinical use: its answers are often wrong and must never guide
+the care of a patient.**
+
+- Base model: `{meta["base_model"]}`, weights from {model.get("description", "unknown")} ({_ident(model)})
+- Data: {data.get("description", data.get("dataset", "unknown"))} ({_ident(data)}); rows: {rows or "n/a"}
+- Training: every parameter, lr={c.get("learning_rate")}, batch={c.get("per_device_train_batch_size")}, epochs={c.get("num_train_epochs")}, seed={c.get("seed")}{_own_keys(meta)}
+- Run: `{meta.get("run_name")}`, recipe hash `{meta.get("recipe_hash")}` (resolved config in `medreason.json`)
+
+## Metrics
+
+| metric | value |
+|---|---|
+{metrics}
+
+## Use
+
+`medreason chat --model path/to/this/folder` or `AutoModelForCausalLM.from_pretrained("path/to/this/folder")`.
+"""
+
+
 def _own_keys(meta: dict) -> str:
     """The method's own keys (medreason.recipe.Recipe.logged_params), as the recipe logged them."""
     config = meta.get("config", {})
@@ -175,6 +209,16 @@ def _ident(source: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------- reading
+
+
+def read_trained(folder: str | Path) -> dict | None:
+    """medreason.json of what a run saved in `folder` (an adapter, or a fully fine-tuned model, which has no
+    adapter_config.json), or None when the folder holds neither."""
+    path = Path(folder)
+    if (path / "adapter_config.json").is_file():
+        return read_adapter(path)
+    meta = path / ADAPTER_META
+    return _json(meta) if meta.is_file() and (path / "config.json").is_file() else None
 
 
 def read_adapter(folder: str | Path) -> dict:

@@ -102,6 +102,13 @@ class MedreasonArgs:
             "datasets that read it: bundled-facts (SFT) and facts-taught (GRPO)."
         },
     )
+    facts_repeats: int = field(
+        default=1,
+        metadata={
+            "help": "bundled-facts: how many times each taught statement appears in the training split (exposures "
+            "per epoch), so that the facts can be seen many times while the rest of the data is seen once."
+        },
+    )
     facts_statements: int = field(
         default=4,
         metadata={

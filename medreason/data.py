@@ -29,7 +29,7 @@ from medreason.overlap import contamination, deduplicate, question_hash, split_r
 from medreason.readers import READERS, Unparseable, bundled_path, positions
 from medreason.readers import read_file as read_rows_file
 from medreason.readers import where as where_in_file
-from medreason.template import render
+from medreason.template import render, system_messages
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,7 @@ def load_splits(
     max_examples: int | None = None,
     facts_seed: int = 20261207,
     facts_statements: int = 4,
+    facts_repeats: int = 1,
     with_report: bool = False,
 ):
     """Load, validate, de-duplicate and split; return a DatasetDict in TRL's prompt-completion form. `dataset` may
@@ -110,7 +111,7 @@ def load_splits(
     else:
         report, examples = Report(origin="bundled fact set"), {"train": [], "validation": [], "test": []}
     if facts:
-        taught, record = fact_examples(facts_seed, facts_statements, system_prompt)
+        taught, record = fact_examples(facts_seed, facts_statements, system_prompt, facts_repeats)
         examples["train"] += taught
         report.source = {**report.source, "facts": record} if main else record
         report.rows_read += len(taught)
@@ -121,17 +122,19 @@ def load_splits(
     return (out, report) if with_report else out
 
 
-def fact_examples(seed: int, statements: int, system_prompt: str) -> tuple[list[dict], dict]:
+def fact_examples(seed: int, statements: int, system_prompt: str, repeats: int = 1) -> tuple[list[dict], dict]:
     """The taught half's training statements as prompt-completion examples (the statement's prompt as the user's
     message, its text as the answer: no reasoning block), and a record of what they were."""
     from medreason.facts import FORMS, assign_halves, bundled_facts_path, load_facts, statement_rows
     from medreason.io import sha256_file
 
+    if repeats < 1:
+        raise UserError(f"facts_repeats must be at least 1, got {repeats}")
     if not 1 <= statements <= len(FORMS):
         raise UserError(f"facts_statements must be 1 to {len(FORMS)} (training statements per fact), got {statements}")
     taught = assign_halves(load_facts(), seed)["taught"]
     rows = statement_rows(taught, statements)
-    system = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    system = system_messages(system_prompt)
     examples = [
         {
             "prompt": system + [{"role": "user", "content": r["prompt"]}],
@@ -139,15 +142,16 @@ def fact_examples(seed: int, statements: int, system_prompt: str) -> tuple[list[
             "specialty": r["specialty"],
         }
         for r in rows
-    ]
+    ] * repeats
     path = bundled_facts_path()
     record = {
         "kind": "bundled",
-        "description": f"bundled fact set, taught half (seed {seed}), {statements} statements per fact",
+        "description": f"bundled fact set, taught half (seed {seed}), {statements} statements per fact x {repeats}",
         "path": str(path.resolve()),
         "sha256": sha256_file(path),
         "seed": seed,
         "statements": statements,
+        "repeats": repeats,
         "facts_taught": len(taught),
     }
     return examples, record
@@ -187,6 +191,7 @@ def data_args(args) -> dict:
         "max_examples": args.max_examples,
         "facts_seed": args.facts_seed,
         "facts_statements": args.facts_statements,
+        "facts_repeats": args.facts_repeats,
     }
 
 
@@ -345,7 +350,7 @@ def format_example(row: dict, template: str = "think", system_prompt: str = DEFA
     """One row in TRL's conversational prompt-completion form: the loss covers only the completion."""
     completion = render(row["Complex_CoT"], row["Response"], template)
     return {
-        "prompt": [{"role": "system", "content": system_prompt}, {"role": "user", "content": row["Question"]}],
+        "prompt": system_messages(system_prompt) + [{"role": "user", "content": row["Question"]}],
         "completion": [{"role": "assistant", "content": completion}],
         "specialty": row.get("specialty", "unspecified"),
     }

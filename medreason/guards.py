@@ -120,6 +120,7 @@ RANGES: dict[str, Range] = {
     "max_examples": Range(">= 1"),
     "facts_seed": Range(SEED),
     "facts_statements": Range("[1, 4]"),
+    "facts_repeats": Range(">= 1"),
     "num_threads": Range(">= 1"),
     # the trainer (transformers' TrainingArguments, TRL's SFTConfig)
     "per_device_train_batch_size": Range(">= 1"),

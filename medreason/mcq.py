@@ -316,8 +316,9 @@ def prompt_messages(item: MCQItem, system_prompt: str | None) -> list[dict]:
         parts.append("Options: " + " / ".join(item.options))
         choices = ", ".join(item.options)
     parts.append(f'Think it through, then end with "{answer_text("X").rstrip(".")}", where X is one of {choices}.')
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    return messages + [{"role": "user", "content": "\n\n".join(parts)}]
+    from medreason.template import system_messages
+
+    return system_messages(system_prompt) + [{"role": "user", "content": "\n\n".join(parts)}]
 
 
 def loglik_prompt(item: MCQItem) -> str:

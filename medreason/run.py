@@ -163,8 +163,10 @@ def check_before_loading(args, cfg, model_args, inputs: tuple = ()) -> None:
     would take no step, folders that cannot be written."""
     if not model_args.model_name_or_path:
         raise UserError("model_name_or_path is not set (the recipe names the base model)")
-    if model_args.use_peft is False:
-        raise UserError("use_peft is false: medreason trains LoRA adapters only (set use_peft: true)")
+    if model_args.use_peft is False and (model_args.load_in_4bit or model_args.load_in_8bit):
+        raise UserError(
+            "use_peft is false with a quantized base: a 4-bit or 8-bit model trains through an adapter only"
+        )
     checks = [
         (model_args.lora_r >= 1, f"lora_r must be a positive integer, got {model_args.lora_r}"),
         (model_args.lora_alpha > 0, f"lora_alpha must be positive, got {model_args.lora_alpha}"),

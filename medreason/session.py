@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
@@ -45,7 +46,7 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
     natively, fp32 elsewhere (medreason.distributed.inference_dtype)."""
     import torch
 
-    from medreason.adapter import check_adapter_fits, load_adapter, read_adapter
+    from medreason.adapter import check_adapter_fits, load_adapter, read_adapter, read_trained
     from medreason.distributed import inference_dtype
     from medreason.models import DEFAULT_MODEL, load_model_and_tokenizer, load_tokenizer, same_model
 
@@ -76,6 +77,16 @@ def load_for_inference(adapter: str | None = None, model: str | None = None, dty
             meta,
         )
     base_model.eval()
+    trained = read_trained(base) if Path(base).is_dir() else None  # a fully fine-tuned model: its prompt format
+    if trained:
+        return Session(
+            base_model,
+            tokenizer,
+            base,
+            template=trained.get("template", "think"),
+            system_prompt=trained.get("system_prompt", DEFAULT_SYSTEM_PROMPT),
+            meta=trained,
+        )
     return Session(base_model, tokenizer, base)
 
 
@@ -87,4 +98,6 @@ def prompt_text(session: Session, messages: list[dict]) -> str:
 
 def question_messages(session: Session, question: str) -> list[dict]:
     """A free question as chat messages: the session's system prompt, then the question."""
-    return [{"role": "system", "content": session.system_prompt}, {"role": "user", "content": question.strip()}]
+    from medreason.template import system_messages
+
+    return system_messages(session.system_prompt) + [{"role": "user", "content": question.strip()}]

@@ -25,6 +25,12 @@ TEMPLATES = {
 ANSWER_MARKERS = (THINK_CLOSE, HUATUO_FINAL)
 
 
+def system_messages(system_prompt: str | None) -> list[dict]:
+    """The system message a prompt opens with: none for an empty system prompt (the chat template then writes its
+    own default, as it does at inference when none is given)."""
+    return [{"role": "system", "content": system_prompt}] if system_prompt else []
+
+
 def render(reasoning: str, answer: str, template: str = "think") -> str:
     """The completion a model is trained to write."""
     return TEMPLATES[template].format(Complex_CoT=reasoning, Response=answer)

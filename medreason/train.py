@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from medreason.adapter import adapter_path, read_adapter
+from medreason.adapter import adapter_path, read_trained
 from medreason.checkpoints import last_checkpoint
 from medreason.config import parse_recipe
 from medreason.errors import UserError
@@ -45,7 +45,7 @@ def ensure_adapter(config: str = "configs/smollm2-135m-cpu.yaml", overrides: lis
     wanted = recipe_hash_of(args, cfg, model_args)
     if path.is_dir():
         try:
-            found = read_adapter(path).get("recipe_hash")
+            found = (read_trained(path) or {}).get("recipe_hash")
         except UserError as e:
             found, why = None, f"it is unusable ({e})"
         else:

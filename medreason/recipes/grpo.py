@@ -40,6 +40,14 @@ class GRPORecipeConfig(GRPOConfig):
         },
     )
 
+    medreason_rollouts: bool = field(
+        default=True,
+        metadata={
+            "help": "Sample the rollouts with medreason's decode loop (handed to TRL as its rollout_func: the group's "
+            "completions share one prefill, finished ones leave the batch); false: TRL's own model.generate."
+        },
+    )
+
     def __post_init__(self):
         if self.beta < 0:
             raise UserError(f"beta (the KL coefficient) must be >= 0, got {self.beta}")
@@ -159,7 +167,7 @@ class GRPO(Recipe):
             train_dataset=data.train,
             processing_class=policy.tokenizer,
             peft_config=policy.peft_config,
-            rollout_func=rollout_func(run.cfg),
+            rollout_func=rollout_func(run.cfg) if run.cfg.medreason_rollouts else None,
         )
         # TRL's fused head on a CPU projects every position onto the vocabulary in tiles; the dense head scores
         # the completion tokens only. It has no temperature and no entropy gradient: otherwise TRL's head stays.
@@ -213,6 +221,12 @@ def read_init_adapter(run) -> dict | None:
             f"{run.model_args.model_name_or_path}: use the same base model"
         )
     check_adapter_fits(folder, run.model_args.model_name_or_path)  # loads whole or not at all, before the weights
+    trained = meta.get("system_prompt")
+    if trained is not None and trained != run.args.system_prompt:
+        raise UserError(
+            f"init_adapter {folder} was trained with the system prompt {trained!r}, this recipe sends "
+            f"{run.args.system_prompt!r}: set system_prompt to the adapter's, or its rewards measure another prompt"
+        )
     return {
         "path": str(folder),
         "sha256": adapter_fingerprint(folder),
