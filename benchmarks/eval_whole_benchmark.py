@@ -1,7 +1,7 @@
 """The whole bundled benchmark in generate mode, base model and adapter, timed: the README's "whole bundled
 benchmark" figures (wall time, peak memory, accuracies, the paired comparison), written whole to one file.
 
-Usage (from the repository root, after the CPU recipe has trained its adapter; about 14 minutes on 2 cores):
+Usage (from the repository root, after the CPU recipe has trained its adapter; alone on the machine):
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/eval_whole_benchmark.py
 
@@ -9,7 +9,8 @@ It runs `medreason eval --mode generate` on every question of medreason/resource
 batches of 64, no answer cache) as a child process, measures its wall time and peak resident memory
 (getrusage of the children), and writes results/benchmarks/eval_whole_benchmark.json: the evaluation's own
 summary (results/<run>/eval.json) with the command, the machine, the date, the load average before and after,
-the wall time and the peak memory. Nothing in that file is written by hand.
+the wall time and the peak memory, under a key naming the CPU kind (`avx2`, `bf16`...). Nothing in that file is
+written by hand. The target (issue 29): at most 5 minutes on 2 cores with native bf16.
 """
 
 from __future__ import annotations
@@ -22,14 +23,12 @@ import shlex
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from book_build import machine  # noqa: E402  (the sibling benchmark's machine facts)
-from common import load_average  # noqa: E402
+from common import cpu_kind, load_average, machine, now, record  # noqa: E402
 
-from medreason.io import atomic_write_json  # noqa: E402
+from medreason.distributed import inference_dtype  # noqa: E402
 
 DEFAULT_ADAPTER = "lora_adapter/SmolLM2-135M-Instruct"
 DEFAULT_OUT = Path("results/benchmarks/eval_whole_benchmark.json")
@@ -55,10 +54,10 @@ def main(argv=None) -> int:
     command = eval_command(args.adapter, args.max_new_tokens, args.batch_size)
     report = {
         "benchmark": "eval_whole_benchmark",
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "date": now(),
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python " + shlex.join(["benchmarks/eval_whole_benchmark.py", *(argv or sys.argv[1:])]),
         "eval_command": shlex.join(command),
-        "machine": machine(),
+        "machine": machine(inference_dtype()),
         "load_average_before": load_average(),
     }  # fmt: skip
     start = time.monotonic()
@@ -68,8 +67,9 @@ def main(argv=None) -> int:
     report["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6, 2)
     report["load_average_after"] = load_average()
     report["eval"] = json.loads(Path("results", RUN_NAME, "eval.json").read_text())
-    atomic_write_json(Path(args.out), report)
-    print(f"{args.out}: {report['wall_seconds']:.0f} s, peak {report['peak_rss_gb']} GB")
+    label = cpu_kind(report["machine"])
+    record(Path(args.out), label, report)
+    print(f"{args.out} [{label}]: {report['wall_seconds']:.0f} s, peak {report['peak_rss_gb']} GB")
     return 0
 
 

@@ -19,21 +19,22 @@ import html
 
 
 def pipeline_diagram():
-    """The medreason pipeline as boxes and arrows: recipe -> data -> model -> trainer -> adapter -> use."""
+    """The medreason curriculum as boxes and arrows: recipe -> data -> model -> SFT -> adapter -> GRPO, and the
+    adapters' uses (MLflow, chat, evaluation, export)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
     stages = [
         ("recipe", "configs/*.yaml\nmedreason.config"),
-        ("data", "validate, dedupe,\nsplit, chat format\nmedreason.data"),
+        ("data", "MCQ set, facts,\nsplit, chat format\nmedreason.data"),
         ("base model", "SmolLM2-135M\n(Hub or offline)\nmedreason.models"),
-        ("training", "TRL SFTTrainer\n+ PEFT LoRA\nmedreason.train"),
-        ("adapter", "lora_adapter/\n<model>/"),
+        ("SFT", "TRL SFTTrainer\n+ PEFT LoRA\nrecipes/sft.py"),
+        ("GRPO", "TRL GRPOTrainer\nverifiable rewards\nrecipes/grpo.py"),
     ]
     uses = [
-        ("MLflow", "results/mlflow.db\nloss curves"),
-        ("chat", "medreason.generate\nbase vs adapter"),
-        ("eval", "medreason.evaluate\nloss, MCQ"),
+        ("MLflow", "results/mlflow.db\nevery run"),
+        ("chat", "medreason.chat\nbase vs adapter"),
+        ("eval", "medreason.evaluate\ngenerate, pass@k,\nlog-likelihood"),
         ("export", "merged model,\nvLLM serving"),
     ]
     fig, ax = plt.subplots(figsize=(11, 4.2))
@@ -51,7 +52,7 @@ def pipeline_diagram():
 
     for i, (title, body) in enumerate(stages):
         x = 0.15 + i * 2.2
-        box(x, 2.7, title, body, "#dbe9f6" if i < 4 else "#d5f0d5")
+        box(x, 2.7, title, body, "#dbe9f6" if i < 3 else "#d5f0d5")
         if i:
             arrow(x - 0.37, 3.32, x - 0.03, 3.32)
     for i, (title, body) in enumerate(uses):
@@ -59,8 +60,8 @@ def pipeline_diagram():
         box(x, 0.25, title, body, "#fbe5c8")
     arrow(7.65, 2.66, 2.15, 1.56)  # training -> MLflow
     for i in range(1, 4):
-        arrow(9.85, 2.66, 1.25 + i * 2.3 + 0.9, 1.56)  # adapter -> its uses
-    ax.set_title("What this book builds: one LoRA adapter, then its uses", fontsize=11)
+        arrow(9.85, 2.66, 1.25 + i * 2.3 + 0.9, 1.56)  # the adapters -> their uses
+    ax.set_title("What this book builds: adapters trained in two stages, then their uses", fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -23,8 +23,9 @@ def mode_of(results: dict):
     return cls(**{k: v for k, v in settings.items() if k in known})
 
 
-def table(results: dict, mode=None) -> str:
-    """Base vs adapter, the paired comparison and accuracy per group, as `medreason eval` prints it."""
+def table(results: dict, mode=None, groups: bool = True) -> str:
+    """Base vs adapter, the paired comparison and (with `groups`) accuracy per group, as `medreason eval` prints
+    it."""
     from medreason.baselines import BASELINE_NAMES
 
     mode = mode or mode_of(results)
@@ -68,6 +69,8 @@ def table(results: dict, mode=None) -> str:
             f"{p['ci_high']:+.3f}); {test} p = {p['p_value']:.3g} "
             f"({p['c']} items better with the adapter, {p['b']} better without)"
         )
+    if not groups:
+        return "\n".join(lines)
     lines.append("")
     lines.append(f"{'group':<36}{'n':>4}" + "".join(f"{n:>10}" for n in names))
     for g, n in results["groups"].items():
