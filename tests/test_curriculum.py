@@ -138,48 +138,66 @@ def test_a_local_mcq_reasoning_file_trains_and_a_bad_row_names_itself(tmp_path, 
     assert len(err) == 1 and 'line 2: field "reasoning" is empty' in err[0]
 
 
-def test_curriculum_script_pairs_by_id_and_the_committed_table_is_complete():
-    """benchmarks/curriculum.py pairs two variants' answers by question id (B minus A, McNemar's b = A right only,
-    c = B right only), and results/benchmarks/curriculum.json holds every field the chapters read, measured with
-    the recipes in configs/ (their sha256)."""
+def test_curriculum_script_pairs_by_id_and_checks_the_randomization():
+    """benchmarks/curriculum.py pairs two models' answers by item id whatever their order (B minus A, McNemar's
+    b = A right only, c = B right only), keeps only the facts asked for, and its randomization check is the plain
+    difference between the halves of the base model."""
+    from helpers import benchmark_module
+
+    script = benchmark_module("curriculum")
+    a = [{"id": f"f{i}:mcq", "correct": ok} for i, ok in enumerate([True, True, False, False, True])]
+    b = [{"id": f"f{i}:mcq", "correct": ok} for i, ok in reversed(list(enumerate([True, False, True, True, True])))]
+    p = script.paired_on(a, b)
+    assert (p["b"], p["c"], p["n"]) == (1, 2, 5) and p["diff"] == pytest.approx(0.2)
+    kept = script.paired_on(a, b, keep={"f0", "f1"})
+    assert (kept["n"], kept["b"], kept["c"]) == (2, 1, 0)
+    base = {r: [{"id": f"f{i}", "correct": i < 3} for i in range(6)] for r in script.READOUTS}
+    check = script.randomization(base, taught={"f0", "f1", "f2"})
+    assert check["recall"]["taught"] == 1.0 and check["recall"]["untaught"] == 0.0
+    assert check["recall"]["diff"] == pytest.approx(1.0)
+
+
+def test_the_committed_curriculum_is_complete_and_measured_with_these_recipes():
+    """results/benchmarks/curriculum.json holds every field the chapters read (knowledge: the randomization check,
+    each arm's effect per readout, the retrieval reference, dose and capacity; GRPO: pass@k, the power calculation,
+    before and after per half), measured with the recipe files in configs/ (their sha256) and the seed in the
+    facts recipe."""
     import json
 
-    from test_eval_generate import _benchmark_module
-
+    from medreason.config import parse_recipe
+    from medreason.facts import assign_halves, load_facts
     from medreason.io import sha256_file
-
-    script = _benchmark_module("curriculum")
-    a = [{"id": i, "correct": ok} for i, ok in enumerate([1, 1, 0, 0, 1])]
-    b = [{"id": i, "correct": ok} for i, ok in reversed(list(enumerate([1, 0, 1, 1, 1])))]  # another order
-    p = script.paired(a, b, "base", "sft")
-    assert (p["variant_a"], p["variant_b"], p["b"], p["c"], p["n"]) == ("base", "sft", 1, 2, 5)
-    assert p["diff"] == pytest.approx(0.2)
 
     report = json.loads((ROOT / "results" / "benchmarks" / "curriculum.json").read_text())
     assert report["recipe_sha256"] == {name: sha256_file(ROOT / path) for name, path in report["recipes"].items()}
-    assert report["n_items"] == 126 and set(report["generate"]["variants"]) == {"base", "sft", "grpo"}
-    for v in report["generate"]["variants"].values():
-        assert set(v) >= {
-            "accuracy",
-            "accuracy_ci",
-            "extraction_rate",
-            "truncation_rate",
-            "accuracy_when_extracted",
-            "accuracy_when_extracted_ci",
-            "tokens_median",
-            "tokens_p95",
-            "vs_best_baseline",
-        }
-    for mode in ("generate", "loglik_chat"):
-        assert set(report[mode]["pairs"]) == {"sft_vs_base", "grpo_vs_sft"}
-        for pair in report[mode]["pairs"].values():
+    assert report["machine"]["cpu_native_bf16"] in (True, False)
+    k = report["knowledge"]
+    facts_args, _, _ = parse_recipe(["--config", str(ROOT / report["recipes"]["facts"])])
+    facts = load_facts()
+    assert k["seed"] == facts_args.facts_seed and k["facts"] == len(facts)
+    assert k["taught"] == sorted(f.id for f in assign_halves(facts, k["seed"])["taught"])
+    assert k["command"].startswith("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/curriculum.py")
+    readouts = ("recall", "generate", "loglik")
+    assert set(k["randomization"]) == set(readouts)
+    assert set(k["arms"]) == {"lora", "facts_only", "dose1", "full"}
+    for name, arm in k["arms"].items():
+        for r in readouts:
+            e = arm["effect"][r]
+            assert e["ci_low"] <= e["effect"] <= e["ci_high"] and 0 < e["p_value"] <= 1, (name, r)
+            assert e["taught"]["n"] == k["n_taught"] and e["untaught"]["n"] == k["n_untaught"]
+            assert len(arm["rows"][r]) == k["facts"]
+        assert 0 < arm["old_heldout"]["p_value"] <= 1
+    assert set(k["retrieval"]) == set(readouts) and set(k["dose"]) == set(readouts) == set(k["capacity"])
+    for p in k["pilots"].values():
+        assert p["command"].startswith("HF_HUB_OFFLINE=1") and p["steps"] > 0
+    g = report["grpo"]
+    assert g["command"].startswith("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/curriculum.py")
+    adapter = g["pass_at_k_pool"]["adapter"]
+    assert adapter["pass@1"] <= adapter["pass@4"] <= adapter["pass@8"]
+    assert g["power"]["room"] == pytest.approx(adapter["pass@8"] - adapter["pass@1"])
+    assert 0 < g["power"]["detectable_gain_80"] < 1
+    for half in ("taught", "untaught"):
+        for way in ("greedy", "sampled_pass_at_1"):
+            pair = g["before_after"][half][way]
             assert pair["ci_low"] <= pair["diff"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
-    assert {"majority_label", "same_label", "longest_option", "best"} <= set(report["baselines"])
-    grpo = report["grpo"]
-    assert grpo["steps"] == len(grpo["per_step"]["reward"]) and grpo["reward_trend"]["verdict"] in (
-        "rising",
-        "flat",
-        "falling",
-    )
-    assert report["machine"]["cpu_native_bf16"] in (True, False) and report["command"].startswith("python ")
-    print(script.table(report))
+    assert g["steps"] == len(g["per_step"]["reward"])
