@@ -20,11 +20,13 @@ from medreason.facts import (
     assign_halves,
     bundled_facts_path,
     load_facts,
+    mentions,
     names_key,
     no_knowledge_rules,
     problems,
     statement_rows,
 )
+from medreason.readers import bundled_path, read_file
 
 DATASHEET = Path(data.__file__).parent / "resources" / "DATASHEET.md"
 SEED = 20261207
@@ -69,7 +71,7 @@ def test_each_rule_finds_a_planted_violation(facts):
         f, _with(g, statements=(g.statements[0], s, *g.statements[2:]))
     )
     # no answer in the question
-    assert f"{f.id}: recall question names the key term" in found(_with(f, recall=f"Is it {f.key}?"), g)
+    assert f"{f.id}: the recall question names the key term" in found(_with(f, recall=f"Is it {f.key}?"), g)
     # one statement of each form
     assert f"{f.id}: no statement of form vignette" in found(
         _with(f, statements=tuple(s for s in f.statements if s.form != "vignette")), g
@@ -153,10 +155,14 @@ def test_only_the_taught_half_reaches_training(facts):
     assert len(splits["validation"]) == len(mcq_only["validation"]) and len(splits["test"]) == len(mcq_only["test"])
     assert report.source["facts"]["facts_taught"] == len(halves["taught"]) == 72
     trained = " ".join(ex["prompt"][-1]["content"] + " " + ex["completion"][0]["content"] for ex in splits["train"])
-    from medreason.facts import mentions
-
     assert all(mentions(trained, f.key) for f in halves["taught"])
-    assert not [f.id for f in halves["untaught"] if any(mentions(trained, n) for n in f.names)]
+    untaught_texts = [t for f in halves["untaught"] for s in f.statements for t in (s.prompt, s.text)]
+    assert not [t for t in untaught_texts if t in trained]
+    # the MCQ-format set names a few key terms in other roles (a wrong option, a step of reasoning): a background
+    # exposure common to every arm that trains on it, fixed before the draw, and stated in the datasheet
+    facts_only = data.load_splits("bundled-facts", system_prompt="")
+    own = " ".join(ex["prompt"][-1]["content"] + " " + ex["completion"][0]["content"] for ex in facts_only["train"])
+    assert not [f.id for f in halves["untaught"] if any(mentions(own, n) for n in f.names)]
     one = data.load_splits("bundled-facts", system_prompt="", facts_statements=1)
     assert len(one["train"]) == len(halves["taught"]) and all(ex["prompt"][0]["role"] == "user" for ex in one["train"])
 
@@ -173,6 +179,12 @@ def test_datasheet_states_the_fact_set_figures(facts):
         return ", ".join(f"{k} {c[k]}" for k in "ABCD")
 
     rules = {w: no_knowledge_rules([getattr(f, w) for f in facts]) for w in ("mcq", "mcq_rl")}
+    mcq_set = " ".join(
+        json.dumps([r["question"], r["options"], r["reasoning"]])
+        for r in read_file(bundled_path("mcq_reasoning.jsonl"))
+    )
+    named = [f for f in facts if any(mentions(mcq_set, n) for n in f.names)]
+    untaught = {f.id for f in halves["untaught"]}
     expected = [
         f"**{len(facts)} facts**",
         f"ids `{ids[0]}` to `{ids[-1]}`",
@@ -184,6 +196,7 @@ def test_datasheet_states_the_fact_set_figures(facts):
         "Measured on `mcq`: the same letter {same_letter:.2f}, the longest option {longest_option:.2f}, the shortest "
         "option {shortest_option:.2f}".format(**rules["mcq"]),
         "on `mcq_rl`: {same_letter:.2f}, {longest_option:.2f}, {shortest_option:.2f}".format(**rules["mcq_rl"]),
+        f"names the key terms of {len(named)} facts ({sum(f.id in untaught for f in named)} of them untaught)",
     ]
     expected.append(f"Answer letters: **{letters('mcq')}** in `mcq`")
     assert letters("mcq") == letters("mcq_rl")  # the datasheet states one count for both
