@@ -200,6 +200,8 @@ def knowledge(args, report: dict) -> None:
             section["base"] = {r: accuracy(base[r]) for r in (*READOUTS, "old_heldout")}
         tuned = measured["base" if full else "adapter"]
         arms[name] = {
+            "command": report["command"],
+            "date": now(),
             "overrides": overrides,
             "train_seconds_if_trained": round(trained_s, 1),
             "effect": {r: effect(base[r], tuned[r], taught) for r in READOUTS},
