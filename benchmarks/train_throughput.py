@@ -18,22 +18,23 @@ steps, it trains:
 It prints useful (non-padding) trained tokens per second for both (TRL's `num_tokens` over the trainer's
 `train_runtime`), their ratio, and the fraction of this machine's measured matmul peak that (b) reaches, at
 about 5.4e8 FLOP per trained token for this model (forward 2N plus the backward pass through activations 2N,
-N = 134.5M; LoRA adds little). Writes results/benchmarks/train_throughput.json.
+N = 134.5M; LoRA adds little). Writes results/benchmarks/train_throughput.json, under a key naming the CPU kind
+(`avx2`, `bf16`, ...), with the command, the machine, the date and the load average.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from medreason.io import atomic_write_json
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import cpu_kind, load_average, machine, now, record  # noqa: E402
+
 FLOP_PER_TOKEN = 5.4e8
 RECIPE = "configs/smollm2-135m-cpu.yaml"
 COMMON = [
@@ -153,6 +154,7 @@ def main():
 
     from medreason.compat import cpu_supports_bf16
 
+    load_before = load_average()
     peaks = {"bf16": matmul_peak("bfloat16"), "fp32": matmul_peak("float32")}
     print(
         f"matmul peak: bf16 {peaks['bf16']:.1f} GFLOP/s, fp32 {peaks['fp32']:.1f} GFLOP/s "
@@ -170,14 +172,12 @@ def main():
     recipe_dtype = "bf16" if cpu_supports_bf16() else "fp32"
     achieved = recipe["tokens_per_s"] * FLOP_PER_TOKEN / 1e9
     result = {
+        "benchmark": "train_throughput",
+        "date": now(),
         "command": "HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "native_bf16": cpu_supports_bf16(),
-        },
+        "machine": machine(torch.bfloat16 if cpu_supports_bf16() else torch.float32),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
         "baseline": baseline,
         **({"ablation": ablation} if ablation else {}),
@@ -199,8 +199,15 @@ def main():
         f"recipe reaches {achieved:.1f} GFLOP/s = {result['fraction_of_bf16_peak']:.1%} of the measured bf16 matmul "
         f"peak and {result['fraction_of_recipe_dtype_peak']:.1%} of the {recipe_dtype} peak it computes in"
     )
-    out = atomic_write_json(ROOT / "results/benchmarks/train_throughput.json", result)
-    print(f"written to {out.relative_to(ROOT)}")
+    out = ROOT / "results/benchmarks/train_throughput.json"
+    if out.is_file() and "baseline" in out.read_text():  # the older layout: one machine's figures, no key
+        import json
+
+        if "baseline" in json.loads(out.read_text()):
+            out.unlink()
+    label = cpu_kind(result["machine"])
+    record(out, label, result)
+    print(f"written to {out.relative_to(ROOT)} [{label}]")
 
 
 if __name__ == "__main__":
