@@ -151,6 +151,30 @@ def test_generate_mode_end_to_end(adapter_dir, files, in_tmp, capsys, name, n, c
             assert low <= v["accuracy_when_extracted"] <= high
 
 
+def test_samples_mode_reports_pass_at_k(adapter_dir, files, in_tmp, capsys):
+    """`eval --samples 4`: every item sampled 4 times per variant; each item's pass@k follows from its count of
+    right samples by the unbiased estimator, the summary averages them, and pass@1 <= pass@4."""
+    from medreason.stats import pass_at_k
+
+    code = main(
+        ["eval", "--adapter", str(adapter_dir), "--mode", "generate", "--samples", "4", "--mcq", str(files["five"]),
+         "--max-new-tokens", "6", "--batch-size", "4", "--run-name", "samples"]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "pass@1" in out and "pass@4" in out
+    report = json.loads((in_tmp / "results" / "samples" / "eval.json").read_text())
+    rows = _read_jsonl(in_tmp / "results" / "samples" / "eval_items.jsonl")
+    assert len(rows) == 2 * 5 and all(r["samples"] == 4 and len(r["extracted"]) == 4 for r in rows)
+    for r in rows:
+        assert r["pass@4"] == pass_at_k(4, r["right"], 4) and r["correct"] == r["right"] / 4
+    for name, v in report["variants"].items():
+        mine = [r for r in rows if r["variant"] == name]
+        assert v["pass@1"] == pytest.approx(sum(r["pass@1"] for r in mine) / 5) <= v["pass@4"]
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(adapter_dir), "--mode", "generate", "--samples", "1"]) == 2
+    assert "--samples must be at least 2" in capsys.readouterr().err
+
+
 def test_base_variant_is_the_plain_base_model(adapter_dir, tiny_model_dir, files):
     """adapter_off() gives what the base model alone generates, token for token."""
     from medreason.evaluate import evaluate

@@ -99,3 +99,59 @@ def test_trend_slope_interval_and_verdict():
     assert trend([0, 1, 1, 2])["slope"] == pytest.approx(0.6)
     with pytest.raises(ValueError):
         trend([1, 2])
+
+
+# --------------------------------------------------------------------------------------------- pass@k, power, DiD
+
+
+def test_pass_at_k_worked_example():
+    """Chen et al. 2021's estimator by hand: 8 samples, 2 right. pass@1 = 2/8; pass@4 = 1 - C(6,4)/C(8,4) =
+    1 - 15/70; 7 right of 8 leaves 1 wrong, so any 4 hold a right one; none right is 0."""
+    from medreason.stats import pass_at_k
+
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(8, 2, 4) == pytest.approx(1 - 15 / 70)
+    assert pass_at_k(8, 2, 8) == 1.0 and pass_at_k(8, 7, 4) == 1.0 and pass_at_k(8, 0, 8) == 0.0
+    with pytest.raises(ValueError, match="1 <= k <= n"):
+        pass_at_k(4, 1, 8)
+
+
+def test_mcnemar_power_and_the_detectable_gain():
+    """Connor 1987 by hand: n = 100, 15 % turn right and 5 % wrong: discordant 0.20, difference 0.10, z 1.96;
+    power = Phi((0.10 * 10 - 1.96 * sqrt(0.20)) / sqrt(0.20 - 0.01)). The detectable gain is the smallest gain
+    with power 0.8 and shrinks with more items."""
+    from scipy.stats import norm
+
+    from medreason.stats import detectable_gain, mcnemar_power
+
+    by_hand = norm.cdf((0.10 * 10 - norm.ppf(0.975) * 0.20**0.5) / (0.20 - 0.01) ** 0.5)
+    assert mcnemar_power(100, 0.15, 0.05) == pytest.approx(by_hand)
+    assert mcnemar_power(100, 0.0, 0.0) == 0.0
+    gain = detectable_gain(72, p_loss=0.03)
+    assert mcnemar_power(72, gain, 0.03) >= 0.8 > mcnemar_power(72, gain - 0.001, 0.03)
+    assert detectable_gain(300, p_loss=0.03) < gain
+
+
+def test_difference_in_differences_worked_example():
+    """Taught half: 1 of 4 right before, 3 after (+0.5); untaught: 1 of 4 before and after (0): the effect is
+    +0.5; the interval holds it; shuffling which items were taught makes an effect this large rare but possible."""
+    from medreason.stats import diff_in_diff
+
+    out = diff_in_diff([1, 0, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0], [1, 0, 0, 0], n_boot=2000, n_perm=2000)
+    assert out["effect"] == pytest.approx(0.5) and out["treated_change"] == pytest.approx(0.5)
+    assert out["control_change"] == 0.0 and out["ci_low"] <= 0.5 <= out["ci_high"]
+    # 8 changes, two of them +1: the split puts both in the taught half (or both out) in 2 * C(6,2)/C(8,4) = 30/70
+    assert out["p_value"] == pytest.approx(30 / 70, abs=0.04)
+
+
+def test_knowledge_effect_matches_rows_by_fact():
+    """medreason.knowledge.effect pairs before and after by fact (an MCQ item's id is '<fact>:mcq'), in any
+    order, and counts McNemar's gained and lost per half."""
+    from medreason.knowledge import effect
+
+    before = [{"id": f"f{i}:mcq", "correct": i == 0} for i in range(4)]
+    after = [{"id": f"f{i}:mcq", "correct": i in (0, 1, 2)} for i in reversed(range(4))]
+    out = effect(before, after, taught={"f0", "f1"})
+    taught = {key: out["taught"][key] for key in ("n", "before", "after", "gained", "lost")}
+    assert taught == {"n": 2, "before": 0.5, "after": 1.0, "gained": 1, "lost": 0}
+    assert out["untaught"]["after"] == 0.5 and out["effect"] == pytest.approx(0.5 - 0.5)
