@@ -140,6 +140,19 @@ def randomization(base: dict, taught: set[str]) -> dict:
     return out
 
 
+def intrusions(rows: list[dict], facts, taught: set[str]) -> list[dict]:
+    """For each untaught fact's recall answer: whether it names a taught fact's key term instead (a model that
+    comes to prefer the answers it was taught, right or wrong, says them where they do not belong)."""
+    from medreason.facts import mentions
+
+    taught_names = [n for f in facts if f.id in taught for n in f.names]
+    return [
+        {"id": r["id"], "correct": any(mentions(r["answer"], n) for n in taught_names)}
+        for r in rows
+        if r["id"] not in taught
+    ]
+
+
 def paired_on(rows_a: list[dict], rows_b: list[dict], keep: set[str] | None = None) -> dict:
     """b minus a on the items both answered (by id; only facts in `keep`): McNemar for 0/1, sign-flip otherwise."""
     from medreason.stats import paired_comparison, paired_values
@@ -206,6 +219,10 @@ def knowledge(args, report: dict) -> None:
             "train_seconds_if_trained": round(trained_s, 1),
             "effect": {r: effect(base[r], tuned[r], taught) for r in READOUTS},
             "old_heldout": paired_on(base["old_heldout"], tuned["old_heldout"]),
+            # untaught recall answers naming a taught key term, before and after (b: stopped, c: started)
+            "intrusions": paired_on(
+                intrusions(base["recall"], facts, taught), intrusions(tuned["recall"], facts, taught)
+            ),
             "accuracy": {r: accuracy(tuned[r]) for r in (*READOUTS, "old_heldout")},
         }
         arms[name]["rows"] = {r: [{k: x[k] for k in ("id", "correct")} for x in tuned[r]] for r in READOUTS}
