@@ -215,6 +215,7 @@ def knowledge(args, report: dict) -> None:
         arms[name] = {
             "command": report["command"],
             "date": now(),
+            "machine": report["machine"],
             "overrides": overrides,
             "train_seconds_if_trained": round(trained_s, 1),
             "effect": {r: effect(base[r], tuned[r], taught) for r in READOUTS},
@@ -229,7 +230,7 @@ def knowledge(args, report: dict) -> None:
         del session
         gc.collect()
         write(args, report)
-    if base is not None:
+    if base is not None and "lora" in args.arms.split(","):  # the reference, read once with the recipe's arm
         session = load_for_inference(str(ensure_adapter(FACTS_RECIPE)))
         retrieval = read_model(session, facts, "retrieval", retrieval=True)["base"]
         section["retrieval"] = {
@@ -306,6 +307,7 @@ def grpo(args, report: dict) -> None:
         "detectable_gain_80": detectable_gain(n_taught, p_loss=0.03),
         "method": "McNemar, two-sided alpha 0.05, power 0.8, with 3 % of items turning wrong (Connor 1987)",
     }
+    write(args, report)  # pass@k is kept even if the GRPO run below is interrupted
     del sft
     gc.collect()
     start = time.time()
@@ -431,8 +433,12 @@ def main(argv=None) -> int:
         "recipe_sha256": {"facts": sha256_file(FACTS_RECIPE), "grpo": sha256_file(GRPO_RECIPE)},
     }
     phases = [p for p in args.phases.split(",") if p]
-    for phase in phases:  # each phase keeps the command and the date it was measured with
-        report.setdefault(phase, {}).update(command=report["command"], date=report["date"])
+    for phase in phases:  # each phase keeps the command, the date and the machine it was measured with
+        if phase == "grpo":
+            report[phase] = {}  # nothing of an earlier GRPO run survives: it depends on the adapter of this one
+        report.setdefault(phase, {}).update(
+            command=report["command"], date=report["date"], machine=report["machine"]
+        )
     if "knowledge" in phases:
         knowledge(args, report)
         write(args, report)

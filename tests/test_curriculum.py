@@ -157,11 +157,12 @@ def test_curriculum_script_pairs_by_id_and_checks_the_randomization():
     assert check["recall"]["diff"] == pytest.approx(1.0)
 
 
-def test_the_committed_curriculum_is_complete_and_measured_with_these_recipes():
-    """results/benchmarks/curriculum.json holds every field the chapters read (knowledge: the randomization check,
-    each arm's effect per readout, the retrieval reference, dose and capacity; GRPO: pass@k, the power calculation,
-    before and after per half), measured with the recipe files in configs/ (their sha256) and the seed in the
-    facts recipe."""
+def test_the_committed_curriculum_is_consistent_and_measured_with_these_recipes():
+    """results/benchmarks/curriculum.json holds what the chapters need (knowledge: the randomization check and the
+    recipe's arm, each read three ways; GRPO: pass@k, the power calculation, before and after per half), measured
+    with the recipe files in configs/ (their sha256) and the seed in the facts recipe; every other arm it holds is
+    complete, with its comparison (dose with dose1, capacity with full). Each phase and arm names its command and the
+    machine it ran on (the chapters say so where a part is not measured yet)."""
     import json
 
     from medreason.config import parse_recipe
@@ -170,7 +171,6 @@ def test_the_committed_curriculum_is_complete_and_measured_with_these_recipes():
 
     report = json.loads((ROOT / "results" / "benchmarks" / "curriculum.json").read_text())
     assert report["recipe_sha256"] == {name: sha256_file(ROOT / path) for name, path in report["recipes"].items()}
-    assert report["machine"]["cpu_native_bf16"] in (True, False)
     k = report["knowledge"]
     facts_args, _, _ = parse_recipe(["--config", str(ROOT / report["recipes"]["facts"])])
     facts = load_facts()
@@ -179,7 +179,7 @@ def test_the_committed_curriculum_is_complete_and_measured_with_these_recipes():
     assert k["command"].startswith("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/curriculum.py")
     readouts = ("recall", "generate", "loglik")
     assert set(k["randomization"]) == set(readouts)
-    assert set(k["arms"]) == {"lora", "facts_only", "dose1", "full"}
+    assert "lora" in k["arms"] and set(k["arms"]) <= {"lora", "facts_only", "dose1", "full"}
     for name, arm in k["arms"].items():
         for r in readouts:
             e = arm["effect"][r]
@@ -187,11 +187,14 @@ def test_the_committed_curriculum_is_complete_and_measured_with_these_recipes():
             assert e["taught"]["n"] == k["n_taught"] and e["untaught"]["n"] == k["n_untaught"]
             assert len(arm["rows"][r]) == k["facts"]
         assert 0 < arm["old_heldout"]["p_value"] <= 1
-    assert set(k["retrieval"]) == set(readouts) and set(k["dose"]) == set(readouts) == set(k["capacity"])
-    for p in k["pilots"].values():
+    assert ("dose" in k) == ("dose1" in k["arms"]) and ("capacity" in k) == ("full" in k["arms"])
+    for section in ("retrieval", "dose", "capacity"):
+        assert section not in k or set(k[section]) == set(readouts), section
+    for p in k.get("pilots", {}).values():
         assert p["command"].startswith("HF_HUB_OFFLINE=1") and p["steps"] > 0
     g = report["grpo"]
     assert g["command"].startswith("HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/curriculum.py")
+    assert g["machine"]["native_bf16"] in (True, False)
     adapter = g["pass_at_k_pool"]["adapter"]
     assert adapter["pass@1"] <= adapter["pass@4"] <= adapter["pass@8"]
     assert g["power"]["room"] == pytest.approx(adapter["pass@8"] - adapter["pass@1"])
