@@ -175,7 +175,7 @@ def _recipe_parser_class():
     from trl import TrlParser
 
     from medreason.compat import float_fields
-    from medreason.guards import check_ranges
+    from medreason.ranges import check_ranges
 
     class RecipeParser(TrlParser):
         def parse_known_args(self, *args, **kwargs):
