@@ -76,7 +76,7 @@ METHOD_KEYS = ("init_adapter", "num_generations", "max_completion_length", "max_
 
 
 def test_shared_rooms_name_no_methods_keys():
-    shared = ["run.py", "train.py", "recipe.py", "config.py", "adapter.py"]
+    shared = ["run.py", "train.py", "recipe.py", "config.py", "fieldtypes.py", "adapter.py"]
     found = [
         f"{name}: {key}"
         for name in shared
