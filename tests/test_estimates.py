@@ -182,6 +182,6 @@ def test_recipe_tables_cover_every_shipped_recipe():
 
 
 def estimates_dataset():
-    from medreason.data import HUB_DATASET
+    from medreason.rows import HUB_DATASET
 
     return HUB_DATASET
