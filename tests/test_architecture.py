@@ -1,5 +1,5 @@
 """The package's shape (STYLE.md): imports go one way, recipes are built from medreason.run and never from each
-other, no module reaches for another's private names, and the code passes ruff."""
+other, no module reaches for another's private names or runs past 400 lines, and the code passes ruff."""
 
 import ast
 import re
@@ -94,6 +94,20 @@ def test_no_private_name_crosses_a_module():
         if n.startswith("_") and n != "__version__"
     ]
     assert not crossing, crossing
+
+
+# a module a newcomer can read in one sitting: past this, split it into modules of one concern each
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit():
+    """Every module of the package, recipes included, is at most MAX_MODULE_LINES lines."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, ", ".join(f"{name} has {n} lines" for name, n in long.items()) + f" (at most {MAX_MODULE_LINES})"
 
 
 def _ruff():
