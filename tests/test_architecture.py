@@ -110,6 +110,18 @@ def test_no_module_is_over_the_line_limit():
     assert not long, ", ".join(f"{name} has {n} lines" for name, n in long.items()) + f" (at most {MAX_MODULE_LINES})"
 
 
+def test_the_readme_layout_names_every_module():
+    """README's Layout row for medreason/ is where a newcomer finds the rooms: each module is named there."""
+    row = next(
+        line
+        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `medreason/` |")
+    )
+    named = set(re.findall(r"`([\w/]+)`", row))
+    modules = {p.stem for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")} | {"recipes/"}
+    assert not modules - named, f"README's layout row does not name {sorted(modules - named)}"
+
+
 def _ruff():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
