@@ -22,8 +22,8 @@ import re
 import sys
 
 from medreason.errors import Terminated, UserError
-from medreason.guards import SEED, Range
 from medreason.progress import ENV as PROGRESS_ENV
+from medreason.ranges import SEED, Range
 from medreason.template import TEMPLATES
 
 log = logging.getLogger("medreason")

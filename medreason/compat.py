@@ -121,8 +121,9 @@ REACHES = {
 # --------------------------------------------------------------------------------------------- TRL's log keys
 
 # The metric names TRL 1.16's trainers log, as medreason reads them (the GRPO summary, the progress line, the
-# book's plots). tests/test_compat.py runs a tiny SFT and a tiny GRPO run and checks every name here appears in
-# their logs: a rename fails there instead of emptying a plot.
+# book's plots). tests/test_compat.py checks every name here against what the installed trainers' source logs, and
+# tests/test_grpo.py (slow) finds the chapter's curves in a tiny run's MLflow metrics: a rename fails there instead
+# of emptying a plot.
 TRL_LOG_KEYS = {
     "sft": ("loss", "learning_rate", "num_tokens", "mean_token_accuracy", "eval_loss"),
     "grpo": (

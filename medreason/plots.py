@@ -6,8 +6,8 @@
     plots.lora_param_plot(estimates.lora_param_table(model))
 
 This module draws what it is handed: the numbers come from `medreason.data`, `medreason.estimates`,
-`medreason.generate` and the MLflow store. Figures are matplotlib Figures made with pyplot, so a notebook
-shows each once, at the end of its cell. Tables are pandas DataFrames or Stylers. Heavy imports stay inside
+`medreason.compute`, `medreason.generate` and the MLflow store. Figures are matplotlib Figures made with pyplot, so
+a notebook shows each once, at the end of its cell. Tables are pandas DataFrames or Stylers. Heavy imports stay inside
 the functions.
 """
 

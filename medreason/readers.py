@@ -7,7 +7,7 @@ the file and what is wrong with it.
 
 An unparseable JSONL line, or a CSV row with more cells than its header, stays in place as an `Unparseable` row
 (its line and problem), so that validation reports it with the other bad rows by position. The callers
-(medreason.data for training rows, medreason.mcq for benchmark items) validate the rows' fields.
+(medreason.rows for training rows, medreason.mcq for benchmark items) validate the rows' fields.
 """
 
 from __future__ import annotations

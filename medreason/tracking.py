@@ -249,7 +249,7 @@ def metric_history(run_id: str, key: str, uri: str | None = None) -> list[tuple[
 
 def metric_points(run_id: str, key: str, uri: str | None = None) -> list[tuple[int, int, float]]:
     """(step, timestamp in ms, value) of one metric, in step order: for rates over time, such as TRL's
-    cumulative `num_tokens` (`medreason.estimates.tokens_per_second`)."""
+    cumulative `num_tokens` (`medreason.compute.tokens_per_second`)."""
     return sorted((m.step, m.timestamp, m.value) for m in client(uri).get_metric_history(run_id, key))
 
 

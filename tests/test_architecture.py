@@ -1,5 +1,5 @@
 """The package's shape (STYLE.md): imports go one way, recipes are built from medreason.run and never from each
-other, no module reaches for another's private names, and the code passes ruff."""
+other, no module reaches for another's private names or runs past 400 lines, and the code passes ruff."""
 
 import ast
 import re
@@ -76,7 +76,7 @@ METHOD_KEYS = ("init_adapter", "num_generations", "max_completion_length", "max_
 
 
 def test_shared_rooms_name_no_methods_keys():
-    shared = ["run.py", "train.py", "recipe.py", "config.py", "adapter.py"]
+    shared = ["run.py", "train.py", "recipe.py", "config.py", "fieldtypes.py", "adapter.py"]
     found = [
         f"{name}: {key}"
         for name in shared
@@ -94,6 +94,32 @@ def test_no_private_name_crosses_a_module():
         if n.startswith("_") and n != "__version__"
     ]
     assert not crossing, crossing
+
+
+# a module a newcomer can read in one sitting: past this, split it into modules of one concern each
+MAX_MODULE_LINES = 400
+
+
+def test_no_module_is_over_the_line_limit():
+    """Every module of the package, recipes included, is at most MAX_MODULE_LINES lines."""
+    long = {
+        str(path.relative_to(ROOT)): n
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert not long, ", ".join(f"{name} has {n} lines" for name, n in long.items()) + f" (at most {MAX_MODULE_LINES})"
+
+
+def test_the_readme_layout_names_every_module():
+    """README's Layout row for medreason/ is where a newcomer finds the rooms: each module is named there."""
+    row = next(
+        line
+        for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+        if line.startswith("| `medreason/` |")
+    )
+    named = set(re.findall(r"`([\w/]+)`", row))
+    modules = {p.stem for p in PACKAGE.rglob("*.py") if p.stem not in ("__init__", "__main__")} | {"recipes/"}
+    assert not modules - named, f"README's layout row does not name {sorted(modules - named)}"
 
 
 def _ruff():

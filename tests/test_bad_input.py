@@ -919,7 +919,7 @@ def _spellings(action) -> list[tuple[str, ...]]:
 
 def _sample(action):
     """A value (text) the option accepts that differs from its default: what proves the spelling was understood."""
-    from medreason.guards import RANGES, Range
+    from medreason.ranges import RANGES, Range
 
     default = action.default
     if action.nargs == 0:
@@ -1009,9 +1009,9 @@ def _numeric_fields(trainer: str) -> set[str]:
 
 
 def test_numeric_every_option_has_a_range():
-    """Every numeric option of every subcommand is typed with a range (guards.Range), and every numeric key of
-    both recipes' classes has one in guards.RANGES: a new TRL field fails here until it is classified."""
-    from medreason.guards import RANGES, Range
+    """Every numeric option of every subcommand is typed with a range (ranges.Range), and every numeric key of
+    both recipes' classes has one in ranges.RANGES: a new TRL field fails here until it is classified."""
+    from medreason.ranges import RANGES, Range
 
     for path, sub in _subcommands():
         for action in _options(sub):
@@ -1019,12 +1019,12 @@ def test_numeric_every_option_has_a_range():
     ranged = [a for _, sub in _subcommands() for a in _options(sub) if isinstance(a.type, Range)]
     assert len(ranged) >= 10
     unclassified = (_numeric_fields("sft") | _numeric_fields("grpo")) - set(RANGES)
-    assert not unclassified, f"numeric recipe keys without a range in medreason.guards.RANGES: {sorted(unclassified)}"
+    assert not unclassified, f"numeric recipe keys without a range in medreason.ranges.RANGES: {sorted(unclassified)}"
 
 
 def test_numeric_every_cli_option_out_of_range_is_one_line(capsys, tmp_path, monkeypatch):
     from medreason.cli import main
-    from medreason.guards import Range
+    from medreason.ranges import Range
 
     monkeypatch.chdir(tmp_path)
     checked = 0
@@ -1045,7 +1045,7 @@ def test_numeric_every_recipe_key_out_of_range_is_refused_before_trl_builds_its_
     num_generations, and the trainer by gradient_accumulation_steps, after the model has loaded."""
     from medreason.config import parse_recipe
     from medreason.errors import UserError
-    from medreason.guards import RANGES
+    from medreason.ranges import RANGES
 
     recipe = RECIPE if trainer == "sft" else ROOT / "configs" / "smollm2-135m-grpo-cpu.yaml"
     fields = sorted(_numeric_fields(trainer))

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from medreason import data, overlap
+from medreason.readers import bundled_path
+from medreason.rows import BUNDLED_MCQ, MCQ_LETTERS, MCQ_REASONING_FILE
 from medreason.text import normalize
 
 DATASHEET = Path(data.__file__).parent / "resources" / "DATASHEET.md"
@@ -42,7 +44,7 @@ def corpus_rows():
 @pytest.fixture(scope="module")
 def mcq_sft_rows():
     """The CPU curriculum's SFT set (bundled-mcq) as the pipeline reads it; `stem` is the bare question."""
-    rows, _ = data.load_clean_rows(data.BUNDLED_MCQ)
+    rows, _ = data.load_clean_rows(BUNDLED_MCQ)
     return rows
 
 
@@ -52,8 +54,8 @@ def _letters(items) -> Counter:
 
 def _assert_letters_even(items, slack: int):
     letters = _letters(items)
-    assert set(letters) == set(data.MCQ_LETTERS), letters
-    even = len(items) / len(data.MCQ_LETTERS)
+    assert set(letters) == set(MCQ_LETTERS), letters
+    even = len(items) / len(MCQ_LETTERS)
     assert all(abs(n - even) <= slack for n in letters.values()), (letters, even)
 
 
@@ -152,7 +154,7 @@ def test_mcq_reasoning_set_teaches_no_heldout_answer(mcq_sft_rows, parts):
     questions have little in common: it must not teach the answer to that heldout question."""
     from medreason.mcq import load_benchmark
 
-    for item in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE)):
+    for item in load_benchmark(bundled_path(MCQ_REASONING_FILE)):
         for m in parts["heldout"]:
             if normalize(m["options"][m["answer"]]) == normalize(item.options[item.answer]):
                 assert overlap.jaccard(item.question, m["question"]) < 0.2, (item.id, m["id"])

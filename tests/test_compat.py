@@ -99,6 +99,66 @@ def test_drop_reference_adapter():
     assert deleted == ["ref"]
 
 
+# the module of each method's TRL trainer; both subclass transformers' Trainer, which logs the loss and the
+# learning rate and names its evaluation metrics `eval_<name>`
+TRAINER_MODULES = {"sft": "trl.trainer.sft_trainer", "grpo": "trl.trainer.grpo_trainer"}
+
+
+def _source(module: str) -> str:
+    import importlib.util
+    from pathlib import Path
+
+    return Path(importlib.util.find_spec(module).origin).read_text(encoding="utf-8")
+
+
+def _logged_names(method: str) -> set[str]:
+    """The metric names the installed trainer of `method` logs, read from its source: TRL's
+    `self._metrics[mode]["name"]` (as `name` in training and `eval_name` in evaluation; `rewards/{reward_func_name}/mean`
+    once for each reward function medreason's GRPO recipe passes), and transformers' `logs["name"] = ...` and
+    `metrics[f"{metric_key_prefix}_name"]` under its default prefix, "eval"."""
+    import re
+
+    from medreason.rewards import correctness_reward, format_reward
+
+    rewards = [f.__name__ for f in (correctness_reward, format_reward)]  # TRL names a function's metrics after it
+    trl = re.findall(r'_metrics\[mode\]\[f?"([^"]+)"\]', _source(TRAINER_MODULES[method]))
+    trl = {n.replace("{reward_func_name}", r) for n in trl for r in rewards}
+    transformers = _source("transformers.trainer")
+    assert 'metric_key_prefix: str = "eval"' in transformers  # evaluation's metrics are eval_<name>
+    return (
+        trl
+        | {f"eval_{n}" for n in trl}
+        | set(re.findall(r'\blogs\["(\w+)"\]\s*=', transformers))
+        | {f"eval_{n}" for n in re.findall(r'metrics\[f"\{metric_key_prefix\}_(\w+)"\]', transformers)}
+    )
+
+
+@pytest.mark.parametrize("method", sorted(compat.TRL_LOG_KEYS))
+def test_every_log_key_medreason_reads_is_one_trl_logs(method):
+    """A TRL release that renames a metric fails here, by name, instead of emptying a summary or a chapter's plot:
+    each name of compat.TRL_LOG_KEYS (what compat.log_key lets medreason read) is logged by the installed trainer."""
+    missing = sorted(set(compat.TRL_LOG_KEYS[method]) - _logged_names(method))
+    assert not missing, (
+        f"TRL {compat.version_of('trl')}'s {method} trainer no longer logs {missing}: find their new names in "
+        f"{TRAINER_MODULES[method]} and update compat.TRL_LOG_KEYS and what reads them"
+    )
+
+
+def test_the_grpo_summary_reads_only_checked_log_keys():
+    """What the GRPO recipe's summary reads goes through compat.log_key, which refuses a name it has not checked
+    (a KeyError at the end of a run): every such name is among the checked ones."""
+    from medreason.recipes.grpo import SERIES, ZERO_STD
+
+    assert {*SERIES.values(), ZERO_STD} <= set(compat.TRL_LOG_KEYS["grpo"])
+    assert [compat.log_key(k) for k in sorted(SERIES.values())] == sorted(SERIES.values())
+
+
+def test_log_key_refuses_an_unchecked_name():
+    assert compat.log_key("frac_reward_zero_std") == "frac_reward_zero_std"
+    with pytest.raises(KeyError, match="'rewards/invented_reward/mean' is not among the TRL log keys"):
+        compat.log_key("rewards/invented_reward/mean")
+
+
 def _trl_log(logs, start_time=None):  # what TRL 1.16's SFTTrainer.log does with its token metrics
     logs.update({"eval_mean_token_accuracy": 0.5, "eval_entropy": 1.0})
 

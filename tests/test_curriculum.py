@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from medreason import data
+from medreason.readers import bundled_path
+from medreason.rows import BUNDLED_MCQ, HUB_DATASET, MCQ_REASONING_FILE, read_rows
 from medreason.tokens import token_lengths
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +29,12 @@ def recipes():
 
 @pytest.fixture(scope="module")
 def mcq_sft():
-    return data.load_splits(data.BUNDLED_MCQ)
+    return data.load_splits(BUNDLED_MCQ)
 
 
 def test_cpu_sft_recipe_trains_on_the_mcq_reasoning_set(recipes):
     (args, _, _), _ = recipes
-    assert args.dataset == data.BUNDLED_MCQ
+    assert args.dataset == BUNDLED_MCQ
 
 
 def test_gpu_recipes_keep_the_open_ended_medical_o1_format():
@@ -40,7 +42,7 @@ def test_gpu_recipes_keep_the_open_ended_medical_o1_format():
 
     for name in ("smollm2-135m-gpu.yaml", "qwen2.5-0.5b-qlora-gpu.yaml"):
         args, _, _ = parse_config(["--config", str(ROOT / "configs" / name)])
-        assert args.dataset == data.HUB_DATASET, name
+        assert args.dataset == HUB_DATASET, name
 
 
 def test_sft_completions_end_with_the_sentence_evaluation_reads(mcq_sft):
@@ -48,7 +50,7 @@ def test_sft_completions_end_with_the_sentence_evaluation_reads(mcq_sft):
     X back from it; the prompt is the one generate-mode evaluation sends."""
     from medreason.mcq import extract_choice, load_benchmark, prompt_messages
 
-    items = {i.question: i for i in load_benchmark(data.bundled_path(data.MCQ_REASONING_FILE))}
+    items = {i.question: i for i in load_benchmark(bundled_path(MCQ_REASONING_FILE))}
     for ex in mcq_sft["train"]:
         completion = ex["completion"][0]["content"]
         assert completion.startswith("<think>\n") and "\n</think>\n\nThe answer is " in completion
@@ -125,13 +127,13 @@ def test_a_local_mcq_reasoning_file_trains_and_a_bad_row_names_itself(tmp_path, 
     }
     good = tmp_path / "mine.jsonl"
     good.write_text(json.dumps(item) + "\n")
-    rows, origin, source = data.read_rows(str(good))
+    rows, origin, source = read_rows(str(good))
     assert rows[0]["Response"] == "The answer is B." and rows[0]["stem"] == item["question"]
     assert source["kind"] == "file" and main(["data", "validate", str(good)]) == 0
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(item) + "\n" + json.dumps({**item, "reasoning": " "}) + "\n")
     with pytest.raises(UserError, match=r'bad.jsonl line 2: field "reasoning" is empty'):
-        data.read_rows(str(bad))
+        read_rows(str(bad))
     capsys.readouterr()
     assert main(["data", "validate", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()

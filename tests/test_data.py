@@ -20,6 +20,8 @@ from medreason import data, overlap
 from medreason.cli import main
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
+from medreason.readers import bundled_path
+from medreason.rows import read_file, validate_rows
 from medreason.text import normalize
 
 FIELDS = ("Question", "Complex_CoT", "Response")
@@ -220,7 +222,7 @@ def test_the_table_covers_enough_kinds_of_bad_input():
 
 def test_validate_rows_reports_every_bad_row_and_strips_the_good_ones():
     rows = [good(0, Question="  " + good(0)["Question"] + "\n"), good(1, Response=None), 7, without("Question")]
-    clean, errors = data.validate_rows(rows, "t.jsonl")
+    clean, errors = validate_rows(rows, "t.jsonl")
     assert [str(e) for e in errors] == [
         't.jsonl row 2: field "Response" is null',  # rows that come from no file: counted as rows
         "t.jsonl row 3: is a int, not an object with Question, Complex_CoT, Response",
@@ -230,7 +232,7 @@ def test_validate_rows_reports_every_bad_row_and_strips_the_good_ones():
 
 
 def test_missing_specialty_becomes_unspecified():
-    clean, errors = data.validate_rows([without("specialty")], "t.jsonl")
+    clean, errors = validate_rows([without("specialty")], "t.jsonl")
     assert not errors and clean[0]["specialty"] == "unspecified"
 
 
@@ -260,7 +262,7 @@ def test_jsonl_positions_are_the_lines_an_editor_shows(tmp_path):
     """issue 32: positions counted records, so after blank lines "row 3" was on line 6."""
     path = tmp_path / "gaps.jsonl"
     path.write_text(json.dumps(good(0)) + "\n\n" + json.dumps(good(2, Response="")) + "\n{broken\n")
-    errors = data.validate_rows(data.read_file(path), "gaps.jsonl")[1]
+    errors = validate_rows(read_file(path), "gaps.jsonl")[1]
     assert [str(e) for e in errors] == [
         'gaps.jsonl line 3: field "Response" is empty',
         "gaps.jsonl line 4: not valid JSON (Expecting property name enclosed in double quotes)",
@@ -336,7 +338,7 @@ def test_cli_validate_unreadable_file_exits_2_with_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def sample_rows():
     """Thirty bundled rows: real text with commas, quotes, units and unicode."""
-    rows = [json.loads(line) for line in data.bundled_path("corpus.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [json.loads(line) for line in bundled_path("corpus.jsonl").read_text(encoding="utf-8").splitlines()]
     return rows[::7][:30]
 
 

@@ -1,9 +1,10 @@
-"""medreason.estimates (parameters, memory, FLOPs), the plots that draw what it is handed, the label mask in
-medreason.data and the MLflow reader in medreason.tracking. No real model: small random Llamas."""
+"""medreason.estimates (parameters, memory) and medreason.compute (steps, FLOPs, time), the plots that draw what
+they are handed, the label mask in medreason.data and the MLflow reader in medreason.tracking. No real model: small
+random Llamas."""
 
 import pytest
 
-from medreason import estimates
+from medreason import compute, estimates
 
 
 def _llama(vocab=512, hidden=128, intermediate=256, layers=4, heads=4, kv_heads=2):
@@ -25,10 +26,10 @@ def _llama(vocab=512, hidden=128, intermediate=256, layers=4, heads=4, kv_heads=
 
 def test_flop_factors():
     """6N full, 4N LoRA (no weight gradients of the frozen base), +2N for the recomputed forward."""
-    assert estimates.flop_per_token_param(lora=False, checkpointing=False) == 6
-    assert estimates.flop_per_token_param(lora=True, checkpointing=False) == 4
-    assert estimates.flop_per_token_param(lora=True, checkpointing=True) == 6
-    assert estimates.flop_per_token_param(lora=False, checkpointing=True) == 8
+    assert compute.flop_per_token_param(lora=False, checkpointing=False) == 6
+    assert compute.flop_per_token_param(lora=True, checkpointing=False) == 4
+    assert compute.flop_per_token_param(lora=True, checkpointing=True) == 6
+    assert compute.flop_per_token_param(lora=False, checkpointing=True) == 8
 
 
 def test_lora_param_count_matches_peft():
@@ -89,10 +90,10 @@ def test_q4_1_is_five_bits_per_weight():
 
 
 def test_tokens_per_second_and_duration():
-    assert estimates.tokens_per_second([(2, 1000, 100.0), (4, 3000, 500.0)]) == 200.0
-    assert estimates.tokens_per_second([(2, 1000, 100.0)]) is None
-    assert estimates.duration(30) == "30 s" and estimates.duration(600) == "10 min"
-    assert estimates.duration(7200) == "2.0 h"
+    assert compute.tokens_per_second([(2, 1000, 100.0), (4, 3000, 500.0)]) == 200.0
+    assert compute.tokens_per_second([(2, 1000, 100.0)]) is None
+    assert compute.duration(30) == "30 s" and compute.duration(600) == "10 min"
+    assert compute.duration(7200) == "2.0 h"
 
 
 def test_label_mask_trains_the_completion_only(tokenizer):
@@ -158,9 +159,9 @@ def test_recipe_tables_cover_every_shipped_recipe():
     from pathlib import Path
 
     recipes = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
-    table = estimates.recipe_table(recipes)
+    table = compute.recipe_table(recipes)
     assert list(table.columns) == [p.name for p in recipes]
-    steps = estimates.step_estimate_table(
+    steps = compute.step_estimate_table(
         recipes,
         {"bundled": 100, estimates_dataset(): 1000},
         500,
@@ -171,7 +172,7 @@ def test_recipe_tables_cover_every_shipped_recipe():
     assert steps.loc[("qwen2.5-0.5b-qlora-gpu.yaml", 1), "FLOP / token"] == "6N"
     assert steps.loc[("smollm2-135m-cpu.yaml", 1), "FLOP / token"] == "4N"
     # tokens per example per dataset: the CPU recipe (bundled-mcq, 27 steps of 4) at 300 tokens an example
-    per_dataset = estimates.step_estimate_table(
+    per_dataset = compute.step_estimate_table(
         recipes,
         {"bundled-mcq": 108, "bundled": 180, estimates_dataset(): 1000},
         {"bundled-mcq": 300, "bundled": 600, estimates_dataset(): 600},
@@ -181,6 +182,6 @@ def test_recipe_tables_cover_every_shipped_recipe():
 
 
 def estimates_dataset():
-    from medreason.data import HUB_DATASET
+    from medreason.rows import HUB_DATASET
 
     return HUB_DATASET

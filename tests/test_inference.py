@@ -525,8 +525,9 @@ def test_heldout_loss_equals_a_hand_computation(session):
 def test_mcq_task_prompt_follows_the_medqa_convention():
     import jinja2
 
-    from medreason.data import bundled_path, load_mcq
+    from medreason.data import load_mcq
     from medreason.harness import mcq_task_config
+    from medreason.readers import bundled_path
 
     config = mcq_task_config()
     item = load_mcq()[0]

@@ -23,7 +23,7 @@ def sha256(path: Path) -> str:
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory, tiny_model_dir):
     """One short run on a local copy of the bundled corpus, from a relative path, with validation and test."""
-    from medreason.data import bundled_path
+    from medreason.readers import bundled_path
     from medreason.train import train
 
     work = tmp_path_factory.mktemp("provenance")

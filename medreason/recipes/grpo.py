@@ -62,7 +62,7 @@ class GRPORecipeConfig(GRPOConfig):
         super().__post_init__()
 
 
-# TRL's log keys that the summary reads (checked against a real run by tests/test_compat.py)
+# TRL's log keys that the summary reads (compat.TRL_LOG_KEYS: checked against TRL's source by tests/test_compat.py)
 SERIES = {
     "reward": "reward",
     "correctness": "rewards/correctness_reward/mean",
