@@ -436,9 +436,7 @@ def main(argv=None) -> int:
     for phase in phases:  # each phase keeps the command, the date and the machine it was measured with
         if phase == "grpo":
             report[phase] = {}  # nothing of an earlier GRPO run survives: it depends on the adapter of this one
-        report.setdefault(phase, {}).update(
-            command=report["command"], date=report["date"], machine=report["machine"]
-        )
+        report.setdefault(phase, {}).update(command=report["command"], date=report["date"], machine=report["machine"])
     if "knowledge" in phases:
         knowledge(args, report)
         write(args, report)

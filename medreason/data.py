@@ -25,8 +25,6 @@ from pathlib import Path
 from medreason.config import DEFAULT_SYSTEM_PROMPT
 from medreason.errors import UserError
 from medreason.overlap import contamination, deduplicate, question_hash, split_rows
-from medreason.readers import bundled_path as bundled_path  # the book imports it from here (a re-export)
-from medreason.rows import BUNDLED_MCQ as BUNDLED_MCQ  # the book imports it from here (a re-export)
 from medreason.rows import RowError, as_sft_rows, read_file, read_rows, validate_rows
 from medreason.template import render, system_messages
 

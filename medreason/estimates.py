@@ -13,14 +13,6 @@ from __future__ import annotations
 
 import copy
 
-# The book's chapters (book/scaling_up.md) read the compute estimates as `estimates.<name>`; they live in
-# medreason.compute, where new code imports them from.
-from medreason.compute import duration as duration
-from medreason.compute import flop_per_token_param as flop_per_token_param
-from medreason.compute import recipe_table as recipe_table
-from medreason.compute import step_estimate_table as step_estimate_table
-from medreason.compute import tokens_per_second as tokens_per_second
-
 # QLoRA's 4-bit NormalFloat storage (Dettmers et al. 2023): 4 bits per weight plus one absmax constant per
 # block of 64 weights. Without double quantization the constant is fp32 (32/64 = 0.5 bit per weight); double
 # quantization stores it in 8 bits with one fp32 constant per 256 constants: 8/64 + 32/(64*256) ≈ 0.127 bit.

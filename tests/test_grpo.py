@@ -95,7 +95,9 @@ def test_recipes_parse_into_grpo_config(monkeypatch):
     # the CPU recipe continues the facts recipe's adapter (the knowledge chapter's), on the facts it taught
     facts_args, _, _ = parse_config(["--config", str(ROOT / "configs" / "smollm2-135m-facts-cpu.yaml")])
     assert cfg.init_adapter == f"{facts_args.adapter_root}/SmolLM2-135M-Instruct"
-    assert args.adapter_root not in ("lora_adapter", facts_args.adapter_root) and args.facts_seed == facts_args.facts_seed
+    assert (
+        args.adapter_root not in ("lora_adapter", facts_args.adapter_root) and args.facts_seed == facts_args.facts_seed
+    )
     assert cfg.beta > 0 and cfg.num_generations >= 2 and cfg.generation_batch_size % cfg.num_generations == 0
     args, gpu, _ = parse_config(["--config", str(GPU_RECIPE)])
     assert gpu.num_generations >= 8 and gpu.activation_checkpointing and gpu.vllm_mode == "colocate"
