@@ -34,6 +34,8 @@ def load(name: str) -> dict:
 
 
 def cpu(m: dict) -> str:
+    if not m:
+        return "a machine not recorded"
     kind = "native bf16" if m.get("native_bf16") else "AVX-512, no native bf16" if m.get("avx512") else "AVX2"
     return f"{m.get('cores')} cores of {m.get('cpu')} ({kind}), torch {m.get('torch')}"
 
@@ -42,6 +44,16 @@ def measured(e: dict) -> str:
     load_before, load_after = e.get("load_average_before"), e.get("load_average_after")
     loads = f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after" if load_before and load_after else ""
     return f"measured {e['date'][:10]} on {cpu(e['machine'])}; {loads}; `{e['command']}`"
+
+
+def phase(section: dict, arm: dict | None = None) -> dict:
+    """What measured one phase of the curriculum (or one arm of it): its own command, date and machine."""
+    arm = arm or {}
+    return {
+        "date": arm.get("date", section["date"]),
+        "command": arm.get("command", section["command"]),
+        "machine": arm.get("machine", section.get("machine", {})),
+    }
 
 
 def met(ok: bool) -> str:
@@ -93,7 +105,7 @@ def curriculum() -> list[str]:
         f"Randomization check (base model, taught minus untaught half before training, recall):"
         f" {rand['diff']:+.3f}, p {rand['p_value']:.2g}. Target: an effect of at least +0.20 with p < 0.01 on a"
         f" readout: {met(best['effect'] >= 0.2 and best['p_value'] < 0.01)} (best recall effect"
-        f" {best['effect']:+.3f}, p {best['p_value']:.2g}). {measured({**c, **k, 'command': k['command']})}.",
+        f" {best['effect']:+.3f}, p {best['p_value']:.2g}). {measured(phase(k, k['arms'].get('lora', {})))}.",
         "",
     ]
     if g and "power" in g and "command" in g:
@@ -116,7 +128,15 @@ def curriculum() -> list[str]:
                 e = ways[way]
                 cells += [f"{e['diff']:+.3f} ({e['ci_low']:+.3f} to {e['ci_high']:+.3f})", f"{e['p_value']:.3g}"]
             out.append(f"| {half} | " + " | ".join(cells) + " |")
-        out += ["", f"{measured({**c, 'command': g['command'], 'date': g['date']})}.", ""]
+        taught = g["before_after"]["taught"]["greedy"]
+        out += [
+            "",
+            f"Target: pass@1 on the taught facts rises with p < 0.05:"
+            f" {met(taught['diff'] > 0 and taught['p_value'] < 0.05)} (greedy {taught['diff']:+.3f},"
+            f" p {taught['p_value']:.2g}; the smallest gain this run detects four times in five:"
+            f" {pw['detectable_gain_80']:.2f}). {measured(phase(g))}.",
+            "",
+        ]
     return out
 
 
