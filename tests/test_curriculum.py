@@ -202,7 +202,7 @@ def test_the_committed_curriculum_is_consistent_and_measured_with_these_recipes(
     assert g["power"]["room"] == pytest.approx(adapter["pass@8"] - adapter["pass@1"])
     assert 0 < g["power"]["detectable_gain_80"] < 1
     for half in ("taught", "untaught"):
-        for way in ("greedy", "sampled_pass_at_1"):
-            pair = g["before_after"][half][way]
+        assert "greedy" in g["before_after"][half]
+        for pair in g["before_after"][half].values():
             assert pair["ci_low"] <= pair["diff"] <= pair["ci_high"] and 0 < pair["p_value"] <= 1
     assert g["steps"] == len(g["per_step"]["reward"])
