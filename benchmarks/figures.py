@@ -43,7 +43,7 @@ def cpu(m: dict) -> str:
 def measured(e: dict) -> str:
     load_before, load_after = e.get("load_average_before"), e.get("load_average_after")
     loads = f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after" if load_before and load_after else ""
-    return f"measured {e['date'][:10]} on {cpu(e['machine'])}; {loads}; `{e['command']}`"
+    return "; ".join(x for x in (f"measured {e['date'][:10]} on {cpu(e['machine'])}", loads, f"`{e['command']}`") if x)
 
 
 def phase(section: dict, arm: dict | None = None) -> dict:
@@ -111,30 +111,42 @@ def curriculum() -> list[str]:
     if g and "power" in g and "command" in g:
         pk = g["pass_at_k_pool"]["adapter"]
         pw = g["power"]
+        guess = {k: 1 - 0.75**k for k in (1, 4, 8)}
         out += [
-            "### GRPO where pass@k leaves room",
+            "### GRPO: pass@k before RL",
             "",
-            f"The SFT adapter on the GRPO pool (the taught facts' second questions): pass@1 {pk['pass@1']:.3f},"
-            f" pass@4 {pk['pass@4']:.3f}, pass@8 {pk['pass@8']:.3f} (8 samples at temperature 1.0). With"
+            f"The facts adapter on the GRPO pool (the taught facts' second questions, 8 samples at temperature 1.0):"
+            f" pass@1 {pk['pass@1']:.3f}, pass@4 {pk['pass@4']:.3f}, pass@8 {pk['pass@8']:.3f}, against"
+            f" {guess[1]:.3f}, {guess[4]:.3f} and {guess[8]:.3f} for independent guesses among four options. With"
             f" {pw['n_items']} held-out questions a McNemar test detects a gain of {pw['detectable_gain_80']:.2f}"
-            f" four times in five. After {g['steps']} GRPO steps, pass@1 minus before:",
+            f" four times in five. {measured(phase(g))}.",
+            "",
+        ]
+        if "before_after" not in g:
+            out += [
+                "Target: pass@1 on the taught facts rises with p < 0.05: **not measured** (the GRPO run and the"
+                " evaluation after it are not in curriculum.json).",
+                "",
+            ]
+            return out
+        out += [
+            f"After {g['steps']} GRPO steps, pass@1 minus before:",
             "",
             "| half | greedy: change (95 %) | p |",
             "|---|---|---|",
         ]
         for half, ways in g["before_after"].items():
-            cells = []
-            for way in ("greedy",):
-                e = ways[way]
-                cells += [f"{e['diff']:+.3f} ({e['ci_low']:+.3f} to {e['ci_high']:+.3f})", f"{e['p_value']:.3g}"]
-            out.append(f"| {half} | " + " | ".join(cells) + " |")
+            e = ways["greedy"]
+            out.append(
+                f"| {half} | {e['diff']:+.3f} ({e['ci_low']:+.3f} to {e['ci_high']:+.3f}) | {e['p_value']:.3g} |"
+            )
         taught = g["before_after"]["taught"]["greedy"]
         out += [
             "",
             f"Target: pass@1 on the taught facts rises with p < 0.05:"
             f" {met(taught['diff'] > 0 and taught['p_value'] < 0.05)} (greedy {taught['diff']:+.3f},"
             f" p {taught['p_value']:.2g}; the smallest gain this run detects four times in five:"
-            f" {pw['detectable_gain_80']:.2f}). {measured(phase(g))}.",
+            f" {pw['detectable_gain_80']:.2f}).",
             "",
         ]
     return out
