@@ -54,11 +54,12 @@ def _first_code_cell(chapter: Path) -> str:
 
 
 def _clone_copy(dest: Path) -> Path:
-    """The parts of a checkout that the chapters look at: pyproject.toml, configs/ and the book's sources
-    (the package itself is the installed one)."""
+    """The parts of a checkout that the chapters look at: pyproject.toml, configs/, the measured results they read
+    (results/benchmarks/) and the book's sources (the package itself is the installed one)."""
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
     shutil.copytree(ROOT / "configs", dest / "configs")
+    shutil.copytree(ROOT / "results" / "benchmarks", dest / "results" / "benchmarks")
     shutil.copytree(BOOK, dest / "book", ignore=shutil.ignore_patterns("__pycache__", "_build", "_notebooks"))
     return dest
 

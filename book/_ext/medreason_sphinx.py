@@ -268,7 +268,10 @@ def _check_prose(app):
     from sphinx.errors import ExtensionError
 
     book = Path(app.srcdir)
-    problems = [p for name in prose_check.CHECKED for p in prose_check.typed_numbers(book / f"{name}.md")]
+    # the chapters of this book that the check covers (a smaller book, as the tests build, holds only some of them;
+    # tests/test_prose.py checks that every chapter of this repository's toc is covered)
+    pages = [book / f"{name}.md" for name in prose_check.CHECKED if (book / f"{name}.md").is_file()]
+    problems = [p for page in pages for p in prose_check.typed_numbers(page)]
     if problems:
         raise ExtensionError("numbers typed in prose that no glue or assert backs:\n" + "\n".join(problems))
 
