@@ -18,7 +18,7 @@ Phases:
   weight trained). The base model is checked for balance between the halves (randomization check), and read with
   each fact's definition in its prompt (the retrieval reference).
 - **grpo**: pass@1, pass@4 and pass@8 (8 samples, unbiased estimator) of the SFT adapter on the GRPO pool (the
-  taught facts' second questions) and on the held-out questions; a power calculation from the pass@k gap; the GRPO
+  taught facts' second questions); its greedy accuracy on the held-out questions; a power calculation; the GRPO
   recipe (configs/smollm2-135m-grpo-cpu.yaml); pass@1 before and after on the taught and untaught held-out
   questions, greedy (McNemar: greedy accuracy is pass@1 at temperature 0; the sampled pass@1 of eight samples a
   question, before and after, is left out: on 2 cores it doubles the phase's time).
